@@ -1,0 +1,3 @@
+from ldm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""The ``ldm`` command: ``ldm --help`` lists the subcommands; each is a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> module in ldm.commands (kept in the order a user meets them)
+COMMANDS: dict[str, str] = {
+    "quickstart": "quickstart",
+    "data": "data",
+    "train-vae": "train_vae",
+    "prepare": "prepare",
+    "train": "train",
+    "sample": "sample",
+    "export": "export",
+    "eval": "eval",
+    "app": "app",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ldm", description="Train class-conditional latent diffusion models on folders of images."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"ldm.commands.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"ldm.commands.{module}":
+                raise
+            continue  # not built yet
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    from ldm.config import ConfigError
+    from ldm.errors import UserError
+
+    try:
+        return int(args._run(args) or 0)
+    except (ConfigError, UserError) as e:
+        print(f"ldm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ldm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
