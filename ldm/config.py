@@ -54,7 +54,7 @@ class AutoencoderConfig:
     ema_decay: float = 0.999  # EMA of the weights; the EMA model is the one saved (0 = no EMA)
     sample_every: int = 200  # steps between reconstruction grids
     seed: int = 0  # seed of weights, data order and held-out split
-    scaling_factor: Optional[float] = None  # latent scale; None = from the VAE config or unit variance on the data
+    scaling_factor: Union[float, Literal["config", "auto"]] = "config"  # latent scale: VAE config's, "auto" = unit var.
 
 
 @dataclass
