@@ -1,0 +1,41 @@
+"""Shared fixtures: the real faces in ../shared/datasets/att-faces-20 and a tiny saved diffusers autoencoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ATT_FACES = Path(__file__).resolve().parents[2] / "shared/datasets/att-faces-20"
+
+
+@pytest.fixture
+def att_faces() -> Path:
+    """20 class folders s1..s20 of 10 grey 92x112 .pgm faces (CI clones the repo with shared/ beside it)."""
+    if not ATT_FACES.is_dir():
+        pytest.skip(f"real face dataset not found at {ATT_FACES}")
+    return ATT_FACES
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny, seeded diffusers AutoencoderKL (RGB, widths (8, 16), 4 latent channels, down factor 2), saved with
+    ``save_pretrained``; returns its folder."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    out = tmp_path_factory.mktemp("tiny-vae")
+    vae.save_pretrained(out)
+    return out
