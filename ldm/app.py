@@ -1,0 +1,384 @@
+"""The Gradio app: Inference, Training and Runs tabs over one workspace folder.
+
+    python app.py --workspace ~/faces-project          # or: ldm app --workspace ~/faces-project
+    # then open http://127.0.0.1:7860
+
+    demo = build_app(Path("."))                        # the Blocks, for tests and embedding
+    launch_app(Path("."), port=0, prevent_thread_lock=True)
+
+The page is built by :func:`build_app`; every handler is a method of :class:`ldm.app_handlers.LdmApp` with an
+``api_name``, so the app is also an API (``gradio_client``). Training runs in a detached worker process
+(:mod:`ldm.jobs`): the page stays responsive, and a reload or an app restart reattaches to the running job.
+Only folders inside the workspace are accepted; the server listens on 127.0.0.1 unless told otherwise and never
+creates a public share link.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ldm.app_handlers import NO_MODEL_HELP, NO_NEGATIVE, LdmApp
+from ldm.app_settings import LOSSES, OPTIMIZERS, PRESETS, TRAIN_HERE, TrainSettings
+from ldm.config import SamplingConfig
+
+POLL_SECONDS = 2.0  # how often the Training tab refreshes while a job runs
+SAMPLERS = ("dpm++", "ddim", "ddpm", "euler", "euler_a", "heun", "unipc")
+DEFAULT_SETTINGS_FILE = "app-settings.yaml"
+
+CSS = """
+.gradio-container { max-width: 1180px !important; margin: auto; }
+#ldm-header h1 { font-size: 1.6rem; margin: 0.2rem 0 0 0; letter-spacing: -0.01em; }
+#ldm-header p { margin: 0.1rem 0 0.4rem 0; color: var(--body-text-color-subdued); }
+.ldm-progress { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; margin: 6px 0; }
+.ldm-bar { height: 100%; background: linear-gradient(90deg, var(--primary-500), var(--secondary-500));
+  border-radius: 7px; transition: width 0.6s ease; width: 0; }
+.ldm-bar-busy { width: 35% !important; animation: ldm-slide 1.4s ease-in-out infinite; }
+@keyframes ldm-slide { 0% { margin-left: -35%; } 100% { margin-left: 100%; } }
+.ldm-state-failed .ldm-bar { background: #d64545; }
+.ldm-state-stopped .ldm-bar { background: var(--neutral-400); }
+.ldm-progress-text { font-size: 0.92rem; font-variant-numeric: tabular-nums; }
+.ldm-progress-msg { font-size: 0.85rem; color: var(--body-text-color-subdued); }
+#ldm-log textarea { font-family: var(--font-mono); font-size: 0.78rem; }
+#ldm-notice { border-left: 4px solid var(--primary-500); padding-left: 0.8rem; }
+#ldm-notice:empty, #ldm-notice .prose:empty { display: none; }
+@media (max-width: 640px) {
+  .gradio-container { padding: 4px !important; }
+  #ldm-header h1 { font-size: 1.25rem; }
+  .ldm-stack { flex-direction: column !important; }
+  .ldm-stack > * { min-width: 100% !important; }
+}
+"""
+
+
+def make_theme() -> gr.themes.Base:
+    """A calm teal/amber theme with fonts bundled in gradio (nothing is fetched from Google Fonts)."""
+    font = [gr.themes.LocalFont("IBM Plex Sans"), "ui-sans-serif", "system-ui", "sans-serif"]
+    mono = [gr.themes.LocalFont("IBM Plex Mono"), "ui-monospace", "monospace"]
+    theme = gr.themes.Base(
+        primary_hue=gr.themes.colors.teal,
+        secondary_hue=gr.themes.colors.amber,
+        neutral_hue=gr.themes.colors.slate,
+        radius_size=gr.themes.sizes.radius_md,
+        font=font,
+        font_mono=mono,
+    )
+    return theme.set(
+        body_background_fill="#f6f8f8",
+        block_border_width="1px",
+        block_shadow="0 1px 2px rgba(16, 42, 67, 0.06)",
+        button_primary_background_fill="*primary_600",
+        button_primary_background_fill_hover="*primary_700",
+        button_primary_text_color="white",
+        button_secondary_background_fill="white",
+        slider_color="*primary_600",
+        checkbox_background_color_selected="*primary_600",
+    )
+
+
+def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
+    """Build the app's Blocks for ``workspace`` (created if missing). Launch it with :func:`launch_app`."""
+    app = LdmApp(workspace, device=device)
+    defaults = TrainSettings()
+    sampling = SamplingConfig()
+    with gr.Blocks(title="ldm: latent diffusion studio") as demo:
+        demo.ldm_app = app  # the handlers' state, for tests; nothing is held in module globals
+        with gr.Column(elem_id="ldm-header"):
+            gr.Markdown(
+                "# Latent diffusion studio\n"
+                f"Train class-conditional image generators and sample them by class name. "
+                f"Workspace: `{app.ws.root}`"
+            )
+        with gr.Tabs(selected="inference") as tabs:
+            # ---------------------------------------------------------------------------------- Inference
+            with gr.Tab("Inference", id="inference"):
+                notice = gr.Markdown(elem_id="ldm-notice")
+                with gr.Row(elem_classes="ldm-stack"):
+                    model = gr.Dropdown(
+                        label="Model",
+                        choices=[],
+                        info="A run (runs/NAME with an exported pipeline) or an exported pipeline folder",
+                        scale=4,
+                    )
+                    refresh = gr.Button("Refresh", scale=1, min_width=90)
+                model_note = gr.Markdown()
+                with gr.Row(elem_classes="ldm-stack"):
+                    with gr.Column(scale=2, min_width=280):
+                        class_choice = gr.Dropdown(
+                            label="Class", choices=[], info="The class to generate (from the chosen model)"
+                        )
+                        class_text = gr.Textbox(
+                            label="…or type a class name",
+                            placeholder="e.g. smiling",
+                            info="If filled, wins over the dropdown; case and spaces do not matter",
+                        )
+                        class_examples = gr.Dataset(
+                            components=[class_text], samples=[], label="Classes of this model (click one)"
+                        )
+                        negative = gr.Dropdown(
+                            label="Negative class",
+                            choices=[NO_NEGATIVE],
+                            value=NO_NEGATIVE,
+                            info="Guidance pushes away from this class instead of from 'no class'",
+                        )
+                        with gr.Row():
+                            num_images = gr.Slider(
+                                1, 16, value=sampling.num_images, step=1, label="Images", info="How many to draw"
+                            )
+                            sampler = gr.Dropdown(
+                                label="Sampler",
+                                choices=list(SAMPLERS),
+                                value=sampling.scheduler,
+                                info="dpm++ is fast and good; ddpm is the slow original",
+                            )
+                        steps = gr.Slider(
+                            1,
+                            100,
+                            value=sampling.num_inference_steps,
+                            step=1,
+                            label="Steps",
+                            info="Denoising steps: more is slower and a little finer (20-30 is plenty for dpm++)",
+                        )
+                        guidance = gr.Slider(
+                            1.0,
+                            10.0,
+                            value=sampling.guidance_scale,
+                            step=0.25,
+                            label="Guidance scale",
+                            info="How strongly to follow the class (1 = off, 2-5 usual)",
+                        )
+                        with gr.Row():
+                            seed = gr.Number(
+                                value=sampling.seed, precision=0, label="Seed", info="Same seed, same images"
+                            )
+                            randomize = gr.Checkbox(
+                                value=True, label="Randomise seed", info="Draw a new seed on every Generate"
+                            )
+                        generate = gr.Button("Generate", variant="primary")
+                        message = gr.Markdown()
+                    with gr.Column(scale=3, min_width=280):
+                        gallery = gr.Gallery(label="Images", columns=4, height="auto", object_fit="contain")
+                        snapshot = gr.Image(label="Timestep snapshots (first image)", type="pil")
+                        files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple")
+                        params = gr.Code(label="Parameters", language="json")
+                class_examples.click(lambda sample: sample[0], class_examples, class_text, api_name=False)
+                refresh.click(app.refresh_models, model, [model, notice], api_name="refresh_models")
+                model.change(
+                    app.select_model, model, [class_choice, negative, class_examples, model_note], api_name="classes"
+                )
+                generate.click(
+                    app.generate,
+                    [model, class_choice, class_text, num_images, sampler, steps, guidance, negative, seed, randomize],
+                    [gallery, snapshot, files, params, message, seed],
+                    api_name="generate",
+                    concurrency_limit=1,
+                )
+
+            # ---------------------------------------------------------------------------------- Training
+            with gr.Tab("Training", id="training") as training_tab:
+                with gr.Row(elem_classes="ldm-stack"):
+                    with gr.Column(scale=2, min_width=280):
+                        gr.Markdown("### Data")
+                        data_dir = gr.Dropdown(
+                            label="Data folder",
+                            choices=[],
+                            value=defaults.data_dir,
+                            allow_custom_value=True,
+                            info="Folder of class subfolders of images, inside the workspace (e.g. data/faces)",
+                        )
+                        preprocess = gr.Radio(
+                            ["yes", "no"],
+                            value=defaults.preprocess,
+                            label="Preprocess",
+                            info="yes: encode the data folder into a latent cache first; no: use the latent folder",
+                        )
+                        latent_dir = gr.Dropdown(
+                            label="Latent folder",
+                            choices=[],
+                            value=defaults.latent_dir,
+                            allow_custom_value=True,
+                            info="Latent cache: written when preprocessing (empty = data/latents/RUN), else read",
+                        )
+                        autoencoder = gr.Dropdown(
+                            label="Autoencoder",
+                            choices=[TRAIN_HERE],
+                            value=defaults.autoencoder,
+                            allow_custom_value=True,
+                            info="Encodes images to latents: train one on your data here, or a folder / hub id",
+                        )
+                        gr.Markdown("### Model and training")
+                        with gr.Row():
+                            preset = gr.Dropdown(
+                                list(PRESETS), value=defaults.preset, label="Model preset", info="UNet size"
+                            )
+                            ema = gr.Checkbox(
+                                value=defaults.ema, label="EMA", info="Average the weights (smoother samples)"
+                            )
+                        with gr.Row():
+                            loss = gr.Radio(
+                                list(LOSSES),
+                                value=defaults.loss,
+                                label="Loss",
+                                info="MSE: classic; MAE (L1): robust; Huber: in between",
+                            )
+                            optimizer = gr.Radio(
+                                list(OPTIMIZERS), value=defaults.optimizer, label="Optimizer", info="AdamW is usual"
+                            )
+                        with gr.Row():
+                            epochs = gr.Number(
+                                value=defaults.epochs,
+                                precision=0,
+                                label="Epochs",
+                                info="Passes over the data (0 = no limit)",
+                            )
+                            batch_size = gr.Number(
+                                value=defaults.batch_size, precision=0, label="Batch size", info="Latents per step"
+                            )
+                            learning_rate = gr.Number(
+                                value=defaults.learning_rate, label="Learning rate", info="Peak rate (3e-4 usual)"
+                            )
+                        with gr.Row():
+                            label_dropout = gr.Slider(
+                                0.0,
+                                0.5,
+                                value=defaults.label_dropout,
+                                step=0.01,
+                                label="Guidance dropout",
+                                info="Share of steps without the class, for guidance (0.1 usual)",
+                            )
+                            max_minutes = gr.Number(
+                                value=defaults.max_minutes, label="Max minutes", info="Time budget (0 = none)"
+                            )
+                            max_steps = gr.Number(
+                                value=defaults.max_steps, precision=0, label="Max steps", info="Step budget (0 = none)"
+                            )
+                        run_name = gr.Textbox(
+                            value=defaults.run_name, label="Run name", info="The run goes to runs/NAME"
+                        )
+                        extra = gr.Textbox(
+                            value=defaults.extra,
+                            label="Extra settings",
+                            lines=2,
+                            placeholder="training.sample_every=100\ndata.image_size=32",
+                            info="More config keys as key=value (one per line); see configs/*.yaml",
+                        )
+                        with gr.Row():
+                            start = gr.Button("Start", variant="primary", elem_id="ldm-start")
+                            stop = gr.Button("Stop", variant="stop", elem_id="ldm-stop")
+                            resume = gr.Button("Resume", elem_id="ldm-resume")
+                        with gr.Accordion("Save / load settings", open=False):
+                            settings_file = gr.Textbox(
+                                value=DEFAULT_SETTINGS_FILE,
+                                label="Settings file",
+                                info="A .yaml file inside the workspace",
+                            )
+                            with gr.Row():
+                                save = gr.Button("Save settings")
+                                load = gr.Button("Load settings")
+                        train_message = gr.Markdown()
+                    with gr.Column(scale=3, min_width=280):
+                        progress = gr.HTML(elem_id="ldm-progress")
+                        loss_plot = gr.LinePlot(
+                            x="step", y="loss", color="series", label="Loss", height=260, elem_id="ldm-loss"
+                        )
+                        sample = gr.Image(label="Newest sample grid (one row per class)", type="pil")
+                        log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, elem_id="ldm-log")
+                timer = gr.Timer(POLL_SECONDS, active=False)
+                fields = [
+                    data_dir,
+                    preprocess,
+                    latent_dir,
+                    autoencoder,
+                    epochs,
+                    batch_size,
+                    learning_rate,
+                    loss,
+                    optimizer,
+                    preset,
+                    ema,
+                    label_dropout,
+                    max_minutes,
+                    max_steps,
+                    run_name,
+                    extra,
+                ]
+                live = [progress, loss_plot, sample, log, timer]
+                start.click(app.start_training, fields, [train_message, timer], api_name="start_training").then(
+                    app.poll, None, live, api_name=False
+                )
+                stop.click(app.stop_training, None, train_message, api_name="stop_training")
+                resume.click(app.resume_training, None, [train_message, timer], api_name="resume_training").then(
+                    app.poll, None, live, api_name=False
+                )
+                timer.tick(app.poll, None, live, api_name="poll", show_progress="hidden")
+                save.click(app.save_settings, [settings_file, *fields], train_message, api_name="save_settings")
+                load.click(app.load_settings, settings_file, [*fields, train_message], api_name="load_settings")
+
+            # ---------------------------------------------------------------------------------- Runs
+            with gr.Tab("Runs", id="runs") as runs_tab:
+                with gr.Row(elem_classes="ldm-stack"):
+                    run_pick = gr.Dropdown(label="Run", choices=[], info="A run folder of the workspace", scale=4)
+                    runs_refresh = gr.Button("Refresh", scale=1, min_width=90)
+                    use = gr.Button("Use for inference", variant="primary", scale=2, min_width=150)
+                runs_table = gr.Dataframe(label="Runs (newest first)", interactive=False, wrap=True)
+                run_details = gr.Markdown()
+                with gr.Row(elem_classes="ldm-stack"):
+                    run_sample = gr.Image(label="Newest sample grid", type="pil")
+                    run_loss = gr.LinePlot(x="step", y="loss", color="series", label="Loss curve", height=260)
+                runs_refresh.click(app.runs_table, None, [runs_table, run_pick], api_name="runs")
+                run_pick.change(app.show_run, run_pick, [run_details, run_sample, run_loss], api_name="run_details")
+                use.click(app.use_for_inference, run_pick, [model, tabs, run_details], api_name="use_for_inference")
+
+        def on_load() -> list[Any]:
+            """Page (re)load: discover models, runs and folders, and reattach to the running job."""
+            model_update, note = app.refresh_models(None)
+            folders = app.discovered_folders()
+            table, pick = app.runs_table()
+            running = app.jobs.current()
+            form = app.job_settings() if running else [gr.update() for _ in fields]
+            return [model_update, note, *folders, table, pick, *form, *app.poll()]
+
+        demo.load(
+            on_load,
+            None,
+            [model, notice, data_dir, latent_dir, autoencoder, runs_table, run_pick, *fields, *live],
+            api_name="load",
+        )
+        # opening a tab re-discovers the workspace, so folders and runs made meanwhile (e.g. by the CLI) appear
+        training_tab.select(app.discovered_folders, None, [data_dir, latent_dir, autoencoder], api_name=False)
+        runs_tab.select(app.runs_table, None, [runs_table, run_pick], api_name=False)
+    return demo
+
+
+def launch_app(
+    workspace: Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+    device: str | None = None,
+) -> gr.Blocks:
+    """Build and launch the app on ``host:port`` (port None = gradio's default 7860 or the next free one).
+
+    Never creates a public share link. Only the generated images folder is served besides gradio's own files.
+    """
+    demo = build_app(Path(workspace), device=device)
+    app: LdmApp = demo.ldm_app
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        theme=make_theme(),
+        css=CSS,
+        allowed_paths=[str(app.outputs)],
+        footer_links=["api"],
+    )
+    return demo
+
+
+__all__ = ["CSS", "NO_MODEL_HELP", "build_app", "launch_app", "make_theme"]

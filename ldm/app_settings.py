@@ -1,0 +1,293 @@
+"""The Training tab's settings: one dataclass, its YAML file, and the ``ldm`` commands (phases) it turns into.
+
+The YAML file is an ordinary training config (sections ``training``, ``diffusion``, ``unet``...) plus an ``app``
+section with the tab's fields that are not part of the config (data folder, preprocess, latent folder, autoencoder,
+run name). Loading a plain ``configs/*.yaml`` works too: keys the tab has no control for go to "extra settings".
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ldm.config import Config, ConfigError, from_dict, load_config, parse_override, to_dict
+from ldm.errors import UserError
+from ldm.jobs import Phase
+from ldm.utils import atomic_write_text
+from ldm.workspace import Workspace
+
+TRAIN_HERE = "train one here"  # autoencoder choice: run `ldm train-vae` on the data folder first
+LOSSES = {"MSE": "mse", "MAE": "l1", "Huber": "huber"}  # label -> diffusion.loss
+OPTIMIZERS = {"AdamW": "adamw", "Adam": "adam", "SGD": "sgd"}  # label -> training.optimizer
+PRESETS = ("tiny", "small", "seed", "base", "large")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class TrainSettings:
+    """Every control of the Training tab, in the order the UI passes them."""
+
+    data_dir: str = ""  # folder of class subfolders of images (used when preprocess is "yes")
+    preprocess: str = "yes"  # "yes": build the latent cache from data_dir first; "no": use latent_dir as it is
+    latent_dir: str = ""  # latent cache folder (written when preprocessing, read otherwise)
+    autoencoder: str = TRAIN_HERE  # autoencoder folder / hub id, or TRAIN_HERE
+    epochs: int = 0  # passes over the cache (0 = no epoch limit)
+    batch_size: int = 64  # latents per step
+    learning_rate: float = 3e-4  # peak learning rate
+    loss: str = "MSE"  # MSE | MAE | Huber
+    optimizer: str = "AdamW"  # AdamW | Adam | SGD
+    preset: str = "small"  # UNet preset
+    ema: bool = True  # EMA of the weights
+    label_dropout: float = 0.1  # guidance dropout: share of steps trained without the class
+    max_minutes: float = 10.0  # wall-clock budget (0 = none)
+    max_steps: int = 0  # step budget (0 = none)
+    run_name: str = "my-run"  # runs/<run_name>
+    extra: str = ""  # more key=value settings, one per line or space separated
+
+    @classmethod
+    def from_values(cls, *values: Any) -> TrainSettings:
+        """Settings from the UI's values (in field order), with the numbers coerced and checked."""
+        s = cls(*values)
+        try:
+            s.epochs = int(s.epochs or 0)
+            s.batch_size = int(s.batch_size or 0)
+            s.learning_rate = float(s.learning_rate or 0)
+            s.max_minutes = float(s.max_minutes or 0)
+            s.max_steps = int(s.max_steps or 0)
+            s.label_dropout = float(s.label_dropout or 0)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"a number field holds something else: {e}") from None
+        s.preprocess = "yes" if s.preprocess in (True, "yes", "Yes") else "no"
+        s.ema = bool(s.ema)
+        for text in (s.data_dir, s.latent_dir, s.autoencoder, s.run_name, s.extra):
+            if text is not None and not isinstance(text, str):
+                raise UserError(f"expected text, got {text!r}")
+        s.data_dir, s.latent_dir = (s.data_dir or "").strip(), (s.latent_dir or "").strip()
+        s.autoencoder, s.run_name = (s.autoencoder or "").strip(), (s.run_name or "").strip()
+        return s
+
+    def values(self) -> list[Any]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def extra_overrides(self) -> list[str]:
+        """The "extra settings" box as a list of ``key=value`` strings (lines or spaces separate them)."""
+        out = []
+        for line in (self.extra or "").splitlines():
+            line = line.split("#", 1)[0].strip()
+            tokens = line.split()
+            # "a=1 b=2" on one line is two settings; "unet.kwargs={layers_per_block: 1}" is one
+            out += tokens if all("=" in t for t in tokens) else [line]
+        for text in out:
+            parse_override(text)  # ConfigError naming the bad item
+        return out
+
+    def overrides(self) -> list[str]:
+        """The settings as dotted config overrides (extra settings last, so they win)."""
+        if self.loss not in LOSSES:
+            raise UserError(f"loss {self.loss!r} unknown; accepted: {', '.join(LOSSES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"optimizer {self.optimizer!r} unknown; accepted: {', '.join(OPTIMIZERS)}")
+        if self.preset not in PRESETS:
+            raise UserError(f"model preset {self.preset!r} unknown; accepted: {', '.join(PRESETS)}")
+        if self.batch_size < 1:
+            raise UserError("batch size must be at least 1")
+        if not self.learning_rate > 0:
+            raise UserError("learning rate must be above 0 (e.g. 0.0003)")
+        if not 0 <= self.label_dropout < 1:
+            raise UserError("guidance dropout must be in [0, 1) (0.1 is usual)")
+        if self.epochs < 0 or self.max_minutes < 0 or self.max_steps < 0:
+            raise UserError("epochs, max minutes and max steps must be 0 (no limit) or more")
+        if self.epochs == 0 and self.max_minutes == 0 and self.max_steps == 0:
+            raise UserError("set at least one limit: epochs, max minutes or max steps (otherwise it never ends)")
+        return [
+            f"training.epochs={self.epochs}",
+            f"training.batch_size={self.batch_size}",
+            f"training.learning_rate={self.learning_rate!r}",
+            f"training.optimizer={OPTIMIZERS[self.optimizer]}",
+            f"training.ema={str(self.ema).lower()}",
+            f"training.max_minutes={self.max_minutes!r}",
+            f"training.max_steps={self.max_steps}",
+            f"diffusion.loss={LOSSES[self.loss]}",
+            f"diffusion.label_dropout={self.label_dropout!r}",
+            f"unet.preset={self.preset}",
+        ] + self.extra_overrides()
+
+    def config(self) -> Config:
+        """The resolved training config (defaults + these settings); ConfigError for a bad extra setting."""
+        return load_config(None, self.overrides())
+
+
+# keys the tab has controls for (everything else in a loaded YAML goes to "extra settings")
+_SHOWN = {
+    "training.epochs": ("epochs", None),
+    "training.batch_size": ("batch_size", None),
+    "training.learning_rate": ("learning_rate", None),
+    "training.optimizer": ("optimizer", {v: k for k, v in OPTIMIZERS.items()}),
+    "training.ema": ("ema", None),
+    "training.max_minutes": ("max_minutes", None),
+    "training.max_steps": ("max_steps", None),
+    "diffusion.loss": ("loss", {v: k for k, v in LOSSES.items()}),
+    "diffusion.label_dropout": ("label_dropout", None),
+    "unet.preset": ("preset", None),
+}
+_APP_KEYS = ("data_dir", "preprocess", "latent_dir", "autoencoder", "run_name")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings_to_yaml(s: TrainSettings) -> str:
+    """YAML of the settings: an ``app`` section plus the config keys that differ from the defaults."""
+    cfg = to_dict(s.config())
+    defaults = _flatten(to_dict(Config()))
+    changed: dict[str, Any] = {}
+    for key, value in _flatten(cfg).items():
+        if key in _SHOWN or value != defaults.get(key):
+            section, name = key.split(".", 1)
+            changed.setdefault(section, {})[name] = value
+    app = {k: getattr(s, k) for k in _APP_KEYS}
+    app["preprocess"] = s.preprocess == "yes"
+    header = "# Training tab settings of the ldm app (the `app` section); the rest is an ldm training config.\n"
+    return header + yaml.safe_dump({"app": app, **changed}, sort_keys=False)
+
+
+def settings_from_yaml(text: str) -> TrainSettings:
+    """Settings from :func:`settings_to_yaml` output or any training config YAML; ConfigError/UserError if bad."""
+    try:
+        d = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"the settings file is not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise UserError("the settings file must hold a mapping of sections (app, training, diffusion, ...)")
+    app = d.pop("app", None) or {}
+    if not isinstance(app, dict):
+        raise UserError("the settings file's 'app' section must be a mapping")
+    unknown = set(app) - set(_APP_KEYS)
+    if unknown:
+        raise UserError(f"unknown key(s) in the 'app' section: {', '.join(sorted(unknown))}; accepted: {_APP_KEYS}")
+    flat = _flatten(to_dict(from_dict(d)))  # validates every key and type, names the bad one
+    given = _flatten(d)
+    s = TrainSettings()
+    extra = []
+    for key, value in flat.items():
+        if key in _SHOWN:
+            name, labels = _SHOWN[key]
+            setattr(s, name, labels[value] if labels else value)
+        elif key in given:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+            extra.append(f"{key}={text.removesuffix('...').strip()}")
+    for k in _APP_KEYS:
+        if k in app:
+            setattr(s, k, app[k])
+    s.preprocess = "yes" if app.get("preprocess", True) in (True, "yes") else "no"
+    s.extra = "\n".join(extra)
+    return TrainSettings.from_values(*s.values())
+
+
+def save_settings(ws: Workspace, s: TrainSettings, path_text: str) -> Path:
+    """Write the settings YAML to a file inside the workspace; returns its path."""
+    path = ws.resolve(path_text, what="settings file", must_exist=False, kind="file")
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise UserError(f"settings file {path_text!r}: use a .yaml or .yml name")
+    atomic_write_text(path, settings_to_yaml(s))
+    return path
+
+
+def load_settings(ws: Workspace, path_text: str) -> TrainSettings:
+    path = ws.resolve(path_text, what="settings file", kind="file")
+    return settings_from_yaml(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# settings -> job
+
+
+@dataclass
+class JobPlan:
+    run: Path  # runs/<name>
+    latents: Path  # the latent cache train reads
+    phases: list[Phase]
+    log: Path
+    info: dict[str, Any]  # stored in the job file (used by Resume)
+
+
+def _ldm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ldm", *args]
+
+
+def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
+    """The ``ldm`` commands that carry out the settings, every path checked to lie inside the workspace."""
+    if not RUN_NAME.match(s.run_name or ""):
+        raise UserError(
+            f"run name {s.run_name!r}: use 1-64 letters, digits, '.', '_' or '-' (it becomes the folder runs/NAME)"
+        )
+    overrides = s.overrides()
+    try:
+        load_config(None, overrides)  # a bad extra setting is reported now, not after preprocessing
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    run = ws.resolve(f"runs/{s.run_name}", what="run folder", must_exist=False)
+    if (run / "status.json").exists() or (run / "checkpoints").exists() or (run / "config.yaml").exists():
+        raise UserError(f"run {ws.rel(run)} already exists: choose another run name, or Resume it")
+    # data.* and autoencoder.* settings also shape the autoencoder and the cache
+    stage_overrides = [o for o in s.extra_overrides() if o.startswith(("data.", "autoencoder."))]
+    phases: list[Phase] = []
+    if s.preprocess == "yes":
+        data = ws.resolve(s.data_dir, what="data folder")
+        if s.autoencoder in ("", TRAIN_HERE):
+            vae = ws.resolve(f"runs/{s.run_name}-vae", what="autoencoder run folder", must_exist=False)
+            if not (vae / "vae" / "config.json").is_file():  # reuse one trained by an earlier start
+                phases.append(Phase("train-vae", _ldm("train-vae", "--data", str(data), "--out", str(vae))))
+                phases[-1].argv += stage_overrides
+            vae_source = str(vae)
+        else:
+            vae_source = _autoencoder_source(ws, s.autoencoder)
+        latents = ws.resolve(s.latent_dir or f"data/latents/{s.run_name}", what="latent folder", must_exist=False)
+        argv = _ldm("prepare", "--data", str(data), "--vae", vae_source, "--out", str(latents)) + stage_overrides
+        phases.append(Phase("prepare", argv))
+    else:
+        latents = ws.resolve(s.latent_dir, what="latent folder")
+        if not (latents / "manifest.json").is_file():
+            raise UserError(
+                f"latent folder {s.latent_dir!r} has no manifest.json, so it is not a (complete) latent cache; "
+                "choose preprocess = yes to build one from a data folder"
+            )
+    train = _ldm("train", "--latents", str(latents), "--out", str(run)) + overrides
+    phases.append(Phase("train", train))
+    info = {"settings": asdict(s), "latents": str(latents), "overrides": overrides}
+    return JobPlan(run=run, latents=latents, phases=phases, log=run / "app-job.log", info=info)
+
+
+def _autoencoder_source(ws: Workspace, text: str) -> str:
+    """A folder inside the workspace, or a hub id (``owner/name``, not a folder here)."""
+    candidate = Path(text).expanduser()
+    local = candidate if candidate.is_absolute() else ws.root / candidate
+    if not local.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith("."):
+        return text  # a hub id; loading it needs the hub, the prepare step reports if it is unreachable
+    return str(ws.resolve(text, what="autoencoder folder"))
+
+
+def plan_resume(ws: Workspace, job: dict[str, Any] | None) -> JobPlan:
+    """Continue the last job's run from its newest checkpoint (``ldm train --resume latest``)."""
+    if not job or not job.get("run"):
+        raise UserError("nothing to resume: no training job was started from this app in this workspace")
+    run = ws.resolve(job["run"], what="run folder")
+    if not (run / "checkpoints" / "latest").is_file():
+        raise UserError(f"run {ws.rel(run)} has no checkpoint yet, so it cannot be resumed; start it again instead")
+    info = job.get("info") or {}
+    latents = ws.resolve(info.get("latents"), what="latent folder")
+    argv = _ldm("train", "--latents", str(latents), "--out", str(run), "--resume", "latest")
+    argv += list(info.get("overrides") or [])
+    return JobPlan(run=run, latents=latents, phases=[Phase("train", argv)], log=run / "app-job.log", info=info)
