@@ -103,10 +103,14 @@ def make_scheduler(name: str, train_scheduler_config: Any) -> Any:
         cfg.pop(k, None)
     # Latents are scaled to unit variance, so clipping x0 to [-1, 1] (DDPM's default) would distort them.
     extra: dict[str, Any] = {"clip_sample": False, "thresholding": False}
-    if key != "ddpm":
-        # Start from the last training timestep (pure noise): "leading" spacing starts at 960 of 1000 and
-        # leaves signal the model never saw at the start (Lin et al. 2023, arXiv:2305.08891, Table 2).
+    if cfg.get("prediction_type") == "v_prediction":
+        # v-prediction is well conditioned at the last training timestep (SNR ~ 0), so start there: "leading"
+        # spacing starts at 960 of 1000 and leaves signal the model never saw (Lin et al. 2023, arXiv:2305.08891).
         extra["timestep_spacing"] = "trailing"
+    else:
+        # Epsilon prediction starts one stride below the last timestep: its x0 estimate divides by sqrt(alpha_bar),
+        # 5e-5 at t=999 of the cosine schedule, which turns small eps errors of a young model into huge latents.
+        extra["timestep_spacing"] = "leading"
     return getattr(diffusers, cls_name).from_config(cfg, **{**extra, **overrides})
 
 
