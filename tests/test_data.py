@@ -43,8 +43,14 @@ def test_scan_skips_and_reports_bad_files(messy):
     scan = scan_image_folder(messy)
     assert scan.classes == ["a", "b"]
     names = [(p.name, label) for p, label in scan.samples]
-    assert names == [("grey.png", 0), ("grey16.png", 0), ("rgb.png", 0), ("pal.png", 1), ("rgba.png", 1),
-                     ("nested.png", 1)]  # fmt: skip
+    assert names == [
+        ("grey.png", 0),
+        ("grey16.png", 0),
+        ("rgb.png", 0),
+        ("pal.png", 1),
+        ("rgba.png", 1),
+        ("nested.png", 1),
+    ]
     skipped = {p.name: reason for p, reason in scan.skipped}
     assert set(skipped) == {"truncated.png", "notes.txt", "corrupt.png"}
     assert "truncated" in skipped["truncated.png"]
@@ -67,8 +73,9 @@ def test_load_image_modes(messy):
     assert torch.allclose(rgba[:, :, :4], torch.ones(3, 16, 4), atol=0.02)
     assert torch.allclose(rgba[:, :, 12:], torch.tensor([1.0, -1.0, -1.0])[:, None, None].expand(3, 16, 4), atol=0.02)
     # palette image equals its RGB source
-    assert torch.allclose(load_image(messy / "b" / "pal.png", 20, 3), load_image(messy / "a" / "rgb.png", 20, 3),
-                          atol=0.35)  # fmt: skip
+    assert torch.allclose(
+        load_image(messy / "b" / "pal.png", 20, 3), load_image(messy / "a" / "rgb.png", 20, 3), atol=0.35
+    )
 
 
 def test_resize_shorter_side_and_centre_crop(tmp_path):

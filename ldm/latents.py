@@ -1,0 +1,356 @@
+"""The latent cache: every image of a class-folder dataset encoded once by a frozen autoencoder.
+
+    ldm prepare --data data/synth-faces --vae runs/vae --out data/latents/synth-faces
+
+Layout (the one the original project used, plus a manifest)::
+
+    CACHE/<class>/<n>.npy   float32 (C, H, W), already multiplied by the scaling factor; n = index within the class
+    CACHE/latents.npy       all latents (N, C, H, W) in label order, and CACHE/labels.npy (N,) int64: fast loading
+    CACHE/manifest.json     classes, counts, sizes, autoencoder source and content hash, scaling factor, ...
+
+``manifest.json`` is written last, atomically: a cache without it is incomplete (a killed ``prepare``) and
+:func:`load_latent_cache` refuses it. While a cache is being written, ``CACHE/.incomplete`` marks it as ours, so
+a rerun may finish it, while a folder that is neither a cache nor empty is never overwritten.
+
+The scaling factor is applied here and only here (the latent diffusion paper, section 4.3.2 / appendix G: scale
+latents to unit variance). ``autoencoder.scaling_factor`` chooses it: a number; ``"config"`` = the autoencoder
+config's ``scaling_factor`` when it has one, else unit variance; ``"auto"`` = ``1 / std`` of all the dataset's
+unscaled latents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ldm.config import Config, to_dict
+from ldm.data import PREPROCESSING, FolderScan, ImageFolderDataset, scan_image_folder
+from ldm.errors import CacheMismatchError, UserError
+from ldm.utils import atomic_write_json, default_device
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MARKER = ".incomplete"  # present while prepare writes the folder; removed after the manifest is in place
+
+
+@dataclass
+class LatentCache:
+    """A loaded cache: ``latents`` (N, C, H, W) float32, already scaled; ``labels`` (N,) int64 in [0, len(classes))."""
+
+    latents: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    manifest: dict
+    scaling_factor: float
+    latent_shape: tuple[int, int, int]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def data_fingerprint(scan: FolderScan) -> str:
+    """Hash of the relative path, size and modification time of every used file: changes when the data does."""
+    h = hashlib.sha256()
+    for path, label in scan.samples:
+        st = path.stat()
+        h.update(f"{path.relative_to(scan.root).as_posix()}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _scaling_setting(cfg: Config) -> float | str:
+    s = cfg.autoencoder.scaling_factor
+    if isinstance(s, str):
+        if s not in ("config", "auto"):
+            raise UserError(f"autoencoder.scaling_factor must be a number, 'config' or 'auto', got {s!r}")
+        return s
+    if not s > 0:
+        raise UserError(f"autoencoder.scaling_factor must be positive, got {s}")
+    return float(s)
+
+
+def _is_cache_dir(out: Path) -> bool:
+    return (out / MANIFEST).is_file() or (out / MARKER).exists()
+
+
+def _read_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(
+            f"{out / MANIFEST} is not valid JSON ({e}); rebuild the cache with ldm prepare --overwrite"
+        ) from None
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """What makes an existing manifest ``old`` a different cache from the one ``new`` describes."""
+    diffs = []
+
+    def cmp(label: str, a: Any, b: Any) -> None:
+        if a != b:
+            diffs.append(f"{label}: cache has {a!r}, requested {b!r}")
+
+    cmp("format_version", old.get("format_version"), new["format_version"])
+    cmp("autoencoder content hash", old.get("autoencoder", {}).get("content_hash"), new["autoencoder"]["content_hash"])
+    cmp("image_size", old.get("image_size"), new["image_size"])
+    cmp("channels", old.get("channels"), new["channels"])
+    cmp("preprocessing", old.get("preprocessing"), new["preprocessing"])
+    cmp("scaling_factor setting", old.get("scaling_factor_setting"), new["scaling_factor_setting"])
+    cmp("data_dir", old.get("data_dir"), new["data_dir"])
+    if old.get("data_dir") == new["data_dir"] and old.get("data_fingerprint") != new["data_fingerprint"]:
+        diffs.append("data: files were added, removed or modified since the cache was made")
+    return diffs
+
+
+def _start_writing(out: Path, overwrite: bool) -> None:
+    """Make ``out`` an empty folder marked incomplete; never deletes a folder that is not a latent cache."""
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"--out {out} is a file; give a folder for the latent cache")
+        if any(out.iterdir()) and not _is_cache_dir(out):
+            raise UserError(
+                f"--out {out} exists, is not empty and is not a latent cache (no {MANIFEST}); "
+                "refusing to write into it: choose a new or empty folder"
+            )
+        # the manifest goes first: from here on the folder can never load as a complete cache
+        (out / MANIFEST).unlink(missing_ok=True)
+        (out / MARKER).touch()
+        for p in out.iterdir():
+            if p.name == MARKER:
+                continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    else:
+        out.mkdir(parents=True)
+        (out / MARKER).touch()
+
+
+def _save_npy(path: Path, a: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, a, allow_pickle=False)
+
+
+def prepare_latents(
+    data_dir: str | Path,
+    vae_source: str,
+    out: str | Path,
+    cfg: Config,
+    batch_size: int = 32,
+    device: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    pack: bool = True,
+) -> dict:
+    """Encode every readable image of ``data_dir/<class>/...`` with the autoencoder at ``vae_source`` into ``out``.
+
+    Images are loaded as ``cfg.data.image_size`` squares with ``cfg.data.channels`` channels in [-1, 1]; the cache
+    holds the posterior means times the scaling factor (see the module docstring). Returns the manifest.
+
+    If ``out`` already holds a complete cache of the same data, autoencoder (content hash), preprocessing and
+    scaling setting, nothing is done. A cache that differs raises :class:`CacheMismatchError` naming what differs,
+    unless ``overwrite``. An incomplete cache (a killed run) is rebuilt.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ldm import autoencoder as ae_lib
+
+    out = Path(out)
+    image_size, channels = cfg.data.image_size, cfg.data.channels
+    if channels not in (1, 3):
+        raise UserError(f"data.channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if image_size < 1:
+        raise UserError(f"data.image_size must be positive, got {image_size}")
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    setting = _scaling_setting(cfg)
+    scan = scan_image_folder(data_dir)
+    device = device or default_device()
+    ae = ae_lib.load_autoencoder(vae_source, device=device)
+    if ae.in_channels != channels:
+        raise UserError(
+            f"the autoencoder {vae_source} takes {ae.in_channels}-channel images but data.channels={channels}; "
+            f"set data.channels={ae.in_channels}"
+        )
+    if image_size % ae.down_factor:
+        raise UserError(
+            f"data.image_size={image_size} is not a multiple of the autoencoder's down factor {ae.down_factor}"
+        )
+
+    root = Path(data_dir).resolve()
+    preprocessing = {**PREPROCESSING, "image_size": image_size, "channels": channels}
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "classes": scan.classes,
+        "counts": scan.counts(),
+        "num_images": len(scan.samples),
+        "image_size": image_size,
+        "channels": channels,
+        "latent_shape": None,  # filled in after encoding
+        "autoencoder": {
+            "source": str(vae_source),
+            "class_name": type(ae.model).__name__,
+            "content_hash": ae.content_hash,
+            "down_factor": ae.down_factor,
+            "latent_channels": ae.latent_channels,
+            "config_scaling_factor": ae.scaling_factor,
+        },
+        "scaling_factor": None,
+        "scaling_factor_setting": setting,
+        "preprocessing": preprocessing,
+        "data_dir": str(root),
+        "data_fingerprint": data_fingerprint(scan),
+    }
+
+    old = _read_manifest(out) if out.is_dir() and not overwrite else None
+    if old is not None:
+        diffs = _differences(old, manifest)
+        if not diffs:
+            print(f"latent cache {out} is up to date ({old['num_images']} latents); nothing to do")
+            return old
+        raise CacheMismatchError(
+            f"the latent cache in {out} was made differently:\n  "
+            + "\n  ".join(diffs)
+            + "\nrefusing to mix them: give a new --out folder, or --overwrite to replace this cache"
+        )
+    _start_writing(out, overwrite)
+
+    # encode everything first (unscaled): the "auto" scaling factor needs the statistics of the whole dataset
+    ds = ImageFolderDataset(scan, image_size, channels)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=False, num_workers=cfg.data.num_workers, drop_last=False
+    )
+    chunks = []
+    t0 = time.perf_counter()
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(ds), desc="encoding", unit="img", disable=not progress, dynamic_ncols=True) as bar,
+    ):
+        for images, _ in loader:
+            z = ae_lib.encode(ae, images.to(device))
+            chunks.append(z.float().cpu().numpy())
+            bar.update(len(images))
+    z = np.concatenate(chunks)  # (N, C, H, W) unscaled
+    seconds = time.perf_counter() - t0
+    std = float(z.std(dtype=np.float64))
+    if setting == "auto" or (setting == "config" and ae.scaling_factor is None):
+        if not std > 0:
+            raise UserError("all latents are identical (std 0): cannot scale them to unit variance")
+        scale = 1.0 / std
+    elif setting == "config":
+        scale = float(ae.scaling_factor)
+    else:
+        scale = float(setting)
+    z *= np.float32(scale)
+    labels = np.array([label for _, label in scan.samples], dtype=np.int64)
+
+    files = []
+    index = {name: 0 for name in scan.classes}
+    for i, (path, label) in enumerate(scan.samples):
+        name = scan.classes[label]
+        (out / name).mkdir(exist_ok=True)
+        rel = f"{name}/{index[name]}.npy"
+        index[name] += 1
+        _save_npy(out / rel, np.ascontiguousarray(z[i]))
+        files.append({"latent": rel, "image": path.relative_to(scan.root).as_posix(), "label": int(label)})
+    if pack:
+        _save_npy(out / "latents.npy", z)
+        _save_npy(out / "labels.npy", labels)
+
+    manifest.update(
+        latent_shape=list(z.shape[1:]),
+        scaling_factor=scale,
+        latent_stats={  # of the unscaled latents: lets a consumer check or redo the scaling
+            "mean": float(z.mean(dtype=np.float64) / scale),
+            "std": std,
+            "channel_mean": (z.mean(axis=(0, 2, 3), dtype=np.float64) / scale).tolist(),
+            "channel_std": (z.std(axis=(0, 2, 3), dtype=np.float64) / scale).tolist(),
+        },
+        packed=["latents.npy", "labels.npy"] if pack else [],
+        files=files,
+        skipped=[[p.relative_to(scan.root).as_posix(), reason] for p, reason in scan.skipped],
+        config=to_dict(cfg.data),
+        device=str(device),
+        encode_seconds=round(seconds, 3),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    atomic_write_json(out / MANIFEST, manifest)  # last: from now on the cache is complete
+    (out / MARKER).unlink(missing_ok=True)
+    return manifest
+
+
+def load_latent_cache(path: str | Path) -> LatentCache:
+    """Load a cache written by :func:`prepare_latents` (the packed arrays when present, else the per-image files).
+
+    Raises :class:`UserError` for a missing folder, an incomplete cache (no manifest: ``prepare`` did not finish)
+    or files that do not match the manifest.
+    """
+    import torch
+
+    path = Path(path)
+    hint = f"make it with: ldm prepare --data DATA_DIR --vae VAE --out {path}"
+    if not path.is_dir():
+        raise UserError(f"no latent cache at {path} (folder not found); {hint}")
+    manifest = _read_manifest(path)
+    if manifest is None:
+        if (path / MARKER).exists() or any(path.rglob("*.npy")):
+            raise UserError(
+                f"the latent cache in {path} is incomplete (no {MANIFEST}: ldm prepare was interrupted); "
+                f"run ldm prepare again with the same --out to finish it"
+            )
+        raise UserError(f"{path} is not a latent cache (no {MANIFEST}); {hint}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{path / MANIFEST} has format_version {manifest.get('format_version')!r}; this version of ldm reads "
+            f"{FORMAT_VERSION}: rebuild it with ldm prepare --overwrite"
+        )
+    shape = tuple(int(s) for s in manifest["latent_shape"])
+    n = int(manifest["num_images"])
+    try:
+        if manifest.get("packed") and (path / "latents.npy").is_file():
+            z = np.load(path / "latents.npy", allow_pickle=False)
+            y = np.load(path / "labels.npy", allow_pickle=False)
+        else:
+            z = np.stack([np.load(path / f["latent"], allow_pickle=False) for f in manifest["files"]])
+            y = np.array([f["label"] for f in manifest["files"]], dtype=np.int64)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"the latent cache in {path} is damaged ({e}); rebuild it with ldm prepare --overwrite"
+        ) from None
+    if z.shape != (n, *shape) or y.shape != (n,):
+        raise UserError(
+            f"the latent cache in {path} is damaged: found latents {z.shape} and labels {y.shape}, manifest says "
+            f"{n} latents of shape {shape}; rebuild it with ldm prepare --overwrite"
+        )
+    return LatentCache(
+        latents=torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)),
+        labels=torch.from_numpy(y.astype(np.int64)),
+        classes=list(manifest["classes"]),
+        manifest=manifest,
+        scaling_factor=float(manifest["scaling_factor"]),
+        latent_shape=shape,
+    )
+
+
+def describe_cache(manifest: dict, path: str | Path) -> str:
+    """One paragraph summary of a cache for the CLI."""
+    ae = manifest["autoencoder"]
+    return (
+        f"latent cache {path}: {manifest['num_images']} latents of shape {tuple(manifest['latent_shape'])} "
+        f"in {len(manifest['classes'])} classes\n"
+        f"  images {manifest['image_size']}x{manifest['image_size']}, {manifest['channels']} channels; "
+        f"autoencoder {ae['source']} ({ae['class_name']}, hash {ae['content_hash'][:12]})\n"
+        f"  scaling factor {manifest['scaling_factor']:.6g} ({manifest['scaling_factor_setting']}); "
+        f"unscaled latent std {manifest['latent_stats']['std']:.4g}"
+        + (f"\n  skipped {len(manifest['skipped'])} unreadable files" if manifest.get("skipped") else "")
+    )

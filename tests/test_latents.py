@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+import ldm
+from ldm.cli import main
+from ldm.config import load_config
+from ldm.errors import CacheMismatchError, UserError
+from ldm.latents import MANIFEST, load_latent_cache, prepare_latents
+from ldm.utils import hash_folder
+
+
+def _stand_in_autoencoder() -> types.ModuleType:
+    """Minimal ldm.autoencoder (load_autoencoder/encode per docs/internals.md) for when the real one is absent."""
+    from diffusers import AutoencoderKL
+
+    @dataclass
+    class LoadedAutoencoder:
+        model: object
+        source: str
+        content_hash: str
+        scaling_factor: float | None
+        down_factor: int
+        latent_channels: int
+        in_channels: int
+
+    def load_autoencoder(source, device="cpu", dtype=torch.float32):
+        m = AutoencoderKL.from_pretrained(source).to(device, dtype).eval().requires_grad_(False)
+        c = m.config
+        return LoadedAutoencoder(
+            m,
+            str(source),
+            hash_folder(source),
+            c.scaling_factor,
+            2 ** (len(c.block_out_channels) - 1),
+            c.latent_channels,
+            c.in_channels,
+        )
+
+    def encode(ae, images):
+        return ae.model.encode(images.to(ae.model.dtype)).latent_dist.mean
+
+    mod = types.ModuleType("ldm.autoencoder")
+    mod.load_autoencoder, mod.encode = load_autoencoder, encode
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def autoencoder_module(monkeypatch):
+    try:
+        import ldm.autoencoder as mod  # the real one, once it exists
+    except ModuleNotFoundError:
+        mod = _stand_in_autoencoder()
+        monkeypatch.setitem(sys.modules, "ldm.autoencoder", mod)
+        monkeypatch.setattr(ldm, "autoencoder", mod, raising=False)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny convolutions: one thread is as fast, and much faster when other processes share the 2 cores
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(*overrides):
+    return load_config(None, ["data.image_size=16", "data.channels=3", *overrides])
+
+
+def _mtimes(folder):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_prepare_writes_cache_and_reruns_do_nothing(att_faces, tiny_vae_dir, tmp_path, capsys):
+    out = tmp_path / "cache"
+    m = prepare_latents(
+        att_faces,
+        str(tiny_vae_dir),
+        out,
+        _cfg("autoencoder.scaling_factor=auto"),
+        device="cpu",
+        batch_size=64,
+        progress=False,
+    )
+    for key in (
+        "format_version",
+        "classes",
+        "counts",
+        "num_images",
+        "image_size",
+        "channels",
+        "latent_shape",
+        "autoencoder",
+        "scaling_factor",
+        "preprocessing",
+        "data_dir",
+        "data_fingerprint",
+        "files",
+        "skipped",
+    ):
+        assert key in m
+    on_disk = json.loads((out / MANIFEST).read_text())
+    assert on_disk == json.loads(json.dumps(m))
+    assert m["num_images"] == 200 and m["counts"] == {f"s{i}": 10 for i in sorted(range(1, 21), key=str)}
+    assert m["classes"][:3] == ["s1", "s10", "s11"]
+    assert m["latent_shape"] == [4, 8, 8] and m["image_size"] == 16 and m["channels"] == 3
+    assert m["autoencoder"]["content_hash"] == hash_folder(tiny_vae_dir)
+    assert m["autoencoder"]["class_name"] == "AutoencoderKL"
+    assert m["preprocessing"]["image_size"] == 16 and "centre" in m["preprocessing"]["crop"]
+    assert m["skipped"] == [] and not (out / ".incomplete").exists()
+    assert sorted(p.name for p in (out / "s7").iterdir()) == [f"{n}.npy" for n in range(10)]
+
+    cache = load_latent_cache(out)
+    assert cache.latents.shape == (200, 4, 8, 8) and cache.latents.dtype == torch.float32
+    assert cache.labels.tolist() == [k for k in range(20) for _ in range(10)]
+    assert cache.latent_shape == (4, 8, 8) and cache.classes == m["classes"]
+    assert abs(cache.latents.std().item() - 1.0) < 1e-3  # "auto": unit variance over the dataset
+    assert cache.scaling_factor == pytest.approx(1.0 / m["latent_stats"]["std"])
+    # per-image files hold the same scaled latents as the packed array, in label order
+    first_s10 = m["files"][10]
+    assert first_s10["latent"] == "s10/0.npy" and first_s10["image"].startswith("s10/") and first_s10["label"] == 1
+    assert np.array_equal(np.load(out / "s10" / "0.npy"), cache.latents[10].numpy())
+    assert np.load(out / "s10" / "0.npy").dtype == np.float32
+
+    # same inputs: no work, no file touched
+    before = _mtimes(out)
+    capsys.readouterr()
+    again = prepare_latents(
+        att_faces, str(tiny_vae_dir), out, _cfg("autoencoder.scaling_factor=auto"), device="cpu", progress=False
+    )
+    assert "up to date" in capsys.readouterr().out
+    assert again == on_disk and _mtimes(out) == before
+
+    # a different image size or autoencoder is refused, naming what differs
+    with pytest.raises(CacheMismatchError, match=r"image_size: cache has 16, requested 8(.|\n)*--overwrite"):
+        prepare_latents(
+            att_faces, str(tiny_vae_dir), out, load_config(None, ["data.image_size=8"]), device="cpu", progress=False
+        )
+    other_vae = tmp_path / "other-vae"
+    shutil.copytree(tiny_vae_dir, other_vae)
+    cfg_json = json.loads((other_vae / "config.json").read_text())
+    cfg_json["scaling_factor"] = 0.5
+    (other_vae / "config.json").write_text(json.dumps(cfg_json))
+    with pytest.raises(CacheMismatchError, match="autoencoder content hash"):
+        prepare_latents(
+            att_faces, str(other_vae), out, _cfg("autoencoder.scaling_factor=auto"), device="cpu", progress=False
+        )
+    assert _mtimes(out) == before
+
+    # --overwrite replaces it; "config" takes the autoencoder config's factor
+    m2 = prepare_latents(att_faces, str(other_vae), out, _cfg(), device="cpu", progress=False, overwrite=True)
+    assert m2["scaling_factor"] == 0.5 and m2["autoencoder"]["content_hash"] == hash_folder(other_vae)
+    c2 = load_latent_cache(out)
+    assert torch.allclose(c2.latents, cache.latents / cache.scaling_factor * 0.5, atol=1e-5)
+
+
+def test_killed_prepare_leaves_incomplete_cache_then_rerun_completes(
+    att_faces, tiny_vae_dir, tmp_path, autoencoder_module, monkeypatch
+):
+    out = tmp_path / "cache"
+    real_encode = autoencoder_module.encode
+    calls = []
+
+    def dying_encode(ae, images):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what Ctrl-C does half-way
+        return real_encode(ae, images)
+
+    monkeypatch.setattr(autoencoder_module, "encode", dying_encode)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_latents(att_faces, str(tiny_vae_dir), out, _cfg(), batch_size=32, device="cpu", progress=False)
+    assert out.is_dir() and not (out / MANIFEST).exists()
+    with pytest.raises(UserError, match="incomplete"):
+        load_latent_cache(out)
+
+    # also killed while writing files (after some .npy exist): still refused
+    np.save(out / "stray.npy", np.zeros(3, np.float32))
+    with pytest.raises(UserError, match="incomplete"):
+        load_latent_cache(out)
+
+    monkeypatch.setattr(autoencoder_module, "encode", real_encode)
+    m = prepare_latents(att_faces, str(tiny_vae_dir), out, _cfg(), batch_size=32, device="cpu", progress=False)
+    cache = load_latent_cache(out)
+    assert len(cache) == 200 and not (out / "stray.npy").exists()
+    assert m["scaling_factor"] == pytest.approx(0.18215)  # "config": the diffusers default in the VAE's config
+
+
+def test_overwrite_with_stale_manifest_removes_it_first(
+    att_faces, tiny_vae_dir, tmp_path, autoencoder_module, monkeypatch
+):
+    out = tmp_path / "cache"
+    prepare_latents(att_faces, str(tiny_vae_dir), out, _cfg(), device="cpu", progress=False)
+
+    def broken(ae, images):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(autoencoder_module, "encode", broken)
+    with pytest.raises(RuntimeError):
+        prepare_latents(
+            att_faces, str(tiny_vae_dir), out, _cfg("data.image_size=8"), device="cpu", progress=False, overwrite=True
+        )
+    with pytest.raises(UserError, match="incomplete"):  # the old manifest must not vouch for a half-new folder
+        load_latent_cache(out)
+
+
+def test_refuses_foreign_folders_and_bad_settings(att_faces, tiny_vae_dir, tmp_path):
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="not a latent cache"):
+            prepare_latents(
+                att_faces, str(tiny_vae_dir), foreign, _cfg(), device="cpu", progress=False, overwrite=overwrite
+            )
+    assert (foreign / "keep.txt").read_text() == "precious"
+    with pytest.raises(UserError, match="3-channel"):
+        prepare_latents(att_faces, str(tiny_vae_dir), tmp_path / "c", _cfg("data.channels=1"), device="cpu")
+    with pytest.raises(UserError, match="folder not found"):
+        load_latent_cache(tmp_path / "nothing")
+    with pytest.raises(UserError, match="not a latent cache"):
+        load_latent_cache(foreign)
+
+
+def test_prepare_cli(att_faces, tiny_vae_dir, tmp_path, capsys):
+    out = tmp_path / "cache"
+    args = ["prepare", "--data", str(att_faces), "--vae", str(tiny_vae_dir), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "data.image_size=16", "--dry-run"]) == 0
+    assert "image_size: 16" in capsys.readouterr().out and not out.exists()
+    assert main([*args, "data.image_size=16", "autoencoder.scaling_factor=auto"]) == 0
+    text = capsys.readouterr().out
+    assert "200 latents of shape (4, 8, 8)" in text and "20 classes" in text
+    assert main([*args, "data.image_size=16", "autoencoder.scaling_factor=auto"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main([*args, "data.image_size=8"]) == 2
+    err = capsys.readouterr().err
+    assert "image_size" in err and "--overwrite" in err
+    assert main([*args, "data.image_size=8", "--overwrite", "--no-pack"]) == 0
+    assert load_latent_cache(out).latent_shape == (4, 4, 4) and not (out / "latents.npy").exists()
