@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ldm.errors import DataError, UserError
 
@@ -161,6 +161,7 @@ def load_image(path: str | Path, image_size: int, channels: int) -> torch.Tensor
     try:
         with Image.open(path) as im:
             im.load()
+            im = ImageOps.exif_transpose(im)  # phone photos: store the sensor orientation in EXIF
             im = _to_8bit(im)
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None

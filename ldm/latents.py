@@ -204,6 +204,8 @@ def prepare_latents(
             "down_factor": ae.down_factor,
             "latent_channels": ae.latent_channels,
             "config_scaling_factor": ae.scaling_factor,
+            # SD3/Flux-style autoencoders also shift latents; recorded, not applied (the pipeline only scales)
+            "config_shift_factor": getattr(ae.model.config, "shift_factor", None),
         },
         "scaling_factor": None,
         "scaling_factor_setting": setting,
@@ -345,12 +347,23 @@ def load_latent_cache(path: str | Path) -> LatentCache:
 def describe_cache(manifest: dict, path: str | Path) -> str:
     """One paragraph summary of a cache for the CLI."""
     ae = manifest["autoencoder"]
-    return (
+    scaled_std = manifest["latent_stats"]["std"] * manifest["scaling_factor"]
+    text = (
         f"latent cache {path}: {manifest['num_images']} latents of shape {tuple(manifest['latent_shape'])} "
         f"in {len(manifest['classes'])} classes\n"
         f"  images {manifest['image_size']}x{manifest['image_size']}, {manifest['channels']} channels; "
         f"autoencoder {ae['source']} ({ae['class_name']}, hash {ae['content_hash'][:12]})\n"
         f"  scaling factor {manifest['scaling_factor']:.6g} ({manifest['scaling_factor_setting']}); "
-        f"unscaled latent std {manifest['latent_stats']['std']:.4g}"
-        + (f"\n  skipped {len(manifest['skipped'])} unreadable files" if manifest.get("skipped") else "")
+        f"latent std {scaled_std:.4g} scaled, {manifest['latent_stats']['std']:.4g} unscaled"
     )
+    if not 0.5 <= scaled_std <= 2.0:
+        text += (
+            "\n  note: the scaled latents are far from unit variance (the diffusion noise schedule assumes about 1); "
+            "autoencoder.scaling_factor=auto rescales them to 1"
+        )
+    skipped = manifest.get("skipped") or []
+    if skipped:
+        text += f"\n  skipped {len(skipped)} unreadable files:"
+        text += "".join(f"\n    {p}: {reason}" for p, reason in skipped[:10])
+        text += f"\n    ... and {len(skipped) - 10} more (see manifest.json)" if len(skipped) > 10 else ""
+    return text

@@ -140,3 +140,15 @@ def test_inspect_cli_reports_skipped(messy, capsys):
     assert "3 files skipped" in out and "b/notes.txt: not an image" in out and "I;16" in out
     assert main(["data", "inspect", str(messy / "nowhere")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_exif_orientation_and_cmyk(tmp_path):
+    a = np.zeros((10, 20, 3), np.uint8)
+    a[:, :10] = 255  # stored: left half white; EXIF 6 = display rotated 90 degrees clockwise => top half white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    x = load_image(tmp_path / "rot.jpg", 10, 1)
+    assert x[0, :3].mean() > 0.8 and x[0, -3:].mean() < -0.8
+    Image.fromarray(a).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    assert load_image(tmp_path / "cmyk.jpg", 10, 3).shape == (3, 10, 10)

@@ -247,3 +247,20 @@ def test_prepare_cli(att_faces, tiny_vae_dir, tmp_path, capsys):
     assert "image_size" in err and "--overwrite" in err
     assert main([*args, "data.image_size=8", "--overwrite", "--no-pack"]) == 0
     assert load_latent_cache(out).latent_shape == (4, 4, 4) and not (out / "latents.npy").exists()
+
+
+def test_prepare_skips_bad_files_of_synth_faces(tiny_vae_dir, tmp_path, capsys):
+    from ldm.synth import SYNTH_CLASSES, make_synth_faces
+
+    data = tmp_path / "faces"
+    make_synth_faces(data, per_class=3, seed=0)
+    (data / "sleepy" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "cache"
+    argv = ["prepare", "--data", str(data), "--vae", str(tiny_vae_dir), "--out", str(out), "--device", "cpu"]
+    assert main([*argv, "data.image_size=16", "--batch-size", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "15 latents of shape (4, 8, 8) in 5 classes" in text and "sleepy/broken.png" in text
+    assert "far from unit variance" in text  # the diffusers default 0.18215 does not fit this untrained VAE
+    cache = load_latent_cache(out)
+    assert cache.classes == list(SYNTH_CLASSES) and cache.manifest["skipped"][0][0] == "sleepy/broken.png"
+    assert cache.labels.tolist() == [k for k in range(5) for _ in range(3)]
