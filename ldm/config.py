@@ -93,6 +93,7 @@ class TrainingConfig:
     ema: bool = True  # keep an EMA of the weights (used for samples and export)
     ema_decay: float = 0.999  # EMA decay ceiling
     ema_warmup: bool = True  # EMA warm-up (decay grows with the step)
+    ema_power: float = 0.75  # warm-up decay = 1 - (1 + step) ** -ema_power (3/4: 0.999 at 10k steps; 2/3 for long runs)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, measured on CPU
     channels_last: bool = True  # channels-last memory format (faster convolutions on CPU)
     log_every: int = 10  # steps between metrics.jsonl lines

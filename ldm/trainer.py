@@ -1,0 +1,776 @@
+"""The diffusion training loop: a class-conditional UNet on a latent cache, with EMA, checkpoints and safe stop.
+
+    ldm train --latents data/latents/demo --out runs/demo --config configs/demo.yaml
+    ldm train --latents data/latents/demo --out runs/demo --resume latest --max-steps 4000
+
+or from Python::
+
+    from ldm.config import load_config
+    from ldm.trainer import train
+    result = train(load_config("configs/demo.yaml"), "data/latents/demo", "runs/demo")
+
+One optimiser step, top to bottom (:meth:`_Trainer.step`): ``gradient_accumulation_steps`` micro-batches of
+``batch_size`` latents drawn from a seeded permutation of the cache, each through
+:func:`ldm.diffusion.diffusion_loss` (noise, timesteps and label dropout from a seeded generator), gradients
+clipped, optimiser and learning rate stepped, EMA updated. Everything goes through ``accelerate.Accelerator``,
+so the same code runs on a CPU (one process), a GPU, or several (``accelerate launch -m ldm.cli train ...``).
+
+The training state in ``checkpoints/step-XXXXXX/`` holds everything needed to continue *exactly*: the model,
+the EMA, the optimiser, the learning-rate position, the RNG states (python, numpy, torch, the noise generator) and
+the data position (epoch, offset into that epoch's permutation). Resuming from it gives the same next loss as the
+uninterrupted run. The exported model (the EMA weights as a diffusers pipeline) is a different thing: ``pipeline/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ldm.config import Config, TrainingConfig, to_dict
+from ldm.errors import UserError
+from ldm.runs import (
+    CHECKPOINT_STATE_FILE,
+    RunLog,
+    append_metrics,
+    existing_run_problem,
+    labelled_grid,
+    list_checkpoints,
+    mark_latest,
+    plot_loss,
+    prune_checkpoints,
+    read_metrics,
+    resolve_resume,
+    save_png,
+    step_name,
+    truncate_metrics,
+    write_status,
+)
+from ldm.utils import atomic_dir, atomic_write_json
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did. ``state`` is ``"finished"`` (a step/epoch/time budget was reached) or ``"stopped"``."""
+
+    run_dir: Path
+    state: str
+    step: int  # optimiser steps done, including those before a resume
+    epoch: float  # passes over the cache (images seen / cache size)
+    loss: float | None  # mean loss of the last log window
+    elapsed_seconds: float  # wall-clock time of the training loop, including before a resume
+    checkpoint: Path | None  # the final checkpoint folder
+    pipeline_dir: Path | None  # the exported diffusers pipeline
+    sample_grid: Path | None  # the last sample grid
+    message: str
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# data order and learning rate: small, deterministic, resumable pieces
+
+
+class BatchStream:
+    """Endless stream of index batches over ``n`` items: a fresh permutation per epoch, seeded by (seed, epoch).
+
+    The position is ``(epoch, offset)``; the permutation of an epoch is recomputed from the seed, so the state is two
+    integers. A batch that runs past the end of an epoch continues into the next one (every batch has the same
+    size, and no image is dropped, even when the cache is smaller than a batch).
+    """
+
+    def __init__(self, n: int, seed: int):
+        if n < 1:
+            raise ValueError("BatchStream needs at least one item")
+        self.n, self.seed = n, seed
+        self.epoch, self.offset = 0, 0
+        self._perm: torch.Tensor | None = None
+
+    def _permutation(self) -> torch.Tensor:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._perm = torch.randperm(self.n, generator=g)
+        return self._perm
+
+    def next(self, k: int) -> torch.Tensor:
+        """The next ``k`` indices, LongTensor ``(k,)`` in ``[0, n)``."""
+        parts, need = [], k
+        while need > 0:
+            perm = self._permutation()
+            take = min(need, self.n - self.offset)
+            parts.append(perm[self.offset : self.offset + take])
+            self.offset += take
+            need -= take
+            if self.offset == self.n:
+                self.epoch, self.offset, self._perm = self.epoch + 1, 0, None
+        return torch.cat(parts)
+
+    @property
+    def images_seen(self) -> int:
+        return self.epoch * self.n + self.offset
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "seed": self.seed}
+
+    def load_state_dict(self, d: dict[str, int]) -> None:
+        if d["n"] != self.n:
+            raise UserError(f"the checkpoint was trained on a cache of {d['n']} latents, this cache has {self.n}")
+        self.epoch, self.offset, self._perm = int(d["epoch"]), int(d["offset"]), None
+
+
+def lr_factor(step: int, tc: TrainingConfig, horizon: int | None, time_fraction: float = 0.0) -> float:
+    """Learning-rate multiplier for optimiser step ``step`` (0-based): linear warm-up over ``tc.warmup_steps``, then
+    constant or a cosine decay to 0 at ``horizon`` steps (Loshchilov & Hutter 2017, https://arxiv.org/abs/1608.03983).
+
+    When no step horizon is known (only ``max_minutes`` is set), the cosine follows ``time_fraction`` (elapsed share of
+    the time budget) instead, so a time-budgeted run still ends at a low learning rate.
+    """
+    if tc.warmup_steps > 0 and step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    if tc.lr_schedule == "constant":
+        return 1.0
+    if horizon is not None:
+        span = max(1, horizon - tc.warmup_steps)
+        progress = min(1.0, (step - tc.warmup_steps) / span)
+    else:
+        progress = min(1.0, max(0.0, time_fraction))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_horizon(tc: TrainingConfig, num_latents: int, latents_per_step: int) -> int | None:
+    """Optimiser steps until ``max_steps`` or ``epochs`` ends the run (whichever first); None if only time is set."""
+    limits = []
+    if tc.max_steps > 0:
+        limits.append(tc.max_steps)
+    if tc.epochs > 0:
+        limits.append(math.ceil(tc.epochs * num_latents / latents_per_step))
+    return min(limits) if limits else None
+
+
+def check_training_config(tc: TrainingConfig) -> None:
+    """Raise UserError for settings that cannot train (naming the key and what is accepted)."""
+    if tc.max_steps <= 0 and tc.epochs <= 0 and tc.max_minutes <= 0:
+        raise UserError(
+            "nothing says when to stop: set training.max_steps, training.epochs or training.max_minutes "
+            "(or --max-steps / --epochs / --max-minutes); the first one reached ends the run"
+        )
+    for key in ("max_steps", "epochs", "warmup_steps", "log_every", "sample_every", "checkpoint_every"):
+        if getattr(tc, key) < 0:
+            raise UserError(f"training.{key} must be >= 0, got {getattr(tc, key)}")
+    if tc.batch_size < 1 or tc.gradient_accumulation_steps < 1:
+        raise UserError("training.batch_size and training.gradient_accumulation_steps must be >= 1")
+    if tc.learning_rate <= 0:
+        raise UserError(f"training.learning_rate must be > 0, got {tc.learning_rate}")
+    if tc.ema and not 0 < tc.ema_decay < 1:
+        raise UserError(f"training.ema_decay must be in (0, 1), got {tc.ema_decay}")
+    if tc.max_grad_norm < 0:
+        raise UserError(f"training.max_grad_norm must be >= 0 (0 = no clipping), got {tc.max_grad_norm}")
+
+
+def make_optimizer(params: Any, tc: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay), Adam (L2 weight decay) or SGD with momentum, at ``tc.learning_rate``."""
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(
+            params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay
+        )
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(
+            params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay
+        )
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tc.learning_rate, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    raise UserError(f"training.optimizer: unknown {tc.optimizer!r}; accepted: adamw, adam, sgd")
+
+
+def _rng_state(noise: torch.Generator) -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "noise": noise.get_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], noise: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    noise.set_state(state["noise"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the trainer
+
+
+class _Trainer:
+    """Holds the state of one training run; :func:`train` is the public entry point."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        latents: str | Path,
+        out: str | Path,
+        resume: str | Path | None,
+        should_stop: Callable[[], bool] | None,
+        progress: bool,
+        on_log: Callable[[dict[str, Any]], None] | None,
+        device: str | None,
+    ):
+        self.cfg, self.tc = cfg, cfg.training
+        self.out = Path(out)
+        self.should_stop = should_stop or (lambda: False)
+        self.progress, self.on_log = progress, on_log
+        check_training_config(self.tc)
+
+        # Refuse before touching anything: a run folder with checkpoints is only continued on request.
+        self.resume_from: Path | None = None
+        if resume is not None:
+            self.resume_from = resolve_resume(self.out, resume)
+        elif (problem := existing_run_problem(self.out)) is not None:
+            raise UserError(problem)
+
+        from accelerate import Accelerator
+
+        from ldm.diffusion import resolve_mixed_precision
+        from ldm.latents import load_latent_cache
+
+        self.cache = load_latent_cache(latents)
+        self.latents_path = Path(latents)
+        self.classes = list(self.cache.classes)
+        self.num_classes = len(self.classes)
+        n, c, h, w = self.cache.latents.shape
+        if h != w:
+            raise UserError(f"the latent cache holds non-square latents {h}x{w}; the UNet needs square ones")
+        self.latent_shape = (c, h, w)
+
+        want_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+        probe = "cpu" if want_cpu else (device or "cuda")
+        self.mixed_precision = resolve_mixed_precision(self.tc.mixed_precision, probe)
+        self.acc = Accelerator(mixed_precision=self.mixed_precision, cpu=want_cpu)
+        self.main = self.acc.is_main_process
+        self.device = self.acc.device
+        self.world = self.acc.num_processes
+        self.latents_per_step = self.tc.batch_size * self.tc.gradient_accumulation_steps * self.world
+        self.horizon = step_horizon(self.tc, n, self.latents_per_step)
+
+        self.log = RunLog(self.out / "train.log", echo=self._echo if self.main else None)
+        self.bar = None
+
+    # -- output helpers ------------------------------------------------------------------------------------------------
+
+    def _echo(self, msg: str) -> None:
+        if self.bar is not None:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg)
+        elif self.progress:
+            print(msg, flush=True)
+
+    # -- setup -------------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from diffusers.training_utils import EMAModel
+
+        from ldm.diffusion import make_train_scheduler
+        from ldm.unet import build_unet
+
+        tc = self.tc
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            from ldm.config import save_config
+
+            # Recorded before the first step, so a run folder always says how it was made.
+            save_config(self.cfg, self.out / "config.yaml")
+            atomic_write_json(self.out / "classes.json", self.classes)
+            (self.out / "samples").mkdir(exist_ok=True)
+        self.acc.wait_for_everyone()
+
+        torch.manual_seed(tc.seed)  # weight initialisation
+        c, h, _ = self.latent_shape
+        unet = build_unet(self.cfg.unet, sample_size=h, in_channels=c, num_classes=self.num_classes)
+        self.null_class_id = self.num_classes
+        self.scheduler = make_train_scheduler(self.cfg.diffusion)
+        self.ema = None
+        if tc.ema:
+            self.ema = EMAModel(
+                unet.parameters(),
+                decay=tc.ema_decay,
+                use_ema_warmup=tc.ema_warmup,
+                inv_gamma=1.0,
+                power=tc.ema_power,
+                model_cls=type(unet),
+                model_config=unet.config,
+            )
+        self.stream = BatchStream(len(self.cache.latents), tc.seed)
+        self.step_count = 0
+        self.elapsed_before = 0.0  # training seconds spent before this process (resume)
+        rng_state = None
+        if self.resume_from is not None:
+            rng_state = self._load_checkpoint(unet)
+        else:
+            random.seed(tc.seed)
+            np.random.seed(tc.seed % 2**32)
+
+        if tc.channels_last:
+            unet = unet.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(unet.parameters(), tc)
+        self.unet, self.optimizer = self.acc.prepare(unet, optimizer)
+        self.raw_unet = self.acc.unwrap_model(self.unet)
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+        # The noise generator lives on the training device; every process has its own seed and saved state.
+        self.noise = torch.Generator(device=self.device).manual_seed(tc.seed * 7919 + 1 + self.acc.process_index)
+        if self.resume_from is not None:
+            self.optimizer.load_state_dict(
+                torch.load(self.resume_from / "optimizer.pt", map_location=self.device, weights_only=False)
+            )
+            states = rng_state["per_process"]
+            if len(states) == self.world:
+                _set_rng_state(states[self.acc.process_index], self.noise)
+            else:
+                self.log(
+                    f"warning: the checkpoint was written by {len(states)} process(es), this run has {self.world}; "
+                    "noise generators reseeded from (seed, step), so the continuation is not bit-identical"
+                )
+                self.noise.manual_seed(tc.seed * 7919 + 1 + self.acc.process_index + 104_729 * self.step_count)
+
+        self.latents = self.cache.latents.to(self.device)
+        self.labels = self.cache.labels.to(self.device)
+        self.vae = None  # loaded on the first sample grid or export
+
+    def _load_checkpoint(self, unet: torch.nn.Module) -> dict[str, Any]:
+        """Load model, EMA, data position and step from ``self.resume_from`` into the fresh objects."""
+        from safetensors.torch import load_file
+
+        ckpt = self.resume_from
+        state = json.loads((ckpt / CHECKPOINT_STATE_FILE).read_text())
+        if state.get("classes") != self.classes:
+            raise UserError(
+                f"cannot resume from {ckpt}: it was trained on classes {state.get('classes')}, "
+                f"the latent cache {self.latents_path} has {self.classes}"
+            )
+        if tuple(state.get("latent_shape", ())) != self.latent_shape:
+            raise UserError(
+                f"cannot resume from {ckpt}: latent shape {state.get('latent_shape')} != cache {self.latent_shape}"
+            )
+        if state.get("unet") != to_dict(self.cfg.unet):
+            raise UserError(
+                f"cannot resume from {ckpt}: its unet config {state.get('unet')} differs from this config's "
+                f"{to_dict(self.cfg.unet)}; resume with the run's own config.yaml"
+            )
+        weights = load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors"))
+        unet.load_state_dict(weights)
+        if self.ema is not None:
+            ema_dir = ckpt / "unet_ema"
+            if ema_dir.is_dir():
+                from diffusers.training_utils import EMAModel
+
+                loaded = EMAModel.from_pretrained(str(ema_dir), type(unet))
+                self.ema.shadow_params = [p.detach().clone() for p in loaded.shadow_params]
+                self.ema.optimization_step = loaded.optimization_step
+            else:  # the checkpoint was trained without EMA: start the average from the current weights
+                self.ema.shadow_params = [p.detach().clone() for p in unet.parameters()]
+        self.stream.load_state_dict(state["data"])
+        self.step_count = int(state["step"])
+        self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
+        self.last_loss = state.get("loss")
+        return torch.load(ckpt / "rng.pt", weights_only=False)
+
+    # -- one optimiser step --------------------------------------------------------------------------------------------
+
+    def step(self) -> tuple[float, float | None, float]:
+        """One optimiser step; returns (mean loss over processes and micro-batches, grad norm or None, lr)."""
+        from ldm.diffusion import diffusion_loss
+
+        tc = self.tc
+        lr = tc.learning_rate * lr_factor(self.step_count, tc, self.horizon, self._time_fraction())
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.unet.train()
+        total = torch.zeros((), device=self.device)
+        bs, rank = tc.batch_size, self.acc.process_index
+        for micro in range(tc.gradient_accumulation_steps):
+            # Every process draws the same global batch and keeps its own slice: one shared data order.
+            idx = self.stream.next(bs * self.world)[rank * bs : (rank + 1) * bs].to(self.device)
+            x, y = self.latents[idx], self.labels[idx]
+            if tc.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            last = micro == tc.gradient_accumulation_steps - 1
+            with self.acc.no_sync(self.unet) if not last else _nullcontext(), self.acc.autocast():
+                loss = diffusion_loss(
+                    self.unet, self.scheduler, x, y, self.cfg.diffusion, self.null_class_id, self.noise
+                )
+            self.acc.backward(loss / tc.gradient_accumulation_steps)
+            total += loss.detach().float()
+        mean_loss = float(self.acc.reduce(total / tc.gradient_accumulation_steps, "mean"))
+        if not math.isfinite(mean_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return mean_loss, None, lr
+        grad_norm = None
+        if tc.max_grad_norm > 0:
+            grad_norm = float(self.acc.clip_grad_norm_(self.unet.parameters(), tc.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.raw_unet.parameters())
+        self.step_count += 1
+        return mean_loss, grad_norm, lr
+
+    # -- timing ------------------------------------------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self.t0)
+
+    def _time_fraction(self) -> float:
+        if self.tc.max_minutes <= 0:
+            return 0.0
+        return self._elapsed() / (60.0 * self.tc.max_minutes)
+
+    def _eta(self) -> float | None:
+        done = self.step_count - self.start_step
+        if done <= 0:
+            return None
+        per_step = (time.monotonic() - self.t0) / done
+        etas = []
+        if self.horizon is not None:
+            etas.append(max(0, self.horizon - self.step_count) * per_step)
+        if self.tc.max_minutes > 0:
+            etas.append(max(0.0, 60.0 * self.tc.max_minutes - self._elapsed()))
+        return min(etas) if etas else None
+
+    def _stop_reason(self) -> str | None:
+        tc = self.tc
+        if tc.max_steps > 0 and self.step_count >= tc.max_steps:
+            return f"reached max_steps={tc.max_steps}"
+        if tc.epochs > 0 and self.stream.images_seen >= tc.epochs * self.stream.n:
+            return f"reached epochs={tc.epochs}"
+        if tc.max_minutes > 0 and self._elapsed() >= 60.0 * tc.max_minutes:
+            return f"reached max_minutes={tc.max_minutes:g}"
+        return None
+
+    # -- EMA model, samples, checkpoints, export -----------------------------------------------------------------------
+
+    def _eval_unet(self) -> torch.nn.Module:
+        """A separate float32 copy of the UNet holding the EMA weights (or the raw weights without EMA)."""
+        if getattr(self, "_eval", None) is None:
+            self._eval = type(self.raw_unet).from_config(self.raw_unet.config).to(self.device)
+            self._eval.eval().requires_grad_(False)
+        if self.ema is not None:
+            self.ema.copy_to(self._eval.parameters())
+        else:
+            self._eval.load_state_dict(self.raw_unet.state_dict())
+        return self._eval
+
+    def _vae(self) -> Any:
+        if self.vae is None:
+            from ldm.autoencoder import load_autoencoder
+
+            source = self.cache.manifest.get("autoencoder", {}).get("source")
+            if not source:
+                raise UserError(f"the latent cache manifest {self.latents_path} names no autoencoder source")
+            self.vae = load_autoencoder(source, device=self.device).model
+        return self.vae
+
+    def sample_grid(self) -> Path:
+        """Decode a fixed-noise grid (one row per class, same seeds in every row) with the EMA weights."""
+        from ldm.sampler import generate, make_scheduler
+
+        sc = self.cfg.sampling
+        cols = max(1, sc.num_images)
+        class_ids = [k for k in range(self.num_classes) for _ in range(cols)]
+        seeds = [sc.seed + j for _ in range(self.num_classes) for j in range(cols)]
+        result = generate(
+            self._eval_unet(),
+            self._vae(),
+            make_scheduler(sc.scheduler, self.scheduler.config),
+            class_ids,
+            null_class_id=self.null_class_id,
+            scaling_factor=self.cache.scaling_factor,
+            num_inference_steps=sc.num_inference_steps,
+            guidance_scale=sc.guidance_scale,
+            seeds=seeds,
+            latent_shape=self.latent_shape,
+        )
+        rows = [result.images[k * cols : (k + 1) * cols] for k in range(self.num_classes)]
+        title = (
+            f"step {self.step_count}  {'EMA' if self.ema is not None else 'raw'} weights  {sc.scheduler} "
+            f"{sc.num_inference_steps} steps  guidance {sc.guidance_scale:g}  seeds {sc.seed}..{sc.seed + cols - 1}"
+        )
+        path = self.out / "samples" / f"{step_name(self.step_count)}.png"
+        save_png(labelled_grid(rows, self.classes, title=title), path)
+        return path
+
+    def export(self) -> Path:
+        """Write the EMA model as a diffusers pipeline into ``out/pipeline`` (atomically)."""
+        from ldm.pipeline import build_pipeline
+
+        pipe = build_pipeline(
+            self._eval_unet(),
+            self._vae(),
+            self.scheduler.config,
+            self.classes,
+            float(self.cache.scaling_factor),
+            scheduler=self.cfg.sampling.scheduler,
+        )
+        final = self.out / "pipeline"
+        with atomic_dir(final) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        return final
+
+    def save_checkpoint(self, loss: float | None) -> Path:
+        """Write ``checkpoints/step-XXXXXX/`` atomically (state.json last), point ``latest`` at it, prune old ones."""
+        rng = {"per_process": [_rng_state(self.noise)]}
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            rng = {"per_process": gather_object([_rng_state(self.noise)])}
+        final = self.out / "checkpoints" / step_name(self.step_count)
+        if self.main:
+            with atomic_dir(final) as tmp:
+                self.raw_unet.save_pretrained(tmp / "unet", safe_serialization=True)
+                if self.ema is not None:
+                    self.ema.save_pretrained(str(tmp / "unet_ema"))
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(rng, tmp / "rng.pt")
+                state = {
+                    "format_version": CHECKPOINT_FORMAT,
+                    "step": self.step_count,
+                    "epoch": self.stream.images_seen / self.stream.n,
+                    "data": self.stream.state_dict(),
+                    "elapsed_seconds": self._elapsed(),
+                    "loss": loss,
+                    "lr_schedule": {
+                        "kind": self.tc.lr_schedule,
+                        "warmup_steps": self.tc.warmup_steps,
+                        "horizon": self.horizon,
+                        "peak": self.tc.learning_rate,
+                    },
+                    "num_processes": self.world,
+                    "classes": self.classes,
+                    "latent_shape": list(self.latent_shape),
+                    "latents": str(self.latents_path),
+                    "unet": to_dict(self.cfg.unet),
+                    "mixed_precision": self.mixed_precision,
+                }
+                atomic_write_json(tmp / CHECKPOINT_STATE_FILE, state)
+            mark_latest(self.out, final)
+            prune_checkpoints(self.out, self.tc.keep_checkpoints)
+        self.acc.wait_for_everyone()
+        return final
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+
+    def status(self, state: str, message: str = "", loss: float | None = None) -> None:
+        if self.main:
+            write_status(
+                self.out,
+                state,
+                step=self.step_count,
+                max_steps=self.horizon,
+                message=message,
+                eta_seconds=self._eta() if state == "running" else 0.0 if state == "finished" else None,
+                epoch=round(self.stream.images_seen / self.stream.n, 4),
+                loss=loss,
+                elapsed_seconds=round(self._elapsed(), 1),
+                max_minutes=self.tc.max_minutes or None,
+            )
+
+    def run(self) -> TrainResult:
+        tc = self.tc
+        self.t0 = time.monotonic()
+        self.start_step = self.step_count
+        self.last_loss = getattr(self, "last_loss", None)
+        from ldm.unet import describe_unet
+
+        if self.main:
+            if self.resume_from is not None:
+                truncate_metrics(self.out, self.step_count)
+                self.log(f"resuming from {self.resume_from} (step {self.step_count})")
+            self.log(
+                f"training on {len(self.cache.latents)} latents {self.latent_shape} x {self.num_classes} classes "
+                f"({', '.join(self.classes[:8])}{', ...' if self.num_classes > 8 else ''}) from {self.latents_path}"
+            )
+            self.log(describe_unet(self.raw_unet))
+            budget = [f"{k}={getattr(tc, k)}" for k in ("max_steps", "epochs", "max_minutes") if getattr(tc, k)]
+            self.log(
+                f"device {self.device} x {self.world} process(es), mixed precision {self.mixed_precision}; "
+                f"{self.latents_per_step} latents per optimiser step; stop at {' or '.join(budget)}"
+                + (f" (~{self.horizon} steps)" if self.horizon else "")
+            )
+        self.status("running", "starting")
+
+        self.bar = None
+        if self.main and self.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.horizon, initial=self.step_count, unit="step", dynamic_ncols=True)
+
+        window: list[tuple[float, float | None]] = []
+        t_window, images_window = time.monotonic(), 0
+        stop_message, state = None, "finished"
+        last_ckpt, last_grid, last_sample_step, last_ckpt_step = None, None, -1, -1
+        records = read_metrics(self.out) if self.main else []
+        try:
+            while True:
+                loss, grad_norm, lr = self.step()
+                if not math.isfinite(loss):
+                    good = list_checkpoints(self.out)
+                    msg = (
+                        f"loss is {loss} at step {self.step_count + 1}: training diverged; nothing was saved after "
+                        f"the last good checkpoint ({good[-1].name if good else 'none'}). Try a lower "
+                        "training.learning_rate, training.max_grad_norm=1, or training.mixed_precision=no, then "
+                        "--resume latest"
+                    )
+                    self.log(msg)
+                    self.status("failed", msg, loss=self.last_loss)
+                    raise TrainingDiverged(msg)
+                window.append((loss, grad_norm))
+                images_window += self.latents_per_step
+                if self.bar is not None:
+                    self.bar.update(1)
+
+                reason = self._stop_reason()
+                if reason is None and self.should_stop():
+                    reason, state = "stop requested", "stopped"
+                at_end = reason is not None
+
+                if at_end or (tc.log_every > 0 and self.step_count % tc.log_every == 0):
+                    now = time.monotonic()
+                    norms = [g for _, g in window if g is not None]
+                    record = {
+                        "step": self.step_count,
+                        "epoch": round(self.stream.images_seen / self.stream.n, 4),
+                        "loss": sum(v for v, _ in window) / len(window),
+                        "lr": lr,
+                        "grad_norm": sum(norms) / len(norms) if norms else None,
+                        "images_per_sec": round(images_window / max(now - t_window, 1e-9), 2),
+                        "elapsed": round(self._elapsed(), 2),
+                    }
+                    self.last_loss = record["loss"]
+                    window, t_window, images_window = [], now, 0
+                    if self.main:
+                        append_metrics(self.out, record)
+                        records.append(record)
+                        plot_loss(records, self.out / "loss.png", title=self.out.name)
+                        self.status("running", "training", loss=record["loss"])
+                        if self.bar is not None:
+                            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+                    if self.on_log is not None:
+                        self.on_log(record)
+
+                if tc.sample_every > 0 and self.step_count % tc.sample_every == 0 and not at_end:
+                    if self.main:
+                        last_grid = self.sample_grid()
+                        last_sample_step = self.step_count
+                        self.log(f"step {self.step_count}: samples -> {last_grid}")
+                    self.acc.wait_for_everyone()
+                if tc.checkpoint_every > 0 and self.step_count % tc.checkpoint_every == 0 and not at_end:
+                    last_ckpt = self.save_checkpoint(self.last_loss)
+                    last_ckpt_step = self.step_count
+                    if self.main:
+                        self.export()
+                        self.log(f"step {self.step_count}: checkpoint -> {last_ckpt}, pipeline exported")
+                if at_end:
+                    stop_message = reason
+                    break
+        except TrainingDiverged:
+            raise
+        except BaseException as e:
+            # Anything else (a bug, KeyboardInterrupt, out of memory): say so in status.json, keep the checkpoints.
+            self.status("failed", f"{type(e).__name__}: {e}", loss=self.last_loss)
+            if self.main:
+                self.log(f"failed at step {self.step_count}: {type(e).__name__}: {e}")
+            raise
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+        # The end, whatever ended it: a final checkpoint, a final grid, the export.
+        self.status("running", f"{stop_message}: saving", loss=self.last_loss)
+        if last_ckpt_step != self.step_count:
+            last_ckpt = self.save_checkpoint(self.last_loss)
+        pipeline_dir = None
+        if self.main:
+            if last_sample_step != self.step_count:
+                last_grid = self.sample_grid()
+            pipeline_dir = self.export()
+            msg = (
+                f"{state} at step {self.step_count} ({stop_message}) after {self._elapsed() / 60:.1f} min; "
+                f"checkpoint {last_ckpt}, samples {last_grid}, pipeline {pipeline_dir}"
+            )
+            self.log(msg)
+        else:
+            msg = f"{state} at step {self.step_count}"
+        self.acc.wait_for_everyone()
+        self.status(state, msg, loss=self.last_loss)
+        return TrainResult(
+            run_dir=self.out,
+            state=state,
+            step=self.step_count,
+            epoch=self.stream.images_seen / self.stream.n,
+            loss=self.last_loss,
+            elapsed_seconds=self._elapsed(),
+            checkpoint=last_ckpt,
+            pipeline_dir=pipeline_dir,
+            sample_grid=last_grid,
+            message=msg,
+        )
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def train(
+    cfg: Config,
+    latents: str | Path,
+    out: str | Path,
+    resume: str | Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: bool = True,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    device: str | None = None,
+) -> TrainResult:
+    """Train a class-conditional UNet on the latent cache ``latents``, writing the run folder ``out``.
+
+    Args:
+        cfg: the full config (``unet``, ``diffusion``, ``training`` and ``sampling`` sections are used).
+        latents: a latent cache folder (``ldm prepare``); its manifest gives the class names (any number) and the
+            autoencoder used to decode sample grids and exported with the model.
+        out: the run folder (see :mod:`ldm.runs`). If it already holds checkpoints, ``resume`` is required.
+        resume: ``"latest"`` (newest complete checkpoint of ``out``), a checkpoint folder or another run folder.
+            The continuation is exact: same next loss as the uninterrupted run with the same config.
+        should_stop: polled after every step; when it returns True the run finishes the step, saves a checkpoint
+            and the export, and returns with ``state="stopped"`` (the CLI wires SIGINT/SIGTERM to it).
+        progress: show a tqdm bar and echo the log.
+        on_log: called with every metrics record (``step, epoch, loss, lr, grad_norm, images_per_sec, elapsed``).
+        device: ``"cpu"`` forces the CPU; None lets accelerate pick (CUDA when present).
+
+    Raises:
+        UserError: bad config, existing run without ``resume``, a checkpoint that does not fit the cache.
+        TrainingDiverged: the loss became NaN/inf (status "failed"; the last good checkpoint is kept).
+    """
+    trainer = _Trainer(cfg, latents, out, resume, should_stop, progress, on_log, device)
+    trainer.setup()
+    return trainer.run()
