@@ -100,6 +100,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                         label="Model",
                         choices=[],
                         info="A run (runs/NAME with an exported pipeline) or an exported pipeline folder",
+                        allow_custom_value=True,  # choices change at run time; the handler checks the path
                         scale=4,
                     )
                     refresh = gr.Button("Refresh", scale=1, min_width=90)
@@ -107,7 +108,10 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                 with gr.Row(elem_classes="ldm-stack"):
                     with gr.Column(scale=2, min_width=280):
                         class_choice = gr.Dropdown(
-                            label="Class", choices=[], info="The class to generate (from the chosen model)"
+                            label="Class",
+                            choices=[],
+                            info="The class to generate (from the chosen model)",
+                            allow_custom_value=True,
                         )
                         class_text = gr.Textbox(
                             label="…or type a class name",
@@ -122,6 +126,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             choices=[NO_NEGATIVE],
                             value=NO_NEGATIVE,
                             info="Guidance pushes away from this class instead of from 'no class'",
+                            allow_custom_value=True,
                         )
                         with gr.Row():
                             num_images = gr.Slider(
@@ -319,7 +324,9 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
             # ---------------------------------------------------------------------------------- Runs
             with gr.Tab("Runs", id="runs") as runs_tab:
                 with gr.Row(elem_classes="ldm-stack"):
-                    run_pick = gr.Dropdown(label="Run", choices=[], info="A run folder of the workspace", scale=4)
+                    run_pick = gr.Dropdown(
+                        label="Run", choices=[], info="A run folder of the workspace", scale=4, allow_custom_value=True
+                    )
                     runs_refresh = gr.Button("Refresh", scale=1, min_width=90)
                     use = gr.Button("Use for inference", variant="primary", scale=2, min_width=150)
                 runs_table = gr.Dataframe(label="Runs (newest first)", interactive=False, wrap=True)

@@ -102,8 +102,6 @@ class TrainSettings:
             raise UserError("guidance dropout must be in [0, 1) (0.1 is usual)")
         if self.epochs < 0 or self.max_minutes < 0 or self.max_steps < 0:
             raise UserError("epochs, max minutes and max steps must be 0 (no limit) or more")
-        if self.epochs == 0 and self.max_minutes == 0 and self.max_steps == 0:
-            raise UserError("set at least one limit: epochs, max minutes or max steps (otherwise it never ends)")
         return [
             f"training.epochs={self.epochs}",
             f"training.batch_size={self.batch_size}",
@@ -234,6 +232,8 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
             f"run name {s.run_name!r}: use 1-64 letters, digits, '.', '_' or '-' (it becomes the folder runs/NAME)"
         )
     overrides = s.overrides()
+    if s.epochs == 0 and s.max_minutes == 0 and s.max_steps == 0:
+        raise UserError("set at least one limit: epochs, max minutes or max steps (otherwise it never ends)")
     try:
         load_config(None, overrides)  # a bad extra setting is reported now, not after preprocessing
     except ConfigError as e:

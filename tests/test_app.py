@@ -1,0 +1,363 @@
+"""The app's handlers called directly, the job manager with a stand-in trainer, and the API through gradio_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from ldm.app_handlers import NO_MODEL_HELP, LdmApp, progress_html
+from ldm.app_settings import TRAIN_HERE, TrainSettings, plan_job, settings_from_yaml, settings_to_yaml
+from ldm.errors import UserError
+from ldm.jobs import JobManager, Phase
+from ldm.workspace import Workspace, tail
+
+CLASSES = ["frowning", "smiling", "sleepy"]
+
+
+def make_tiny_run(run: Path, steps: int = 10) -> Path:
+    """A finished run folder with a tiny exported pipeline (untrained weights: images are noise, shapes are real)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+
+    from ldm.pipeline import build_pipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        num_class_embeds=len(CLASSES) + 1,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=8,
+    )
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    pipe = build_pipeline(unet, vae, sched.config, CLASSES, scaling_factor=1.0)
+    pipe.save_pretrained(run / "pipeline")
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": steps, "max_steps": steps}))
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, steps + 1)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "classes.json").write_text(json.dumps(CLASSES))
+    return run
+
+
+@pytest.fixture(scope="module")
+def model_ws(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("ws")
+    make_tiny_run(ws / "runs" / "tiny")
+    return ws
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# path safety and discovery
+
+
+def test_resolve_accepts_inside_and_refuses_outside(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    (ws.root / "data" / "faces").mkdir(parents=True)
+    assert ws.resolve("data/faces") == ws.root / "data" / "faces"
+    assert ws.resolve(str(ws.root / "data" / "faces")) == ws.root / "data" / "faces"
+    assert ws.resolve("data/../data/faces") == ws.root / "data" / "faces"
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    for bad in ("../secret", str(outside), "/etc", "data/../../secret", "~"):
+        with pytest.raises(UserError, match="outside the workspace"):
+            ws.resolve(bad)
+    (ws.root / "link").symlink_to(outside)  # a symlink inside pointing out is refused too
+    with pytest.raises(UserError, match="outside the workspace"):
+        ws.resolve("link")
+    with pytest.raises(UserError, match="no path given"):
+        ws.resolve("  ")
+    with pytest.raises(UserError, match="does not exist"):
+        ws.resolve("data/nope")
+    assert ws.resolve("data/new", must_exist=False) == ws.root / "data" / "new"
+
+
+def test_discovery_classifies_folders(tmp_path, model_ws):
+    ws = Workspace(tmp_path)
+    for c in ("a", "b"):
+        (tmp_path / "data" / "faces" / c).mkdir(parents=True)
+        (tmp_path / "data" / "faces" / c / "0.png").write_bytes(b"x")
+    (tmp_path / "data" / "lat").mkdir()
+    (tmp_path / "data" / "lat" / "manifest.json").write_text("{}")
+    (tmp_path / "runs" / "r1" / "samples").mkdir(parents=True)
+    (tmp_path / "runs" / "r1" / "status.json").write_text(json.dumps({"state": "running", "step": 5, "pid": 2**22}))
+    (tmp_path / "runs" / "r1" / "samples" / "step-000005.png").write_bytes(b"x")
+    (tmp_path / "runs" / "r1" / "loss.png").write_bytes(b"x")
+    (tmp_path / ".venv" / "x" / "y").mkdir(parents=True)
+    found = ws.discover()
+    assert found.datasets == [tmp_path / "data" / "faces"]
+    assert found.caches == [tmp_path / "data" / "lat"]
+    assert found.runs == [tmp_path / "runs" / "r1"]  # runs/ itself is not taken for a dataset of loss.png files
+    info = ws.run_info(tmp_path / "runs" / "r1")
+    assert info.state == "interrupted"  # "running" but its pid does not exist
+    assert info.newest_sample.name == "step-000005.png"
+    models = Workspace(model_ws).models()
+    assert [v for _, v in models] == [str(model_ws / "runs" / "tiny")]
+
+
+def test_tail_keeps_the_latest_progress_bar(tmp_path):
+    p = tmp_path / "log"
+    p.write_text("one\ntwo\n 10%|#\r 50%|###\r 90%|#####\nthree\n")
+    assert tail(p, 2) == " 90%|#####\nthree"
+    assert tail(tmp_path / "missing") == ""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# settings
+
+
+def test_settings_yaml_round_trip(tmp_path):
+    app = LdmApp(tmp_path)
+    s = TrainSettings(
+        data_dir="data/faces",
+        preprocess="no",
+        latent_dir="data/lat",
+        autoencoder="runs/vae",
+        epochs=3,
+        batch_size=16,
+        learning_rate=1e-3,
+        loss="MAE",
+        optimizer="SGD",
+        preset="tiny",
+        ema=False,
+        label_dropout=0.2,
+        max_minutes=2.5,
+        max_steps=40,
+        run_name="r2",
+        extra="training.warmup_steps=5\ntraining.sample_every=20",  # config order
+    )
+    msg = app.save_settings("conf/s.yaml", *s.values())
+    assert "saved" in msg
+    text = (tmp_path / "conf" / "s.yaml").read_text()
+    assert "loss: l1" in text and "optimizer: sgd" in text  # the file is a real config (MAE = l1)
+    loaded = app.load_settings("conf/s.yaml")
+    assert loaded[:-1] == s.values()
+    assert "loaded" in loaded[-1]
+    # a plain config YAML loads too; keys without a control land in the extra settings
+    cfg = settings_from_yaml("training:\n  batch_size: 8\n  warmup_steps: 7\ndiffusion:\n  loss: huber\n")
+    assert cfg.batch_size == 8 and cfg.loss == "Huber" and cfg.extra == "training.warmup_steps=7"
+    assert settings_from_yaml(settings_to_yaml(cfg)) == cfg
+    # refused: outside the workspace, bad keys
+    assert "outside the workspace" in app.save_settings("../s.yaml", *s.values())
+    assert "unknown config key" in str(
+        pytest.raises(Exception, settings_from_yaml, "training:\n  batchsize: 8\n").value
+    )
+    bad = TrainSettings(extra="training.batch_size=many").values()
+    assert "training.batch_size" in app.save_settings("s.yaml", *bad)
+
+
+def test_plan_job_phases_and_refusals(tmp_path):
+    ws = Workspace(tmp_path)
+    (tmp_path / "data" / "faces" / "a").mkdir(parents=True)
+    s = TrainSettings(data_dir="data/faces", autoencoder=TRAIN_HERE, run_name="r", max_steps=30, preset="tiny")
+    plan = plan_job(ws, s)
+    assert [p.name for p in plan.phases] == ["train-vae", "prepare", "train"]
+    train = plan.phases[-1].argv
+    assert train[:4] == [sys.executable, "-m", "ldm", "train"]
+    assert "unet.preset=tiny" in train and "training.max_steps=30" in train
+    assert plan.latents == tmp_path / "data" / "latents" / "r"
+    with pytest.raises(UserError, match="outside the workspace"):
+        plan_job(ws, TrainSettings(data_dir="/etc", run_name="r", max_steps=1))
+    with pytest.raises(UserError, match="run name"):
+        plan_job(ws, TrainSettings(data_dir="data/faces", run_name="../evil", max_steps=1))
+    with pytest.raises(UserError, match="manifest.json"):
+        plan_job(ws, TrainSettings(preprocess="no", latent_dir="data/faces", run_name="r", max_steps=1))
+    with pytest.raises(UserError, match="at least one limit"):
+        plan_job(ws, TrainSettings(data_dir="data/faces", run_name="r", epochs=0, max_minutes=0, max_steps=0))
+    with pytest.raises(UserError, match="outside the workspace"):
+        plan_job(ws, TrainSettings(data_dir="data/faces", run_name="r", autoencoder="../vae", max_steps=1))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# inference
+
+
+def test_no_model_message(tmp_path):
+    app = LdmApp(tmp_path)
+    picker, notice = app.refresh_models(None)
+    assert picker.choices == [] and notice == NO_MODEL_HELP
+    gallery, fig, files, params, message, seed = app.generate(None, None, "smiling", 2, "dpm++", 5, 3, None, 0, False)
+    assert gallery == [] and files == [] and "No trained model" in message
+
+
+def test_unknown_class_message(model_ws):
+    app = LdmApp(model_ws, device="cpu")
+    model = str(model_ws / "runs" / "tiny")
+    out = app.generate(model, "smiling", "smilling", 2, "dpm++", 3, 3.0, None, 0, False)
+    assert out[0] == [] and "unknown class 'smilling'" in out[4] and "smiling" in out[4]
+    out = app.generate(model, "smiling", "", 2, "dpm++", 3, 3.0, "grumpy", 0, False)
+    assert "unknown class 'grumpy'" in out[4]
+    out = app.generate("/etc", "smiling", "", 2, "dpm++", 3, 3.0, None, 0, False)
+    assert "outside the workspace" in out[4]
+
+
+def test_generate_images_files_and_parameters(model_ws):
+    from PIL import Image
+
+    app = LdmApp(model_ws, device="cpu")
+    model = str(model_ws / "runs" / "tiny")
+    classes, negative, examples, note = app.select_model(model)
+    assert classes.choices == [(c, c) for c in CLASSES] and negative.value == "(none)"
+    assert examples.constructor_args["samples"] == [[c] for c in CLASSES]
+    seen = []
+    gallery, fig, files, params, message, seed = app.generate(
+        model,
+        "frowning",
+        " Sleepy ",
+        2,
+        "ddim",
+        4,
+        2.0,
+        "smiling",
+        123,
+        False,
+        progress=lambda f, desc="": seen.append(f),
+    )
+    assert seed == 123 and len(gallery) == 2 and len(files) == 2, message
+    assert seen[-1] == 1.0 and len(seen) >= 4  # the progress bar is fed per step
+    p = json.loads(params)
+    assert p["class"] == "sleepy" and p["negative_class"] == "smiling" and p["seeds"] == [123, 124]
+    img = Image.open(files[0])
+    assert img.size == (8, 8) and any("sleepy" in str(v) for v in img.text.values())  # parameters embedded
+    assert fig is not None and fig.size[0] > 100
+    # same seed, same pixels; randomise draws a new seed
+    again = app.generate(model, "sleepy", "", 1, "ddim", 4, 2.0, "smiling", 123, False)
+    assert list(Image.open(again[2][0]).getdata()) == list(img.getdata())
+    assert app.generate(None, "sleepy", "", 1, "ddim", 2, 2.0, None, 123, True)[5] != 123  # even on an error
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# jobs, with a stand-in trainer that writes the run folder's files and obeys SIGINT like ldm train
+
+FAKE_TRAINER = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    run = sys.argv[1]; os.makedirs(run, exist_ok=True)
+    stop = []
+    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    def status(state, step):
+        tmp = os.path.join(run, "status.tmp")
+        json.dump({"state": state, "step": step, "max_steps": 1000, "pid": os.getpid(), "eta_seconds": 9}, open(tmp, "w"))
+        os.replace(tmp, os.path.join(run, "status.json"))
+    for step in range(1, 1000):
+        with open(os.path.join(run, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "loss": 1 / step}) + "\\n")
+        status("running", step)
+        print("step", step, flush=True)
+        if stop:
+            os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
+            open(os.path.join(run, "checkpoints", "latest"), "w").write("step")
+            status("stopped", step)
+            sys.exit(0)
+        time.sleep(0.05)
+    """
+)
+
+
+def test_job_start_poll_reattach_stop(tmp_path):
+    app = LdmApp(tmp_path)
+    run = tmp_path / "runs" / "fake"
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    phases = [
+        Phase("prepare", [sys.executable, "-c", "print('encoding')"]),
+        Phase("train", [sys.executable, str(script), str(run)]),
+    ]
+    app.jobs.start(run, phases, run / "app-job.log", {"latents": str(tmp_path)})
+    deadline = time.time() + 20
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    html, frame, sample, log, timer = app.poll()
+    assert 'data-state="running"' in html and "phase 2/2: train" in html and "ETA" in html
+    assert len(frame) >= 2 and "encoding" in log and "step" in log
+    # a second manager (a reloaded page, a restarted app) sees the same job and refuses a second one
+    other = JobManager(Workspace(tmp_path))
+    assert other.is_running()
+    with pytest.raises(UserError, match="already running"):
+        other.start(run, phases, run / "app-job.log")
+    assert "Stop requested" in app.stop_training()
+    job = app.jobs.wait(20)
+    assert job["state"] == "stopped" and job["returncode"] == 0
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+    html, *_ = app.poll()
+    assert 'data-state="stopped"' in html
+    assert "no job is running" in app.stop_training()
+
+
+def test_job_failure_is_reported(tmp_path):
+    jobs = JobManager(Workspace(tmp_path))
+    phases = [
+        Phase("train-vae", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]),
+        Phase("train", ["true"]),
+    ]
+    jobs.start(tmp_path / "runs" / "x", phases, tmp_path / "runs" / "x" / "app-job.log")
+    job = jobs.wait(20)
+    assert job["state"] == "failed" and job["returncode"] == 3 and "train-vae failed" in job["message"]
+    assert "boom" in (tmp_path / "runs" / "x" / "app-job.log").read_text()
+    assert progress_html(job, None).count("failed") >= 1
+
+
+def test_dead_worker_is_reported_as_failed(tmp_path):
+    ws = Workspace(tmp_path)
+    (ws.app_dir / "job.json").write_text(json.dumps({"state": "running", "pid": 2**22, "run": "r", "phase": "train"}))
+    assert JobManager(ws).current()["state"] == "failed"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the API through gradio_client
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gradio_client_api(model_ws):
+    from gradio_client import Client
+
+    from ldm.app import launch_app
+
+    port = _free_port()
+    demo = launch_app(model_ws, port=port, prevent_thread_lock=True, quiet=True, device="cpu")
+    try:
+        assert demo.local_url.startswith("http://127.0.0.1:")
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        picker, notice = client.predict(None, api_name="/refresh_models")
+        model = str(model_ws / "runs" / "tiny")
+        assert picker["value"] == model and notice == ""
+        result = client.predict(model, "smiling", "", 2, "dpm++", 3, 3.0, "(none)", 7, False, api_name="/generate")
+        gallery, figure, files, params, message, seed = result
+        assert len(gallery) == 2 and len(files) == 2 and seed == 7, message
+        assert json.loads(params)["class"] == "smiling"
+        assert os.path.getsize(files[0]) > 0
+        msg = client.predict("x.yaml", *TrainSettings(run_name="api").values(), api_name="/save_settings")
+        assert "saved" in msg and (model_ws / "x.yaml").is_file()
+        _, bad = client.predict(
+            model, "smiling", "nobody", 1, "dpm++", 2, 3.0, "(none)", 0, False, api_name="/generate"
+        )[3:5]
+        assert "unknown class 'nobody'" in bad
+    finally:
+        demo.close()
