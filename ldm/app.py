@@ -165,7 +165,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                         message = gr.Markdown()
                     with gr.Column(scale=3, min_width=280):
                         gallery = gr.Gallery(label="Images", columns=4, height="auto", object_fit="contain")
-                        snapshot = gr.Image(label="Timestep snapshots (first image)", type="pil")
+                        snapshot = gr.Image(label="Timestep snapshots (first image)", type="filepath")
                         files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple")
                         params = gr.Code(label="Parameters", language="json")
                 class_examples.click(lambda sample: sample[0], class_examples, class_text, api_name=False)

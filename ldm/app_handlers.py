@@ -29,7 +29,7 @@ from ldm.app_settings import (
     plan_resume,
     save_settings,
 )
-from ldm.config import ConfigError, SamplingConfig
+from ldm.config import ConfigError
 from ldm.errors import UserError
 from ldm.jobs import JobManager
 from ldm.workspace import Workspace, read_json, read_metrics, tail
@@ -241,82 +241,73 @@ class LdmApp:
     def _generate(
         self, model, class_choice, class_text, num_images, sampler, steps, guidance, negative, seed, progress
     ):
+        import math
+
         import torch
 
-        from ldm.sampler import DEFAULT_SNAPSHOT_TIMESTEPS, generate, make_scheduler, resolve_class, snapshot_figure
+        from ldm.sampler import resolve_class, sample_to_folder
 
         path = self._model_path(model)
         names = self.class_names(str(path))
         wanted = (class_text or "").strip() or (class_choice or "")
-        class_id = resolve_class(wanted, names)
-        neg_id = None
-        if negative and negative != NO_NEGATIVE:
-            neg_id = resolve_class(negative, names)
-        n = int(num_images or 1)
-        steps = int(steps or 25)
+        class_id = resolve_class(wanted, names)  # UserError listing the closest names
+        neg = None if not negative or negative == NO_NEGATIVE else names[resolve_class(negative, names)]
+        n, steps = int(num_images or 1), int(steps or 25)
         if not 1 <= n <= 64:
             raise UserError(f"number of images must be 1..64, got {n}")
         if not 1 <= steps <= 1000:
             raise UserError(f"steps must be 1..1000, got {steps}")
         progress(0, desc="loading the model")
         pipe = self.pipelines.get(path)
-        scheduler = make_scheduler(sampler, pipe.scheduler.config)
-        seeds = [seed + i for i in range(n)]
+        batch_size = 16
+        total = math.ceil(n / batch_size) * steps
+        done = [0]
 
         def on_step(i: int, t: Any, latents: Any) -> None:
-            progress(min(1.0, (i + 1) / steps), desc=f"denoising step {i + 1}/{steps}")
+            done[0] += 1
+            progress(min(1.0, done[0] / total), desc=f"denoising step {min(done[0], total)}/{total}")
 
+        folder = self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(names[class_id])}-seed{seed}"
         t0 = time.perf_counter()
         with torch.no_grad():
-            result = generate(
-                pipe.unet,
-                pipe.vae,
-                scheduler,
-                [class_id] * n,
-                null_class_id=pipe.null_class_id,
-                scaling_factor=float(pipe.config.scaling_factor),
+            # writes <class>-seed<S>.png carrying their parameters (ldm sample --from-image regenerates them)
+            out = sample_to_folder(
+                pipe,
+                [class_id],
+                folder,
+                num_images=n,
+                scheduler=sampler,
                 num_inference_steps=steps,
                 guidance_scale=float(guidance),
-                negative_class_ids=None if neg_id is None else [neg_id] * n,
-                seeds=seeds,
+                negative_class=neg,
+                seed=seed,
+                snapshots=True,
+                batch_size=batch_size,
+                model_path=path,
                 callback=on_step,
-                snapshot_timesteps=SamplingConfig().snapshot_timesteps or DEFAULT_SNAPSHOT_TIMESTEPS,
-                snapshot_image_indices=[0],
             )
         seconds = time.perf_counter() - t0
-        progress(1.0, desc="saving")
-        figure = None
-        if result.snapshots is not None:
-            figure = snapshot_figure(result.snapshots, 0, labels=[names[class_id]], title="timestep snapshots")
+        progress(1.0, desc="done")
+        files = [str(p) for p in out.images]
+        seeds = [r["seed"] for r in out.records]
+        first = out.records[0]
         params = {
             "model": self.ws.rel(path),
+            "weights_hash": str(first["model"].get("weights_hash", ""))[:16],
             "class": names[class_id],
-            "negative_class": None if neg_id is None else names[neg_id],
+            "negative_class": neg,
             "scheduler": sampler,
             "num_inference_steps": steps,
             "guidance_scale": float(guidance),
             "seeds": seeds,
-            "image_size": list(result.images[0].size),
+            "size": f"{first['width']}x{first['height']}",
+            "seconds": round(seconds, 2),
+            "folder": self.ws.rel(folder),
         }
-        folder = self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(names[class_id])}"
-        folder.mkdir(parents=True, exist_ok=True)
-        files = []
-        for img, s in zip(result.images, seeds):
-            out = folder / f"{_slug(names[class_id])}-seed{s}.png"
-            self._save_png(img, out, pipe, path, params, s)
-            files.append(str(out))
         gallery = [(f, f"{names[class_id]} · seed {s}") for f, s in zip(files, seeds)]
-        text = json.dumps({**params, "seconds": round(seconds, 2), "folder": self.ws.rel(folder)}, indent=2)
-        message = f"✅ {n} image(s) of **{names[class_id]}** in {seconds:.1f} s (seed {seed})."
-        return gallery, figure, files, text, message, seed
-
-    def _save_png(self, img: Any, out: Path, pipe: Any, model: Path, params: dict[str, Any], seed: int) -> None:
-        """Save with the generation parameters as PNG text (ldm.provenance), so the file carries its recipe."""
-        from ldm import provenance
-
-        provenance.save_png_with_params(img, out, provenance.sample_params(pipe, model, params, seed)) if hasattr(
-            provenance, "sample_params"
-        ) else _save_plain(img, out, {**params, "seed": seed})
+        message = f"✅ {n} image(s) of **{names[class_id]}** in {seconds:.1f} s (seeds {seeds[0]}..{seeds[-1]})."
+        snapshot = str(out.snapshots) if out.snapshots else None
+        return gallery, snapshot, files, json.dumps(params, indent=2), message, seed
 
     # ------------------------------------------------------------------------------------------------------------
     # Training tab
@@ -474,14 +465,6 @@ class LdmApp:
 
 
 def _slug(name: str) -> str:
-    import re
+    from ldm.sampler import slugify
 
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
-
-
-def _save_plain(img: Any, out: Path, params: dict[str, Any]) -> None:
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    info.add_text("ldm:parameters", json.dumps(params, sort_keys=True))
-    img.save(out, pnginfo=info)
+    return slugify(name)
