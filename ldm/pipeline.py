@@ -17,6 +17,7 @@ Denoising is :func:`ldm.sampler.generate`, so this pipeline and ``ldm sample`` g
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -24,6 +25,18 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from ldm.errors import UserError
 from ldm.sampler import generate, make_scheduler, resolve_class
+
+# The shim that lets plain diffusers load an exported folder:
+#   DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir, trust_remote_code=True)
+# (diffusers finds the DiffusionPipeline subclass defined outside diffusers in <dir>/pipeline.py).
+PIPELINE_SHIM = '''"""Loader shim: DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir, trust_remote_code=True).
+
+Needs the `ldm` package (this project) installed; ClassConditionalLatentDiffusionPipeline.from_pretrained(dir)
+works without this file.
+"""
+
+from ldm.pipeline import ClassConditionalLatentDiffusionPipeline  # noqa: F401
+'''
 
 
 class ClassConditionalLatentDiffusionPipeline(DiffusionPipeline):
@@ -55,7 +68,10 @@ class ClassConditionalLatentDiffusionPipeline(DiffusionPipeline):
             scaling_factor = float(getattr(vae.config, "scaling_factor", None) or 1.0)
         self.register_to_config(id2label=id2label, scaling_factor=float(scaling_factor))
 
-    # ----------------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        """``DiffusionPipeline.save_pretrained`` plus ``pipeline.py``, a loader shim for plain diffusers."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        Path(save_directory, "pipeline.py").write_text(PIPELINE_SHIM)
 
     @property
     def class_names(self) -> list[str]:
@@ -185,3 +201,97 @@ def build_pipeline(
         id2label={str(i): str(n) for i, n in enumerate(class_names)},
         scaling_factor=float(scaling_factor),
     )
+
+
+def pipeline_from_checkpoint(
+    run: Any, checkpoint: Any = None, device: str = "cpu", scheduler: str | None = None
+) -> ClassConditionalLatentDiffusionPipeline:
+    """Assemble a pipeline from a training checkpoint of ``run`` (default: the latest), using its EMA weights.
+
+    The VAE and scaling factor come from the latent cache the run was trained on (its ``manifest.json``), the noise
+    schedule from the run's ``config.yaml``, class names from ``classes.json`` (or the checkpoint's state).
+    """
+    import json
+
+    from diffusers import UNet2DModel
+
+    from ldm.config import load_config
+    from ldm.diffusion import make_train_scheduler
+    from ldm.runs import CHECKPOINT_STATE_FILE, latest_checkpoint
+
+    run = Path(run)
+    if checkpoint is None:
+        ckpt = latest_checkpoint(run)
+        if ckpt is None:
+            raise UserError(f"{run} has no complete checkpoint (checkpoints/step-*/{CHECKPOINT_STATE_FILE})")
+    else:
+        ckpt = Path(checkpoint)
+        if not ckpt.is_absolute() and not ckpt.exists():
+            ckpt = run / "checkpoints" / str(checkpoint)
+        if not (ckpt / CHECKPOINT_STATE_FILE).is_file():
+            raise UserError(f"{ckpt} is not a complete checkpoint (no {CHECKPOINT_STATE_FILE})")
+    state = json.loads((ckpt / CHECKPOINT_STATE_FILE).read_text())
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"{run} has no config.yaml: cannot rebuild its noise schedule")
+    cfg = load_config(run / "config.yaml")
+    classes_file = run / "classes.json"
+    classes = json.loads(classes_file.read_text()) if classes_file.is_file() else state.get("classes")
+    if not classes:
+        raise UserError(f"{run} has no classes.json and the checkpoint names no classes")
+    weights = ckpt / "unet_ema" if (ckpt / "unet_ema").is_dir() else ckpt / "unet"
+    unet = UNet2DModel.from_pretrained(weights).eval().requires_grad_(False)
+    latents = Path(state.get("latents") or "")
+    manifest_file = latents / "manifest.json"
+    if not manifest_file.is_file():
+        raise UserError(
+            f"the latent cache the run was trained on ({latents}) is gone (no manifest.json): "
+            "its autoencoder and scaling factor are unknown"
+        )
+    manifest = json.loads(manifest_file.read_text())
+    source = (manifest.get("autoencoder") or {}).get("source")
+    if not source:
+        raise UserError(f"{manifest_file} names no autoencoder source")
+    from ldm.autoencoder import load_autoencoder
+
+    vae = load_autoencoder(source, device="cpu").model
+    pipe = build_pipeline(
+        unet,
+        vae,
+        make_train_scheduler(cfg.diffusion).config,
+        classes,
+        float(manifest["scaling_factor"]),
+        scheduler=scheduler or cfg.sampling.scheduler,
+    )
+    return pipe.to(device)
+
+
+def export_pipeline(
+    run: Any, out: Any, checkpoint: Any = None, scheduler: str | None = None
+) -> tuple[Any, ClassConditionalLatentDiffusionPipeline]:
+    """Save a standard diffusers folder at ``out`` (atomically) from a run or pipeline folder.
+
+    Uses the run's ``pipeline/`` (or the folder itself if it is a pipeline) unless ``checkpoint`` is given or there
+    is none, then the EMA weights of that (or the latest) checkpoint. ``scheduler`` replaces the default sampler.
+    Returns ``(out_path, pipeline)``.
+    """
+    from ldm.utils import atomic_dir
+
+    run = Path(run)
+    if not run.exists():
+        raise UserError(f"run folder not found: {run}")
+    out = Path(out)
+    if out.resolve() in (run.resolve(), (run / "pipeline").resolve()):
+        raise UserError(f"--out {out} is the source itself; choose another folder")
+    has_pipe = (run / "model_index.json").is_file() or (run / "pipeline" / "model_index.json").is_file()
+    if checkpoint is None and has_pipe:
+        folder = run if (run / "model_index.json").is_file() else run / "pipeline"
+        pipe = ClassConditionalLatentDiffusionPipeline.from_pretrained(folder)
+        if scheduler:
+            pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    elif (run / "checkpoints").is_dir():
+        pipe = pipeline_from_checkpoint(run, checkpoint, scheduler=scheduler)
+    else:
+        raise UserError(f"{run} has neither pipeline/model_index.json nor checkpoints/: nothing to export")
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return out, pipe

@@ -432,19 +432,31 @@ def snapshot_figure(
     return Image.open(buf).convert("RGB")
 
 
-def make_grid(images: Sequence[Image.Image], rows: int, pad: int = 2) -> Image.Image:
-    """Paste equally sized images row-major into a grid of ``rows`` rows (white padding)."""
-    from PIL import Image
+def make_grid(
+    images: Sequence[Image.Image], rows: int, pad: int = 2, labels: Sequence[str] | None = None
+) -> Image.Image:
+    """Paste equally sized images row-major into a grid of ``rows`` rows (white padding).
+
+    With ``labels`` (one per row) a left margin holds each row's label.
+    """
+    from PIL import Image, ImageDraw
 
     if not images:
         raise ValueError("make_grid: no images")
     cols = math.ceil(len(images) / rows)
     w, h = images[0].size
-    mode = "RGB" if any(im.mode != "L" for im in images) else "L"
-    grid = Image.new(mode, (cols * w + (cols + 1) * pad, rows * h + (rows + 1) * pad), "white")
+    mode = "RGB" if any(im.mode != "L" for im in images) or labels else "L"
+    margin = 0
+    if labels:
+        draw0 = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        margin = 6 + max(int(draw0.textlength(str(t))) for t in labels)
+    grid = Image.new(mode, (margin + cols * w + (cols + 1) * pad, rows * h + (rows + 1) * pad), "white")
+    draw = ImageDraw.Draw(grid)
     for n, im in enumerate(images):
         r, c = divmod(n, cols)
-        grid.paste(im.convert(mode), (pad + c * (w + pad), pad + r * (h + pad)))
+        grid.paste(im.convert(mode), (margin + pad + c * (w + pad), pad + r * (h + pad)))
+    for r, t in enumerate(labels or []):
+        draw.text((3, pad + r * (h + pad) + max(0, h // 2 - 6)), str(t), fill="black")
     return grid
 
 
@@ -483,9 +495,256 @@ def load_pipeline(path: str | Path, device: str | None = None, dtype: Any = None
 
     folder = find_pipeline_folder(path)
     try:
-        pipe = ClassConditionalLatentDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype or torch.float32)
+        pipe = ClassConditionalLatentDiffusionPipeline.from_pretrained(folder, dtype=dtype or torch.float32)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"could not load the pipeline in {folder}: {e}") from None
     pipe.to(device or default_device())
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ----------------------------------------------------------------------------------------------------
+# sampling to files, with provenance
+
+
+@dataclass
+class SampleFiles:
+    """What :func:`sample_to_folder` wrote."""
+
+    images: list[Path]
+    grid: Optional[Path] = None
+    snapshots: Optional[Path] = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def slugify(name: str) -> str:
+    """A file-name-safe form of a class name (letters, digits, ``-`` and ``_``)."""
+    out = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(name).strip())
+    return "-".join(p for p in out.split("-") if p) or "class"
+
+
+def model_identity(pipe: Any, path: str | Path | None = None) -> dict[str, Any]:
+    """``{"path", "name", "weights_hash", "unet_hash", "vae_hash", "class_names"}`` of a loaded pipeline.
+
+    The hashes are computed once per pipeline object (weights do not change while sampling) and cached on it.
+    """
+    from ldm.provenance import weights_hash
+
+    cached = getattr(pipe, "_ldm_identity_hashes", None)
+    if cached is None:
+        cached = {
+            "weights_hash": weights_hash(pipe.unet, pipe.vae),
+            "unet_hash": weights_hash(pipe.unet),
+            "vae_hash": weights_hash(pipe.vae) if pipe.vae is not None else None,
+        }
+        pipe._ldm_identity_hashes = cached
+    if path is None:
+        path = getattr(pipe.config, "_name_or_path", None) or getattr(pipe, "name_or_path", None)
+    p = Path(path).resolve() if path else None
+    name = None
+    if p is not None:
+        name = p.parent.name if p.name == "pipeline" else p.name
+    return {"path": str(p) if p else None, "name": name, **cached, "class_names": pipe.class_names}
+
+
+def sample_to_folder(
+    pipe: Any,
+    classes: Sequence[str | int],
+    out: str | Path,
+    *,
+    num_images: int = 4,
+    scheduler: str = "dpm++",
+    num_inference_steps: int = 25,
+    guidance_scale: float = 3.0,
+    negative_class: str | int | None = None,
+    seed: int = 0,
+    snapshots: bool = False,
+    snapshot_timesteps: Sequence[int] = DEFAULT_SNAPSHOT_TIMESTEPS,
+    batch_size: int = 16,
+    model_path: str | Path | None = None,
+    callback: Callable[[int, int, torch.Tensor], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SampleFiles:
+    """Generate ``num_images`` images per class and write them into ``out`` as PNGs carrying their parameters.
+
+    Image j of every class uses seed ``seed + j`` (columns of the grid share their starting noise). Writes
+    ``<class>-seed<S>.png`` per image, ``grid.png`` (one row per class) when there are several images, and
+    ``snapshots.png`` (first image of each class) with ``snapshots=True``. Images are generated in batches of
+    ``batch_size``; each PNG records its batch so :func:`regenerate` reproduces its exact pixels.
+    """
+    from ldm.provenance import format_parameters, save_png_with_parameters
+
+    if num_images < 1:
+        raise UserError(f"num_images must be >= 1, got {num_images}")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    if not classes:
+        raise UserError(f"give at least one class; known classes: {_list_names(pipe.class_names)}")
+    names = pipe.class_names
+    ids: list[int] = []
+    for c in classes:  # resolve all names before any work, and drop repeats
+        k = resolve_class(c, names)
+        if k not in ids:
+            ids.append(k)
+    neg_id = resolve_class(negative_class, names) if negative_class not in (None, "") else None
+    make_scheduler(scheduler, pipe.scheduler.config)  # validate the name before loading anything else
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = model_identity(pipe, model_path)
+    shape = default_latent_shape(pipe.unet)
+
+    jobs = [(k, seed + j) for k in ids for j in range(num_images)]  # class-major: row k of the grid
+    images: list[Any] = [None] * len(jobs)
+    paths: list[Path] = []
+    records: list[dict[str, Any]] = []
+    snaps: list[Snapshots] = []
+    total_steps = None
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        cids = [k for k, _ in chunk]
+        seeds = [s for _, s in chunk]
+        negs = [neg_id] * len(chunk) if neg_id is not None else None
+        first = [i for i, (_, s) in enumerate(chunk) if s == seed] if snapshots else None
+
+        result = generate(
+            pipe.unet,
+            pipe.vae,
+            make_scheduler(scheduler, pipe.scheduler.config),
+            cids,
+            null_class_id=pipe.null_class_id,
+            scaling_factor=float(pipe.config.scaling_factor),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            negative_class_ids=negs,
+            seeds=seeds,
+            latent_shape=shape,
+            callback=callback,
+            snapshot_timesteps=snapshot_timesteps if first else None,
+            snapshot_image_indices=first,
+            should_stop=should_stop,
+        )
+        total_steps = len(result.timesteps)
+        if result.snapshots is not None:
+            snaps.append(result.snapshots)
+        for i, (k, s) in enumerate(chunk):
+            img = result.images[i]
+            images[start + i] = img
+            rec = {
+                "format_version": 1,
+                "kind": "image",
+                "class": names[k],
+                "class_id": k,
+                "negative_class": names[neg_id] if neg_id is not None else None,
+                "negative_class_id": neg_id,
+                "seed": s,
+                "scheduler": scheduler,
+                "num_inference_steps": num_inference_steps,
+                "guidance_scale": guidance_scale,
+                "width": img.width,
+                "height": img.height,
+                "latent_shape": list(shape),
+                "scaling_factor": float(pipe.config.scaling_factor),
+                "batch": {"class_ids": cids, "seeds": seeds, "negative_class_ids": negs, "index": i},
+                "device": str(pipe.unet.device),
+                "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+                "model": identity,
+            }
+            rec["text"] = format_parameters(rec)
+            path = out / f"{slugify(names[k])}-seed{s}.png"
+            save_png_with_parameters(img, path, rec)
+            paths.append(path)
+            records.append(rec)
+
+    summary = {
+        "format_version": 1,
+        "classes": [names[k] for k in ids],
+        "class_ids": ids,
+        "negative_class": names[neg_id] if neg_id is not None else None,
+        "seeds": [seed + j for j in range(num_images)],
+        "scheduler": scheduler,
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "model": identity,
+    }
+    files = SampleFiles(images=paths, records=records)
+    if len(jobs) > 1:
+        grid = make_grid(images, rows=len(ids), labels=[names[k] for k in ids])
+        summary_text = (
+            f"grid: classes {', '.join(summary['classes'])}; seeds {seed}..{seed + num_images - 1}; "
+            f"{scheduler} {num_inference_steps} steps; guidance {guidance_scale:g}"
+            + (f"; negative class {summary['negative_class']}" if neg_id is not None else "")
+        )
+        files.grid = save_png_with_parameters(
+            grid, out / "grid.png", {**summary, "kind": "grid", "text": summary_text}
+        )
+    if snaps:
+        merged = merge_snapshots(snaps)
+        fig = snapshot_figure(
+            merged,
+            list(range(len(merged.image_indices))),
+            labels=[f"{names[k]} seed {seed}" for k in ids],
+            title=f"{scheduler}, {total_steps} steps, guidance {guidance_scale:g}: decoded noisy latent, predicted x0",
+        )
+        files.snapshots = save_png_with_parameters(
+            fig,
+            out / "snapshots.png",
+            {**summary, "kind": "snapshots", "snapshot_timesteps": merged.timesteps, "text": "snapshots"},
+        )
+    return files
+
+
+def merge_snapshots(parts: Sequence[Snapshots]) -> Snapshots:
+    """Concatenate the images of several :class:`Snapshots` taken at the same sampler steps (batch by batch)."""
+    import torch
+
+    first = parts[0]
+    return Snapshots(
+        timesteps=first.timesteps,
+        step_indices=first.step_indices,
+        requested=first.requested,
+        noisy=torch.cat([p.noisy for p in parts], dim=1),
+        pred_x0=torch.cat([p.pred_x0 for p in parts], dim=1),
+        image_indices=list(range(sum(len(p.image_indices) for p in parts))),
+    )
+
+
+def regenerate(params: dict[str, Any], pipe: Any) -> Image.Image:
+    """Recompute the image described by ``params`` (from :func:`ldm.provenance.read_parameters`) with ``pipe``.
+
+    The whole batch the image was generated in is recomputed, so on the same device and dtype the pixels are
+    identical. Raises UserError when the record is not a single image's, or does not fit the model.
+    """
+    if params.get("kind") != "image":
+        raise UserError(
+            f"this PNG is a {params.get('kind', 'unknown')} figure, not a single generated image; "
+            "give one of the <class>-seed<S>.png files"
+        )
+    batch = params.get("batch") or {
+        "class_ids": [params["class_id"]],
+        "seeds": [params["seed"]],
+        "negative_class_ids": None if params.get("negative_class_id") is None else [params["negative_class_id"]],
+        "index": 0,
+    }
+    names = pipe.class_names
+    for k in list(batch["class_ids"]) + list(batch.get("negative_class_ids") or []):
+        if not 0 <= int(k) < len(names):
+            raise UserError(f"the image was made with class id {k}, but this model has {len(names)} classes")
+    if params.get("class") is not None and names[int(params["class_id"])] != params["class"]:
+        raise UserError(
+            f"the image was made for class {params['class']!r} (id {params['class_id']}), but in this model "
+            f"id {params['class_id']} is {names[int(params['class_id'])]!r}"
+        )
+    result = generate(
+        pipe.unet,
+        pipe.vae,
+        make_scheduler(params["scheduler"], pipe.scheduler.config),
+        [int(k) for k in batch["class_ids"]],
+        null_class_id=pipe.null_class_id,
+        scaling_factor=float(pipe.config.scaling_factor),
+        num_inference_steps=int(params["num_inference_steps"]),
+        guidance_scale=float(params["guidance_scale"]),
+        negative_class_ids=batch.get("negative_class_ids"),
+        seeds=[int(s) for s in batch["seeds"]],
+        latent_shape=tuple(params["latent_shape"]) if params.get("latent_shape") else None,
+    )
+    return result.images[int(batch["index"])]
