@@ -291,6 +291,28 @@ def prepare_latents(
     return manifest
 
 
+def _latent_files(path: Path, manifest: dict) -> list[tuple[str, int]]:
+    """(relative .npy path, label) of every latent in label order. ``files`` entries may be dicts (written here)
+    or plain relative paths (hand-written manifests); without ``files``, ``<class>/<n>.npy`` are listed by n."""
+    classes = list(manifest["classes"])
+    if "files" not in manifest:
+        out = []
+        for k, name in enumerate(classes):
+            found = sorted((path / name).glob("*.npy"), key=lambda p: (len(p.stem), p.stem))  # 2 before 10
+            out.extend((f"{name}/{p.name}", k) for p in found)
+        return out
+    out = []
+    for f in manifest["files"]:
+        if isinstance(f, dict):
+            out.append((f["latent"], int(f["label"])))
+        else:
+            name = Path(f).parts[0]
+            if name not in classes:
+                raise ValueError(f"manifest file entry {f!r} is not inside a class folder ({', '.join(classes)})")
+            out.append((str(f), classes.index(name)))
+    return out
+
+
 def load_latent_cache(path: str | Path) -> LatentCache:
     """Load a cache written by :func:`prepare_latents` (the packed arrays when present, else the per-image files).
 
@@ -323,8 +345,9 @@ def load_latent_cache(path: str | Path) -> LatentCache:
             z = np.load(path / "latents.npy", allow_pickle=False)
             y = np.load(path / "labels.npy", allow_pickle=False)
         else:
-            z = np.stack([np.load(path / f["latent"], allow_pickle=False) for f in manifest["files"]])
-            y = np.array([f["label"] for f in manifest["files"]], dtype=np.int64)
+            entries = _latent_files(path, manifest)
+            z = np.stack([np.load(path / rel, allow_pickle=False) for rel, _ in entries]) if entries else np.zeros(0)
+            y = np.array([label for _, label in entries], dtype=np.int64)
     except (OSError, ValueError) as e:
         raise UserError(
             f"the latent cache in {path} is damaged ({e}); rebuild it with ldm prepare --overwrite"

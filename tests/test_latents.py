@@ -264,3 +264,30 @@ def test_prepare_skips_bad_files_of_synth_faces(tiny_vae_dir, tmp_path, capsys):
     cache = load_latent_cache(out)
     assert cache.classes == list(SYNTH_CLASSES) and cache.manifest["skipped"][0][0] == "sleepy/broken.png"
     assert cache.labels.tolist() == [k for k in range(5) for _ in range(3)]
+
+
+def test_load_hand_written_manifest(tmp_path):
+    """The original project's layout plus a minimal manifest (files as paths, or no files list) loads too."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for n in range(11):
+            np.save(tmp_path / name / f"{n}.npy", rng.standard_normal((4, 2, 2)).astype(np.float32))
+    manifest = {
+        "format_version": 1,
+        "classes": ["a", "b"],
+        "num_images": 22,
+        "latent_shape": [4, 2, 2],
+        "scaling_factor": 0.5,
+    }
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    c = load_latent_cache(tmp_path)
+    assert c.latents.shape == (22, 4, 2, 2) and c.labels.tolist() == [0] * 11 + [1] * 11
+    assert np.array_equal(c.latents[2].numpy(), np.load(tmp_path / "a" / "2.npy"))  # numeric order: 2 before 10
+    manifest["files"] = [f"b/{n}.npy" for n in range(11)] + [f"a/{n}.npy" for n in range(11)]
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert load_latent_cache(tmp_path).labels.tolist() == [1] * 11 + [0] * 11
+    manifest["num_images"] = 23
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="damaged"):
+        load_latent_cache(tmp_path)
