@@ -574,6 +574,15 @@ class _Trainer:
         self.acc.wait_for_everyone()
         return final
 
+    def _plot(self, records: list[dict[str, Any]], force: bool = False) -> None:
+        """Redraw loss.png; between forced redraws, at most once per max(2 s, 10x the last draw's duration), so
+        plotting never costs more than ~10% of the run even with log_every=1."""
+        now = time.monotonic()
+        if not force and now - getattr(self, "_plot_at", -1e9) < max(2.0, 10 * getattr(self, "_plot_cost", 0.0)):
+            return
+        plot_loss(records, self.out / "loss.png", title=self.out.name)
+        self._plot_at, self._plot_cost = time.monotonic(), time.monotonic() - now
+
     # -- the loop ----------------------------------------------------------------------------------------------------
 
     def status(self, state: str, message: str = "", loss: float | None = None) -> None:
@@ -667,7 +676,7 @@ class _Trainer:
                     if self.main:
                         append_metrics(self.out, record)
                         records.append(record)
-                        plot_loss(records, self.out / "loss.png", title=self.out.name)
+                        self._plot(records, force=at_end)
                         self.status("running", "training", loss=record["loss"])
                         if self.bar is not None:
                             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
