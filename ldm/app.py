@@ -27,6 +27,7 @@ from ldm.config import SamplingConfig
 POLL_SECONDS = 2.0  # how often the Training tab refreshes while a job runs
 SAMPLERS = ("dpm++", "ddim", "ddpm", "euler", "euler_a", "heun", "unipc")
 DEFAULT_SETTINGS_FILE = "app-settings.yaml"
+LOSS_COLORS = {"color_map": {"loss": "#9fb3c8", "smoothed": "#0d9488"}}  # raw loss pale, its moving average strong
 
 CSS = """
 .gradio-container { max-width: 1180px !important; margin: auto; }
@@ -102,6 +103,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                         info="A run (runs/NAME with an exported pipeline) or an exported pipeline folder",
                         allow_custom_value=True,  # choices change at run time; the handler checks the path
                         scale=4,
+                        elem_id="ldm-model",
                     )
                     refresh = gr.Button("Refresh", scale=1, min_width=90)
                 model_note = gr.Markdown()
@@ -117,6 +119,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             label="…or type a class name",
                             placeholder="e.g. smiling",
                             info="If filled, wins over the dropdown; case and spaces do not matter",
+                            elem_id="ldm-class-text",
                         )
                         class_examples = gr.Dataset(
                             components=[class_text], samples=[], label="Classes of this model (click one)"
@@ -145,6 +148,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             step=1,
                             label="Steps",
                             info="Denoising steps: more is slower and a little finer (20-30 is plenty for dpm++)",
+                            elem_id="ldm-steps",
                         )
                         guidance = gr.Slider(
                             1.0,
@@ -161,10 +165,12 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             randomize = gr.Checkbox(
                                 value=True, label="Randomise seed", info="Draw a new seed on every Generate"
                             )
-                        generate = gr.Button("Generate", variant="primary")
-                        message = gr.Markdown()
+                        generate = gr.Button("Generate", variant="primary", elem_id="ldm-generate")
+                        message = gr.Markdown(elem_id="ldm-message")
                     with gr.Column(scale=3, min_width=280):
-                        gallery = gr.Gallery(label="Images", columns=4, height="auto", object_fit="contain")
+                        gallery = gr.Gallery(
+                            label="Images", columns=4, height="auto", object_fit="contain", elem_id="ldm-gallery"
+                        )
                         snapshot = gr.Image(label="Timestep snapshots (first image)", type="filepath")
                         files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple")
                         params = gr.Code(label="Parameters", language="json")
@@ -192,12 +198,14 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             value=defaults.data_dir,
                             allow_custom_value=True,
                             info="Folder of class subfolders of images, inside the workspace (e.g. data/faces)",
+                            elem_id="ldm-data-dir",
                         )
                         preprocess = gr.Radio(
                             ["yes", "no"],
                             value=defaults.preprocess,
                             label="Preprocess",
                             info="yes: encode the data folder into a latent cache first; no: use the latent folder",
+                            elem_id="ldm-preprocess",
                         )
                         latent_dir = gr.Dropdown(
                             label="Latent folder",
@@ -205,6 +213,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             value=defaults.latent_dir,
                             allow_custom_value=True,
                             info="Latent cache: written when preprocessing (empty = data/latents/RUN), else read",
+                            elem_id="ldm-latent-dir",
                         )
                         autoencoder = gr.Dropdown(
                             label="Autoencoder",
@@ -216,7 +225,11 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                         gr.Markdown("### Model and training")
                         with gr.Row():
                             preset = gr.Dropdown(
-                                list(PRESETS), value=defaults.preset, label="Model preset", info="UNet size"
+                                list(PRESETS),
+                                value=defaults.preset,
+                                label="Model preset",
+                                info="UNet size",
+                                elem_id="ldm-preset",
                             )
                             ema = gr.Checkbox(
                                 value=defaults.ema, label="EMA", info="Average the weights (smoother samples)"
@@ -239,7 +252,11 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                                 info="Passes over the data (0 = no limit)",
                             )
                             batch_size = gr.Number(
-                                value=defaults.batch_size, precision=0, label="Batch size", info="Latents per step"
+                                value=defaults.batch_size,
+                                precision=0,
+                                label="Batch size",
+                                info="Latents per step",
+                                elem_id="ldm-batch-size",
                             )
                             learning_rate = gr.Number(
                                 value=defaults.learning_rate, label="Learning rate", info="Peak rate (3e-4 usual)"
@@ -254,13 +271,23 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                                 info="Share of steps without the class, for guidance (0.1 usual)",
                             )
                             max_minutes = gr.Number(
-                                value=defaults.max_minutes, label="Max minutes", info="Time budget (0 = none)"
+                                value=defaults.max_minutes,
+                                label="Max minutes",
+                                info="Time budget (0 = none)",
+                                elem_id="ldm-max-minutes",
                             )
                             max_steps = gr.Number(
-                                value=defaults.max_steps, precision=0, label="Max steps", info="Step budget (0 = none)"
+                                value=defaults.max_steps,
+                                precision=0,
+                                label="Max steps",
+                                info="Step budget (0 = none)",
+                                elem_id="ldm-max-steps",
                             )
                         run_name = gr.Textbox(
-                            value=defaults.run_name, label="Run name", info="The run goes to runs/NAME"
+                            value=defaults.run_name,
+                            label="Run name",
+                            info="The run goes to runs/NAME",
+                            elem_id="ldm-run-name",
                         )
                         extra = gr.Textbox(
                             value=defaults.extra,
@@ -268,6 +295,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             lines=2,
                             placeholder="training.sample_every=100\ndata.image_size=32",
                             info="More config keys as key=value (one per line); see configs/*.yaml",
+                            elem_id="ldm-extra",
                         )
                         with gr.Row():
                             start = gr.Button("Start", variant="primary", elem_id="ldm-start")
@@ -282,14 +310,24 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             with gr.Row():
                                 save = gr.Button("Save settings")
                                 load = gr.Button("Load settings")
-                        train_message = gr.Markdown()
+                        train_message = gr.Markdown(elem_id="ldm-train-message")
                     with gr.Column(scale=3, min_width=280):
                         progress = gr.HTML(elem_id="ldm-progress")
                         loss_plot = gr.LinePlot(
-                            x="step", y="loss", color="series", label="Loss", height=260, elem_id="ldm-loss"
+                            x="step",
+                            y="loss",
+                            color="series",
+                            label="Loss",
+                            height=300,
+                            elem_id="ldm-loss",
+                            **LOSS_COLORS,
                         )
-                        sample = gr.Image(label="Newest sample grid (one row per class)", type="pil")
-                        log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, elem_id="ldm-log")
+                        sample = gr.Image(
+                            label="Newest sample grid (one row per class)", type="pil", elem_id="ldm-sample"
+                        )
+                        log = gr.Textbox(
+                            label="Log (newest lines)", lines=14, max_lines=14, autoscroll=True, elem_id="ldm-log"
+                        )
                 timer = gr.Timer(POLL_SECONDS, active=False)
                 fields = [
                     data_dir,
@@ -325,15 +363,24 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
             with gr.Tab("Runs", id="runs") as runs_tab:
                 with gr.Row(elem_classes="ldm-stack"):
                     run_pick = gr.Dropdown(
-                        label="Run", choices=[], info="A run folder of the workspace", scale=4, allow_custom_value=True
+                        label="Run",
+                        choices=[],
+                        info="A run folder of the workspace",
+                        scale=4,
+                        allow_custom_value=True,
+                        elem_id="ldm-run-pick",
                     )
-                    runs_refresh = gr.Button("Refresh", scale=1, min_width=90)
-                    use = gr.Button("Use for inference", variant="primary", scale=2, min_width=150)
-                runs_table = gr.Dataframe(label="Runs (newest first)", interactive=False, wrap=True)
+                    runs_refresh = gr.Button("Refresh", scale=1, min_width=90, elem_id="ldm-runs-refresh")
+                    use = gr.Button("Use for inference", variant="primary", scale=2, min_width=150, elem_id="ldm-use")
+                runs_table = gr.Dataframe(
+                    label="Runs (newest first)", interactive=False, wrap=True, elem_id="ldm-runs-table"
+                )
                 run_details = gr.Markdown()
                 with gr.Row(elem_classes="ldm-stack"):
                     run_sample = gr.Image(label="Newest sample grid", type="pil")
-                    run_loss = gr.LinePlot(x="step", y="loss", color="series", label="Loss curve", height=260)
+                    run_loss = gr.LinePlot(
+                        x="step", y="loss", color="series", label="Loss curve", height=300, **LOSS_COLORS
+                    )
                 runs_refresh.click(app.runs_table, None, [runs_table, run_pick], api_name="runs")
                 run_pick.change(app.show_run, run_pick, [run_details, run_sample, run_loss], api_name="run_details")
                 use.click(app.use_for_inference, run_pick, [model, tabs, run_details], api_name="use_for_inference")
@@ -379,12 +426,14 @@ def launch_app(
         server_port=port,
         share=False,
         prevent_thread_lock=prevent_thread_lock,
-        quiet=quiet,
+        quiet=True,  # gradio's banner suggests share=True, which this app never uses
         theme=make_theme(),
         css=CSS,
         allowed_paths=[str(app.outputs)],
         footer_links=["api"],
     )
+    if not quiet:
+        print(f"ldm app: open {demo.local_url} (workspace {app.ws.root}); Ctrl+C to quit", flush=True)
     return demo
 
 

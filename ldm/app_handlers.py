@@ -114,8 +114,9 @@ def progress_html(job: dict[str, Any] | None, status: dict[str, Any] | None) -> 
         if isinstance(status.get("loss"), (int, float)):
             parts.append(f"loss {status['loss']:.4f}")
     message = job.get("message") or ""
-    if phase == "train" and status.get("message") and state == "running":
-        message = status["message"]
+    if phase == "train" and status.get("message"):
+        # the trainer's own words say more than the worker's ("failed at step 10: ...", "stopped: saving")
+        message = status["message"] if state == "running" else f"{message}: {status['message']}"
     css_state = html.escape(state)
     return (
         f'<div class="ldm-progress ldm-state-{css_state}" data-step="{step}" data-state="{css_state}">{bar}</div>'
@@ -364,7 +365,7 @@ class LdmApp:
         run = Path(job["run"])
         status = read_json(run / "status.json") if job.get("phase") == "train" else None
         info = self.ws.run_info(run) if run.exists() else None
-        log = tail(Path(job.get("log") or run / "app-job.log"), lines=40)
+        log = tail(Path(job.get("log") or run / "app-job.log"), lines=14)
         return (
             progress_html(job, status),
             loss_frame(read_metrics(run / "metrics.jsonl")),
