@@ -166,13 +166,22 @@ def plot_loss(records: list[dict[str, Any]], path: str | Path, title: str = "tra
     ax = fig.add_subplot(1, 1, 1)
     if pts:
         steps, losses = zip(*pts)
-        alpha = min(0.98, max(0.0, 1 - 8 / max(len(losses), 1)))  # ~8 effective points over the run
+        # An EMA over ~1/20 of the points: smooth enough to read the trend, short enough not to lag behind it.
+        alpha = 1 - 1 / max(1.0, len(losses) / 20)
+        logscale = max(losses) / min(losses) > 5
+        if logscale:  # smooth log-losses (a geometric mean), so single spikes do not lift the curve
+            smooth = [math.exp(v) for v in smooth_ema([math.log(v) for v in losses], alpha)]
+        else:
+            smooth = smooth_ema(list(losses), alpha)
         ax.plot(steps, losses, color="#9ecae1", linewidth=1.0, label="loss (per log)")
-        ax.plot(steps, smooth_ema(list(losses), alpha), color="#08519c", linewidth=2.0, label="smoothed")
-        if max(losses) / min(losses) > 5:
+        ax.plot(steps, smooth, color="#08519c", linewidth=2.0, label="smoothed")
+        if logscale:
+            from matplotlib.ticker import FuncFormatter
+
             ax.set_yscale("log")
-        last = losses[-1]
-        ax.set_title(f"{title} — step {steps[-1]}, loss {last:.4f}", fontsize=11)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        ax.set_title(f"{title} — step {steps[-1]}, smoothed loss {smooth[-1]:.4f}", fontsize=11)
         lrs = [(r["step"], r["lr"]) for r in records if isinstance(r.get("lr"), (int, float))]
         if lrs:
             ax2 = ax.twinx()

@@ -564,7 +564,7 @@ class _Trainer:
                     "num_processes": self.world,
                     "classes": self.classes,
                     "latent_shape": list(self.latent_shape),
-                    "latents": str(self.latents_path),
+                    "latents": str(self.latents_path.resolve()),
                     "unet": to_dict(self.cfg.unet),
                     "mixed_precision": self.mixed_precision,
                 }

@@ -281,7 +281,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path, monk
 def test_nan_loss_exits_non_zero_from_the_cli(cache, tmp_path, monkeypatch, capsys):
     import ldm.diffusion
 
-    monkeypatch.setattr(ldm.diffusion, "diffusion_loss", lambda *a, **k: torch.tensor(float("inf"), requires_grad=True))
+    monkeypatch.setattr(
+        ldm.diffusion, "diffusion_loss", lambda *a, **k: torch.tensor(float("inf"), requires_grad=True)
+    )
     argv = ["train", "--latents", str(cache), "--out", str(tmp_path / "run"), "--max-steps", "3", "--no-progress"]
     assert ldm_main(argv + TINY) == 1
     assert "loss is inf at step 1" in capsys.readouterr().err
@@ -304,7 +306,9 @@ def test_refuses_to_overwrite_an_existing_run(cache, tmp_path, capsys):
     assert ldm_main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
     # resuming from the CLI without --config picks up the run's own config.yaml; the new --max-steps wins
-    assert ldm_main(["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--max-steps", "2"]) == 0
+    assert (
+        ldm_main(["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--max-steps", "2"]) == 0
+    )
     assert read_status(run)["step"] == 2
 
 
