@@ -11,12 +11,21 @@ autoencoder. :class:`QuickEvaluator` is the cheap version the trainer calls ever
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ldm.errors import UserError
+
 if TYPE_CHECKING:
     import torch
+
+    from ldm.data import FolderScan
+    from ldm.inception import InceptionFeatureExtractor
 
 # a class gets its own FID/KID when both the real and the generated set hold at least this many images: below it the
 # covariance (FID) is mostly noise and the KID subsets are tiny
@@ -32,7 +41,7 @@ def _as_f64(x: Any) -> np.ndarray:
     return a
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # FID
 
 
@@ -89,7 +98,7 @@ def frechet_distance(feats1: Any, feats2: Any) -> float:
     return float(max(0.0, ((mu1 - mu2) ** 2).sum() + (f1**2).sum() + (f2**2).sum() - 2 * tr))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # KID
 
 
@@ -131,7 +140,7 @@ def kernel_inception_distance(
     return float(np.mean(vals)), float(np.std(vals))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # per-class metrics, class accuracy, memorisation
 
 
@@ -216,3 +225,619 @@ def memorisation(fake_feats: Any, train_feats: Any) -> dict[str, Any]:
         "share_below_threshold": float((nn_d < threshold).mean()) if len(f) else float("nan"),
         "median_ratio": float(np.median(nn_d) / threshold) if threshold > 0 and len(f) else float("nan"),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# real images and their features
+
+
+@dataclass
+class RealSet:
+    """The real images of a dataset at the model's size: ``images`` (N, C, S, S) in [-1, 1], ``labels`` (N,) int64
+    (indices into ``scan.classes``), their Inception ``features`` (N, 2048) (or None before extraction)."""
+
+    scan: FolderScan
+    images: torch.Tensor
+    labels: torch.Tensor
+    features: torch.Tensor | None = None
+
+
+def load_real_set(
+    data: str | Path | FolderScan,
+    image_size: int,
+    channels: int,
+    extractor: InceptionFeatureExtractor | None = None,
+    cache_dir: str | Path | None = None,
+    log: Callable[[str], Any] | None = None,
+) -> RealSet:
+    """Load every readable image of a class-folder dataset; with ``extractor``, also their Inception features,
+    cached under ``<cache_dir>/inception/<fingerprint>.pt`` (content fingerprint of the files + preprocessing)."""
+    import torch
+
+    from ldm.classifier import dataset_fingerprint, default_cache_dir, load_images
+    from ldm.data import scan_image_folder
+    from ldm.utils import atomic_write_bytes
+
+    log = log or (lambda m: None)
+    scan = data if not isinstance(data, (str, Path)) else scan_image_folder(data)
+    images, labels = load_images(scan, image_size, channels)
+    real = RealSet(scan, images, labels)
+    if extractor is not None:
+        desc = extractor.describe()
+        recipe = {"inception": {k: desc[k] for k in ("extractor", "input_size", "resize")}}
+        fp = dataset_fingerprint(scan, image_size, channels, recipe)
+        path = Path(cache_dir or default_cache_dir()) / "inception" / f"{fp[:24]}.pt"
+        if path.is_file():
+            real.features = torch.load(path, weights_only=True)
+            log(f"real features: cached {path}")
+        else:
+            t0 = time.time()
+            log(f"real features: {len(images)} images through Inception (about 0.5 s each on a CPU)")
+            real.features = extractor(images)
+            import io
+
+            buf = io.BytesIO()
+            torch.save(real.features, buf)
+            atomic_write_bytes(path, buf.getvalue())
+            log(f"real features: {time.time() - t0:.0f} s, cached in {path}")
+    return real
+
+
+def _class_map(model_classes: Sequence[str], data_classes: Sequence[str], data_dir: Any) -> list[int]:
+    """For each model class id, the label of the same class name in the real data (UserError when they differ)."""
+    missing = [c for c in model_classes if c not in data_classes]
+    if missing:
+        raise UserError(
+            f"the model's classes {missing[:10]} are not folders of the real data {data_dir} "
+            f"(its classes: {list(data_classes)[:20]}); give --real the dataset the model was trained on"
+        )
+    return [list(data_classes).index(c) for c in model_classes]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# generation
+
+
+def generate_images(
+    pipe: Any,
+    class_ids: Sequence[int],
+    *,
+    scheduler: str = "dpm++",
+    num_inference_steps: int = 25,
+    guidance_scale: float = 3.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    log: Callable[[str], Any] | None = None,
+) -> torch.Tensor:
+    """Generate one image per class id with a pipeline (``ldm.sampler.load_pipeline``); image i uses seed ``seed + i``.
+
+    Returns float images (N, C, H, W) in [-1, 1] on CPU.
+    """
+    import torch
+
+    from ldm.sampler import generate, make_scheduler
+
+    log = log or (lambda m: None)
+    sched = make_scheduler(scheduler, pipe.scheduler.config)
+    out = []
+    t0 = time.time()
+    for i in range(0, len(class_ids), batch_size):
+        ids = [int(c) for c in class_ids[i : i + batch_size]]
+        res = generate(
+            pipe.unet,
+            pipe.vae,
+            sched,
+            ids,
+            null_class_id=pipe.null_class_id,
+            scaling_factor=float(pipe.config.scaling_factor),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seeds=list(range(seed + i, seed + i + len(ids))),
+        )
+        out.append(res.pixels.float().cpu())
+        log(f"generated {min(i + batch_size, len(class_ids))}/{len(class_ids)} ({time.time() - t0:.0f} s)")
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# figures and reports
+
+
+def memorisation_figure(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    mem: dict[str, Any],
+    path: str | Path,
+    num_pairs: int = 8,
+    captions: Sequence[str] | None = None,
+) -> list[int]:
+    """Save the ``num_pairs`` generated images closest to a training image, each above its nearest training image.
+
+    ``fake`` (M, C, H, W) and ``real`` (N, C, H, W) in [-1, 1]; ``mem`` from :func:`memorisation`. Returns the
+    indices of the generated images shown (closest first).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dist = np.asarray(mem["nn_distance"])
+    order = [int(i) for i in np.argsort(dist)[:num_pairs]]
+    k = max(1, len(order))
+    fig, axes = plt.subplots(2, k, figsize=(1.5 * k + 0.4, 3.6), squeeze=False)
+
+    def show(ax: Any, img: torch.Tensor) -> None:
+        a = ((img.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+        ax.imshow(a[..., 0] if a.shape[-1] == 1 else a, cmap="gray" if a.shape[-1] == 1 else None, vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for j in range(k):
+        for r in range(2):
+            axes[r, j].axis("off")
+        if j >= len(order):
+            continue
+        i = order[j]
+        show(axes[0, j], fake[i])
+        show(axes[1, j], real[mem["nn_index"][i]])
+        for r in range(2):
+            axes[r, j].axis("on")
+        ratio = dist[i] / mem["threshold"] if mem["threshold"] > 0 else float("inf")
+        flag = "  COPY?" if dist[i] < mem["threshold"] else ""
+        axes[0, j].set_title((captions[i] + "\n" if captions else "") + f"d/median={ratio:.2f}{flag}", fontsize=7)
+    axes[0, 0].set_ylabel("generated", fontsize=8)
+    axes[1, 0].set_ylabel("nearest\ntraining", fontsize=8)
+    fig.suptitle(
+        "Closest generated/training pairs (Inception features); d/median < 1: closer than real images are to each "
+        "other",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return order
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def eval_markdown(result: dict[str, Any]) -> str:
+    """A readable summary of an ``eval.json`` dict."""
+    s = result["settings"]
+    lines = [
+        f"# Evaluation of {result['model']}",
+        "",
+        f"{s['num_samples']} generated images ({s['scheduler']}, {s['num_inference_steps']} steps, guidance "
+        f"{s['guidance_scale']}, seeds {s['seed']}..{s['seed'] + s['num_samples'] - 1}) against "
+        f"{result['real']['num_images']} real images of {result['real']['data_dir']}.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| FID | {_fmt(result['fid'])} |",
+        f"| KID | {_fmt(result['kid'])} ± {_fmt(result['kid_std'])} |",
+        f"| class accuracy (generated) | {_fmt(result['class_accuracy']['overall'])} |",
+        f"| classifier held-out accuracy (real) | {_fmt(result['classifier']['holdout_accuracy'])} "
+        f"(chance {_fmt(result['classifier']['chance'])}) |",
+    ]
+    rec = result.get("reconstruction") or {}
+    if rec.get("psnr") is not None:
+        lines.append(
+            f"| autoencoder PSNR / SSIM ({rec['num_images']} held-out) | {rec['psnr']:.2f} dB / {rec['ssim']:.4f} |"
+        )
+    else:
+        lines.append(f"| autoencoder reconstruction | {rec.get('skipped', 'n/a')} |")
+    mem = result["memorisation"]
+    lines += [
+        f"| memorisation: share closer than real-to-real median | {_fmt(mem['share_below_threshold'])} |",
+        f"| memorisation: median nearest distance / real median | {_fmt(mem['median_ratio'])} |",
+        "",
+        f"Features: {result['features']['extractor']}; resize: {result['features']['resize']}. "
+        f"KID: {s['kid_subsets']} subsets of up to {s['kid_subset_size']}, polynomial kernel (Bińkowski et al. 2018), "
+        "raw units.",
+        "",
+        f"## Per class (FID/KID where both sets have at least {s['min_per_class']} images)",
+        "",
+        "| class | n real | n generated | FID | KID | class accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in result["per_class"].items():
+        acc = result["class_accuracy"]["per_class"].get(name)
+        kid = f"{_fmt(row['kid'])} ± {_fmt(row['kid_std'])}" if row["kid"] is not None else "n/a"
+        lines.append(f"| {name} | {row['n_real']} | {row['n_fake']} | {_fmt(row['fid'])} | {kid} | {_fmt(acc)} |")
+    lines += [
+        "",
+        "## Memorisation",
+        "",
+        "Each generated image's nearest training image in L2-normalised Inception feature space, compared with the "
+        f"median nearest-neighbour distance between real images ({_fmt(mem['threshold'])}). "
+        f"Closest pairs: `{mem['figure']}`.",
+        "",
+        "| generated | class | nearest training image | distance / median |",
+        "|---|---|---|---|",
+    ]
+    for p in mem["closest_pairs"]:
+        lines.append(f"| #{p['generated_index']} | {p['class']} | {p['training_image']} | {p['ratio']:.3f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# reconstruction
+
+
+def reconstruction_metrics(
+    model_folder: str | Path, real: RealSet, fraction: float, seed: int, device: str = "cpu", batch_size: int = 16
+) -> dict[str, Any]:
+    """Autoencoder PSNR/SSIM (``ldm.metrics``) on the held-out real images (``holdout_split(fraction, seed)``, the
+    split ``ldm train-vae`` uses with the run's ``data.holdout_fraction`` and ``autoencoder.seed``)."""
+    import torch
+
+    try:
+        from ldm.autoencoder import decode, encode, load_autoencoder
+        from ldm.metrics import psnr, ssim
+    except ImportError as e:  # the autoencoder module is another stage; eval still reports the rest
+        return {"psnr": None, "ssim": None, "skipped": f"autoencoder modules unavailable ({e})"}
+    from ldm.data import holdout_split
+
+    _, hold = holdout_split(real.scan.samples, fraction, seed)
+    if not hold:
+        hold = list(range(len(real.images)))
+    ae = load_autoencoder(str(model_folder), device=device)
+    images = real.images[hold]
+    if images.shape[1] != ae.in_channels:
+        from ldm.classifier import match_channels
+
+        images = match_channels(images, ae.in_channels)
+    p, s = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].to(device)
+            y = decode(ae, encode(ae, x)).float().cpu()
+            p.append(psnr(y, x.cpu()).reshape(-1))
+            s.append(ssim(y, x.cpu()).reshape(-1))
+    return {
+        "psnr": float(torch.cat(p).mean()),
+        "ssim": float(torch.cat(s).mean()),
+        "num_images": len(hold),
+        "holdout": {"fraction": fraction, "seed": seed},
+        "autoencoder": ae.source,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ldm eval
+
+
+def _run_settings(run: Path) -> tuple[Path, Any]:
+    """(output folder, run Config or None): a run folder writes into itself, a bare pipeline folder into itself."""
+    from ldm.config import load_config
+
+    cfg_path = run / "config.yaml"
+    cfg = None
+    if cfg_path.is_file():
+        try:
+            cfg = load_config(cfg_path)
+        except Exception:  # an older or foreign config: evaluation does not need it
+            cfg = None
+    return run, cfg
+
+
+def evaluate_run(
+    run: str | Path,
+    real: str | Path,
+    *,
+    num_samples: int = 200,
+    scheduler: str = "dpm++",
+    num_inference_steps: int = 25,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    batch_size: int = 16,
+    min_per_class: int = MIN_PER_CLASS,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    num_pairs: int = 8,
+    cache_dir: str | Path | None = None,
+    classifier_steps: int | None = None,
+    write: bool = True,
+    log: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run (or exported pipeline) folder against the real dataset; write ``eval.json``, ``eval.md`` and
+    ``memorisation.png`` into it (``write=True``) and return the ``eval.json`` dict.
+
+    ``num_samples`` images are generated, cycling through the classes (image i: class ``i % K``, seed ``seed + i``).
+    ``guidance_scale`` defaults to the run's ``sampling.guidance_scale`` (3.0 without a run config).
+    """
+    from ldm.classifier import TRAIN_STEPS, load_or_train_classifier
+    from ldm.data import scan_image_folder
+    from ldm.inception import load_inception
+    from ldm.sampler import find_pipeline_folder, load_pipeline
+    from ldm.utils import atomic_write_json, atomic_write_text, default_device
+
+    log = log or (lambda m: None)
+    t_start = time.time()
+    run = Path(run)
+    if num_samples < 2:
+        raise UserError(f"--num-samples must be at least 2 (FID/KID need two images), got {num_samples}")
+    extractor = load_inception(device=device or "cpu")  # fails early, naming the extra, before any generation
+    folder = find_pipeline_folder(run)
+    out_dir, cfg = _run_settings(run if run.is_dir() else folder)
+    if guidance_scale is None:
+        guidance_scale = float(cfg.sampling.guidance_scale) if cfg is not None else 3.0
+    scan = scan_image_folder(real)
+    device = device or default_device()
+    pipe = load_pipeline(folder, device=device)
+    model_classes = pipe.class_names
+    to_data = _class_map(model_classes, scan.classes, real)
+
+    class_ids = [i % len(model_classes) for i in range(num_samples)]
+    log(f"generating {num_samples} images of {len(model_classes)} classes on {device}")
+    t0 = time.time()
+    fake = generate_images(
+        pipe,
+        class_ids,
+        scheduler=scheduler,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        batch_size=batch_size,
+        log=log,
+    )
+    gen_seconds = time.time() - t0
+    channels, image_size = int(fake.shape[1]), int(fake.shape[-1])
+    fake_labels = np.asarray([to_data[c] for c in class_ids])  # in the real data's label space
+
+    realset = load_real_set(scan, image_size, channels, extractor, cache_dir, log)
+    log(f"generated features: {len(fake)} images through Inception")
+    fake_feats = extractor(fake)
+    real_feats = realset.features
+    kid, kid_std = kernel_inception_distance(real_feats, fake_feats, kid_subsets, kid_subset_size, seed)
+    fid = frechet_distance(real_feats, fake_feats)
+    per_class = per_class_fid_kid(
+        real_feats, realset.labels.numpy(), fake_feats, fake_labels, scan.classes, min_per_class, kid_subsets, seed
+    )
+    per_class = {k: v for k, v in per_class.items() if k in model_classes}
+
+    clf_kwargs = {"steps": classifier_steps or TRAIN_STEPS}
+    clf = load_or_train_classifier(
+        scan, image_size=image_size, channels=channels, cache_dir=cache_dir, log=log, **clf_kwargs
+    )
+    predicted = clf.predict(fake).numpy()
+    acc = class_accuracy(predicted, fake_labels, scan.classes)
+    acc["per_class"] = {k: v for k, v in acc["per_class"].items() if k in model_classes}
+    acc["counts"] = {k: v for k, v in acc["counts"].items() if k in model_classes}
+
+    mem = memorisation(fake_feats, real_feats)
+    fig_path = out_dir / "memorisation.png"
+    captions = [model_classes[c] for c in class_ids]
+    shown = (
+        memorisation_figure(fake, realset.images, mem, fig_path, num_pairs, captions)
+        if write
+        else [int(i) for i in np.argsort(mem["nn_distance"])[:num_pairs]]
+    )
+    pairs = [
+        {
+            "generated_index": i,
+            "class": captions[i],
+            "seed": seed + i,
+            "training_image": str(scan.samples[mem["nn_index"][i]][0]),
+            "distance": mem["nn_distance"][i],
+            "ratio": mem["nn_distance"][i] / mem["threshold"] if mem["threshold"] > 0 else None,
+        }
+        for i in shown
+    ]
+
+    fraction = float(cfg.data.holdout_fraction) if cfg is not None else 0.1
+    ae_seed = int(cfg.autoencoder.seed) if cfg is not None else 0
+    log("autoencoder reconstruction on held-out real images")
+    recon = reconstruction_metrics(folder, realset, fraction, ae_seed, device=device, batch_size=batch_size)
+
+    result = {
+        "model": str(run),
+        "pipeline": str(folder),
+        "real": {
+            "data_dir": str(scan.root),
+            "num_images": len(realset.images),
+            "classes": len(scan.classes),
+            "image_size": image_size,
+            "channels": channels,
+        },
+        "settings": {
+            "num_samples": num_samples,
+            "scheduler": scheduler,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "seed": seed,
+            "device": device,
+            "kid_subsets": kid_subsets,
+            "kid_subset_size": min(kid_subset_size, len(realset.images), num_samples),
+            "min_per_class": min_per_class,
+        },
+        "features": extractor.describe(),
+        "fid": fid,
+        "kid": kid,
+        "kid_std": kid_std,
+        "per_class": per_class,
+        "class_accuracy": acc,
+        "classifier": clf.summary(),
+        "reconstruction": recon,
+        "memorisation": {
+            "feature_space": "L2-normalised Inception pool3 features",
+            "threshold": mem["threshold"],
+            "threshold_definition": "median over real images of the distance to their nearest other real image",
+            "share_below_threshold": mem["share_below_threshold"],
+            "median_ratio": mem["median_ratio"],
+            "figure": fig_path.name,
+            "closest_pairs": pairs,
+        },
+        "seconds": {"generation": round(gen_seconds, 1), "total": round(time.time() - t_start, 1)},
+    }
+    if write:
+        atomic_write_json(out_dir / "eval.json", _json_safe(result))
+        atomic_write_text(out_dir / "eval.md", eval_markdown(result))
+        log(f"wrote {out_dir / 'eval.json'}, {out_dir / 'eval.md'} and {fig_path}")
+    return result
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN/inf -> None so eval.json stays strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# cheap evaluation during training
+
+
+class QuickEvaluator:
+    """Small-sample KID and class accuracy for training-time evaluation (``eval_every`` steps).
+
+    Built once per run: loads the real images, their Inception features and the class classifier (both cached per
+    dataset), so each call only generates ``num_samples`` images and extracts their features (about
+    ``num_samples * 0.5`` s of Inception on a CPU plus sampling). Images are generated with fixed seeds, so the
+    numbers of successive calls differ only by the model.
+    """
+
+    def __init__(
+        self,
+        real: str | Path,
+        *,
+        image_size: int,
+        channels: int,
+        num_samples: int = 40,
+        scheduler: str = "dpm++",
+        num_inference_steps: int = 20,
+        guidance_scale: float = 3.0,
+        seed: int = 0,
+        device: str = "cpu",
+        cache_dir: str | Path | None = None,
+        log: Callable[[str], Any] | None = None,
+    ) -> None:
+        from ldm.classifier import load_or_train_classifier
+        from ldm.data import scan_image_folder
+        from ldm.inception import load_inception
+
+        if num_samples < 2:
+            raise UserError(f"quick evaluation needs at least 2 samples, got {num_samples}")
+        self.num_samples = num_samples
+        self.scheduler = scheduler
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.seed = seed
+        self.device = device
+        self.extractor = load_inception(device=device)
+        scan = scan_image_folder(real)
+        self.real = load_real_set(scan, image_size, channels, self.extractor, cache_dir, log)
+        self.classifier = load_or_train_classifier(
+            scan, image_size=image_size, channels=channels, cache_dir=cache_dir, log=log
+        )
+
+    def __call__(
+        self, unet: Any, vae: Any, train_scheduler_config: Any, *, class_names: Sequence[str], scaling_factor: float
+    ) -> dict[str, Any]:
+        """Generate, then ``{"eval_kid", "eval_kid_std", "eval_class_accuracy", "eval_num_samples",
+        "eval_seconds"}`` (KID against all real images; accuracy = share recognised as the requested class)."""
+        import torch
+
+        from ldm.sampler import generate, make_scheduler
+
+        t0 = time.time()
+        to_data = _class_map(class_names, self.real.scan.classes, self.real.scan.root)
+        class_ids = [i % len(class_names) for i in range(self.num_samples)]
+        sched = make_scheduler(self.scheduler, train_scheduler_config)
+        was_training = unet.training
+        unet.eval()
+        try:
+            with torch.no_grad():
+                res = generate(
+                    unet,
+                    vae,
+                    sched,
+                    class_ids,
+                    null_class_id=len(class_names),
+                    scaling_factor=float(scaling_factor),
+                    num_inference_steps=self.num_inference_steps,
+                    guidance_scale=self.guidance_scale,
+                    seeds=list(range(self.seed, self.seed + self.num_samples)),
+                )
+        finally:
+            unet.train(was_training)
+        fake = res.pixels.float().cpu()
+        if fake.shape[1] != self.real.images.shape[1]:
+            from ldm.classifier import match_channels
+
+            fake = match_channels(fake, self.real.images.shape[1])
+        feats = self.extractor(fake)
+        kid, kid_std = kernel_inception_distance(self.real.features, feats, num_subsets=50, seed=self.seed)
+        labels = np.asarray([to_data[c] for c in class_ids])
+        acc = class_accuracy(self.classifier.predict(fake).numpy(), labels, self.real.scan.classes)["overall"]
+        return {
+            "eval_kid": kid,
+            "eval_kid_std": kid_std,
+            "eval_class_accuracy": acc,
+            "eval_num_samples": self.num_samples,
+            "eval_seconds": round(time.time() - t0, 1),
+        }
+
+
+def quick_eval(
+    evaluator: QuickEvaluator,
+    unet: Any,
+    vae: Any,
+    train_scheduler_config: Any,
+    *,
+    class_names: Sequence[str],
+    scaling_factor: float,
+) -> dict[str, Any]:
+    """One training-time evaluation (see :class:`QuickEvaluator`); returns a dict to merge into a metrics.jsonl row.
+
+    ``unet``: the class-conditional UNet (EMA weights preferably; its ``training`` flag is restored),
+    ``vae``: the diffusers autoencoder of the latent cache, ``train_scheduler_config``: the training DDPM scheduler's
+    config, ``class_names``: in label order (the null class id is ``len(class_names)``).
+    """
+    return evaluator(unet, vae, train_scheduler_config, class_names=class_names, scaling_factor=scaling_factor)
+
+
+def plot_eval_metrics(records: Sequence[dict[str, Any]], path: str | Path) -> bool:
+    """Draw ``eval_kid`` (with its std) and ``eval_class_accuracy`` against ``step`` from metrics.jsonl rows into
+    ``path`` (PNG, written atomically). Returns False (and writes nothing) when no row holds an evaluation."""
+    rows = [r for r in records if isinstance(r.get("eval_kid"), (int, float)) and "step" in r]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    kid = np.asarray([r["eval_kid"] for r in rows])
+    std = np.asarray([r.get("eval_kid_std") or 0.0 for r in rows])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
+    a1.plot(steps, kid, "o-")
+    a1.fill_between(steps, kid - std, kid + std, alpha=0.25)
+    a1.set_xlabel("step")
+    a1.set_ylabel("KID (lower is better)")
+    a2.plot(steps, [r.get("eval_class_accuracy") for r in rows], "o-", color="tab:green")
+    a2.set_ylim(0, 1)
+    a2.set_xlabel("step")
+    a2.set_ylabel("class accuracy")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return True

