@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ class TrainResult:
     message: str
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # data order and learning rate: small, deterministic, resumable pieces
 
 
@@ -213,7 +213,7 @@ def _set_rng_state(state: dict[str, Any], noise: torch.Generator) -> None:
     noise.set_state(state["noise"])
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # the trainer
 
 
@@ -271,7 +271,7 @@ class _Trainer:
         self.log = RunLog(self.out / "train.log", echo=self._echo if self.main else None)
         self.bar = None
 
-    # -- output helpers ------------------------------------------------------------------------------------------------
+    # -- output helpers -----------------------------------------------------------------------------------------------
 
     def _echo(self, msg: str) -> None:
         if self.bar is not None:
@@ -281,7 +281,7 @@ class _Trainer:
         elif self.progress:
             print(msg, flush=True)
 
-    # -- setup -------------------------------------------------------------------------------------------------------
+    # -- setup ------------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
         from diffusers.training_utils import EMAModel
@@ -392,7 +392,7 @@ class _Trainer:
         self.last_loss = state.get("loss")
         return torch.load(ckpt / "rng.pt", weights_only=False)
 
-    # -- one optimiser step --------------------------------------------------------------------------------------------
+    # -- one optimiser step -------------------------------------------------------------------------------------------
 
     def step(self) -> tuple[float, float | None, float]:
         """One optimiser step; returns (mean loss over processes and micro-batches, grad norm or None, lr)."""
@@ -432,7 +432,7 @@ class _Trainer:
         self.step_count += 1
         return mean_loss, grad_norm, lr
 
-    # -- timing ------------------------------------------------------------------------------------------------------
+    # -- timing -----------------------------------------------------------------------------------------------------
 
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - self.t0)
@@ -464,7 +464,7 @@ class _Trainer:
             return f"reached max_minutes={tc.max_minutes:g}"
         return None
 
-    # -- EMA model, samples, checkpoints, export -----------------------------------------------------------------------
+    # -- EMA model, samples, checkpoints, export ----------------------------------------------------------------------
 
     def _eval_unet(self) -> torch.nn.Module:
         """A separate float32 copy of the UNet holding the EMA weights (or the raw weights without EMA)."""
@@ -491,26 +491,27 @@ class _Trainer:
         """Decode a fixed-noise grid (one row per class, same seeds in every row) with the EMA weights."""
         from ldm.sampler import generate, make_scheduler
 
-        sc = self.cfg.sampling
-        cols = max(1, sc.num_images)
+        tc = self.tc
+        cols = max(1, tc.sample_num_images)
         class_ids = [k for k in range(self.num_classes) for _ in range(cols)]
-        seeds = [sc.seed + j for _ in range(self.num_classes) for j in range(cols)]
+        seeds = [tc.sample_seed + j for _ in range(self.num_classes) for j in range(cols)]
         result = generate(
             self._eval_unet(),
             self._vae(),
-            make_scheduler(sc.scheduler, self.scheduler.config),
+            make_scheduler(tc.sample_scheduler, self.scheduler.config),
             class_ids,
             null_class_id=self.null_class_id,
             scaling_factor=self.cache.scaling_factor,
-            num_inference_steps=sc.num_inference_steps,
-            guidance_scale=sc.guidance_scale,
+            num_inference_steps=tc.sample_num_inference_steps,
+            guidance_scale=tc.sample_guidance_scale,
             seeds=seeds,
             latent_shape=self.latent_shape,
         )
         rows = [result.images[k * cols : (k + 1) * cols] for k in range(self.num_classes)]
         title = (
-            f"step {self.step_count}  {'EMA' if self.ema is not None else 'raw'} weights  {sc.scheduler} "
-            f"{sc.num_inference_steps} steps  guidance {sc.guidance_scale:g}  seeds {sc.seed}..{sc.seed + cols - 1}"
+            f"step {self.step_count}, {'EMA' if self.ema is not None else 'raw'} weights, {tc.sample_scheduler} "
+            f"{tc.sample_num_inference_steps} steps, guidance {tc.sample_guidance_scale:g}, "
+            f"seeds {tc.sample_seed}..{tc.sample_seed + cols - 1}"
         )
         path = self.out / "samples" / f"{step_name(self.step_count)}.png"
         save_png(labelled_grid(rows, self.classes, title=title), path)
@@ -583,7 +584,7 @@ class _Trainer:
         plot_loss(records, self.out / "loss.png", title=self.out.name)
         self._plot_at, self._plot_cost = time.monotonic(), time.monotonic() - now
 
-    # -- the loop ----------------------------------------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------------------------------
 
     def status(self, state: str, message: str = "", loss: float | None = None) -> None:
         if self.main:

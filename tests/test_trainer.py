@@ -35,9 +35,9 @@ TINY = [
     "training.checkpoint_every=0",
     "training.channels_last=false",
     "training.ema_decay=0.9",
-    "sampling.scheduler=ddim",
-    "sampling.num_inference_steps=2",
-    "sampling.num_images=2",
+    "training.sample_scheduler=ddim",
+    "training.sample_num_inference_steps=2",
+    "training.sample_num_images=2",
     "diffusion.num_train_timesteps=100",
 ]
 
@@ -118,7 +118,7 @@ def cache(tmp_path_factory) -> Path:
     cache = root / "latents"
     rng = np.random.default_rng(0)
     files = []
-    for k, name in enumerate(CLASSES):
+    for name in CLASSES:
         (cache / name).mkdir(parents=True)
         pattern = rng.standard_normal((4, 8, 8)).astype(np.float32)
         for i in range(4):
