@@ -116,6 +116,8 @@ class SamplingConfig:
     num_images: int = 4  # images per class
     seed: int = 0  # seed of the first image; image i uses seed + i
     snapshot_timesteps: tuple[int, ...] = (999, 700, 500, 200, 150, 120, 100, 80, 60, 40, 20, 0)  # snapshot figure
+    negative_class: str = ""  # class to steer guidance away from ("" = none: the null class)
+    batch_size: int = 16  # images per UNet call (a CFG call holds twice as many)
 
 
 @dataclass
