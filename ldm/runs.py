@@ -26,9 +26,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ldm.errors import UserError
 from ldm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -43,7 +44,7 @@ def step_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # status and metrics
 
 
@@ -133,7 +134,7 @@ class RunLog:
             self.echo(msg)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # loss plot
 
 
@@ -207,7 +208,7 @@ def plot_loss(records: list[dict[str, Any]], path: str | Path, title: str = "tra
     atomic_write_bytes(path, buf.getvalue())
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # sample grids
 
 
@@ -226,12 +227,19 @@ def labelled_grid(rows: list[list[Any]], labels: list[str], title: str | None = 
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(int(measure.textlength(s, font=font)) for s in labels) + 12
-    title_h = 18 if title else 0
     ncols = max(len(r) for r in rows)
-    grid = Image.new("RGB", (label_w + ncols * (cw + pad) + pad, title_h + len(rows) * (ch + pad) + pad), "white")
+    width = label_w + ncols * (cw + pad) + pad
+    lines: list[str] = []
+    for part in (title or "").split(", ") if title else []:  # wrap the title at its commas to the grid's width
+        if lines and measure.textlength(lines[-1] + ", " + part, font=font) <= width - 12:
+            lines[-1] += ", " + part
+        else:
+            lines.append(part)
+    title_h = 14 * len(lines) + 4 if lines else 0
+    grid = Image.new("RGB", (width, title_h + len(rows) * (ch + pad) + pad), "white")
     draw = ImageDraw.Draw(grid)
-    if title:
-        draw.text((6, 3), title, fill=(60, 60, 60), font=font)
+    for i, line in enumerate(lines):
+        draw.text((6, 3 + 14 * i), line, fill=(60, 60, 60), font=font)
     for i, (row, label) in enumerate(zip(rows, labels)):
         y = title_h + pad + i * (ch + pad)
         draw.text((6, y + ch // 2 - 6), label, fill=(0, 0, 0), font=font)
@@ -250,7 +258,7 @@ def save_png(image: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # checkpoints
 
 
@@ -259,7 +267,7 @@ def checkpoints_dir(run: str | Path) -> Path:
 
 
 def list_checkpoints(run: str | Path) -> list[Path]:
-    """Complete checkpoints of ``run``, oldest first. Incomplete ones (``.tmp-*`` or without state.json) are ignored."""
+    """Complete checkpoints of ``run``, oldest first; incomplete ones (``.tmp-*``, no state.json) are ignored."""
     d = checkpoints_dir(run)
     if not d.is_dir():
         return []

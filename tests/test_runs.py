@@ -75,10 +75,12 @@ def test_plot_loss_writes_a_png(tmp_path):
 def test_labelled_grid_has_one_row_per_label():
     rows = [[Image.new("RGB", (16, 16), c)] * 3 for c in ("red", "green", "blue")]
     grid = labelled_grid(rows, ["a", "bb", "a much longer class name"], title="step 5")
-    # 16 px images are upscaled to 64; three rows below an 18 px title
+    # 16 px images are upscaled to 64; three rows below a one-line title (14 px + 4)
     assert grid.size[1] == 18 + 3 * (64 + 2) + 2
     assert grid.getpixel((grid.size[0] - 10, 18 + 2 + 10)) == (255, 0, 0)
     assert grid.getpixel((grid.size[0] - 10, 18 + 2 + 2 * 66 + 10)) == (0, 0, 255)
+    long_title = ", ".join(["a fairly long title part"] * 6)  # wraps onto several lines instead of being cut
+    assert labelled_grid(rows, ["a", "b", "c"], title=long_title).size[1] > grid.size[1] + 14
 
 
 def test_incomplete_checkpoints_are_ignored(tmp_path):
