@@ -494,10 +494,17 @@ def load_pipeline(path: str | Path, device: str | None = None, dtype: Any = None
     from ldm.utils import default_device
 
     folder = find_pipeline_folder(path)
+    from diffusers.utils import logging as diffusers_logging
+
+    bar = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar in CLI output
     try:
         pipe = ClassConditionalLatentDiffusionPipeline.from_pretrained(folder, dtype=dtype or torch.float32)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"could not load the pipeline in {folder}: {e}") from None
+    finally:
+        if bar:
+            diffusers_logging.enable_progress_bar()
     pipe.to(device or default_device())
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--snapshot-timesteps", type=int, nargs="+", default=None, metavar="T",
         help="timesteps of the snapshot figure (default: config, 999 700 500 200 150 120 100 80 60 40 20 0)",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=16, help="images per UNet batch (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per UNet batch (default: config, 16)")
     p.add_argument(
         "--from-image", default=None, metavar="PNG", help="regenerate the image from its embedded parameters"
     )
@@ -82,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
         if args.num_inference_steps is not None
         else sc.num_inference_steps,
         guidance_scale=args.guidance_scale if args.guidance_scale is not None else sc.guidance_scale,
-        negative_class=args.negative_class,
+        negative_class=args.negative_class if args.negative_class is not None else (sc.negative_class or None),
         seed=args.seed if args.seed is not None else sc.seed,
         snapshots=args.snapshots,
         snapshot_timesteps=tuple(args.snapshot_timesteps or sc.snapshot_timesteps),
-        batch_size=args.batch_size,
+        batch_size=args.batch_size if args.batch_size is not None else sc.batch_size,
         model_path=folder,
     )
     for p in files.images:

@@ -1,0 +1,163 @@
+"""Sampling speed: the original project's way against ours, with the same model, in the same process.
+
+    python scripts/bench_sample.py                       # seed-preset UNet on 16x16x4 latents, random weights
+    python scripts/bench_sample.py --threads 1 --vae sd  # the original's SD-VAE architecture (128x128 images)
+    python scripts/bench_sample.py --run runs/faces      # a trained run or pipeline folder
+
+Original: ``DDPMScheduler`` with its 1000 steps, one image at a time, no guidance, and one separate VAE decode for
+each of the 12 snapshot timesteps (999, 700, ..., 0; the last one is the final image).
+Ours: :func:`ldm.sampler.generate` with DPM-Solver++(2M) at 25 steps and classifier-free guidance (both branches in
+one UNet batch), 8 images per call, snapshots of the first image at the same 12 timesteps (mapped to the nearest
+of its steps) decoded in one batch at the end.
+
+Timing needs no trained weights (the work per step does not depend on them), so without ``--run`` the models are
+randomly initialised: the ``seed`` UNet preset (the original's exact architecture) on 16x16x4 latents and, with
+``--vae project`` (default), an AutoencoderKL of the project's default ``train-vae`` architecture (64x64 images), or
+with ``--vae sd`` one of SD-VAE's architecture (the original's ``stabilityai/sd-vae-ft-ema``, 128x128 images).
+Seconds are wall-clock on this machine; on a shared CPU they are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def build_models(args: argparse.Namespace):
+    """(unet, vae, train scheduler config, scaling factor, description) for the benchmark."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    if args.run:
+        from ldm.sampler import load_pipeline
+
+        pipe = load_pipeline(args.run, device="cpu")
+        desc = f"{args.run}: {len(pipe.class_names)} classes"
+        return pipe.unet, pipe.vae, pipe.scheduler.config, float(pipe.config.scaling_factor), desc
+    from ldm.config import AutoencoderConfig, DiffusionConfig, UNetConfig
+    from ldm.diffusion import make_train_scheduler
+    from ldm.unet import build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet(UNetConfig(preset="seed"), sample_size=16, in_channels=4, num_classes=5).eval()
+    if args.vae == "sd":  # stabilityai/sd-vae-ft-ema's architecture: 4 levels, down factor 8
+        kw = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, levels=4)
+    else:  # ldm train-vae defaults: down factor 4
+        ac = AutoencoderConfig()
+        kw = dict(block_out_channels=ac.block_out_channels, layers_per_block=ac.layers_per_block, levels=3)
+    levels = kw.pop("levels")
+    vae = AutoencoderKL(
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        **kw,
+    ).eval()
+    try:
+        train_cfg = make_train_scheduler(DiffusionConfig()).config
+    except Exception:  # noqa: BLE001 - the objective module is another engineer's; fall back to its contract
+        train_cfg = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").config
+    n_params = sum(p.numel() for p in unet.parameters()) / 1e6
+    side = 16 * 2 ** (levels - 1)
+    desc = f"random weights: seed-preset UNet ({n_params:.1f} M params) on 16x16x4 latents, {args.vae} VAE -> {side}px"
+    return unet, vae, train_cfg, 0.18215, desc
+
+
+def time_original(unet, vae, train_cfg, scaling: float, n_images: int, snapshot_timesteps) -> float:
+    """Seconds per image the original way: 1000 DDPM steps, batch 1, no guidance, one decode per snapshot."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler.from_config(train_cfg)
+    sched.set_timesteps(sched.config.num_train_timesteps)
+    wanted = {int(t) for t in snapshot_timesteps}
+    shape = (1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(n_images):
+            g = torch.Generator().manual_seed(i)
+            x = torch.randn(shape, generator=g)
+            label = torch.tensor([i % (unet.config.num_class_embeds - 1)])
+            for t in sched.timesteps:
+                eps = unet(x, t, class_labels=label).sample
+                x = sched.step(eps, t, x, generator=g).prev_sample
+                if int(t) in wanted:
+                    _ = vae.decode(x / scaling).sample  # the original decoded each snapshot on its own
+    return (time.perf_counter() - start) / n_images
+
+
+def time_ours(unet, vae, train_cfg, scaling: float, n_images: int, steps: int, guidance: float, snapshot_timesteps):
+    """Seconds per image our way: DPM-Solver++, CFG batched, n_images per call, snapshots decoded in one batch."""
+    from ldm.sampler import generate, make_scheduler
+
+    start = time.perf_counter()
+    res = generate(
+        unet,
+        vae,
+        make_scheduler("dpm++", train_cfg),
+        [0] * n_images,
+        null_class_id=unet.config.num_class_embeds - 1,
+        scaling_factor=scaling,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        seeds=list(range(n_images)),
+        snapshot_timesteps=snapshot_timesteps,
+        snapshot_image_indices=[0],
+    )
+    elapsed = time.perf_counter() - start
+    assert res.snapshots is not None and len(res.images) == n_images
+    return elapsed / n_images, len(res.snapshots.timesteps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", help="trained run or pipeline folder (default: random-weight seed-preset models)")
+    p.add_argument("--vae", choices=("project", "sd"), default="project", help="VAE architecture without --run")
+    p.add_argument("--original-images", type=int, default=1, help="images timed the original way (each ~1000 steps)")
+    p.add_argument("--images", type=int, default=8, help="images per call our way")
+    p.add_argument("--steps", type=int, default=25, help="our DPM-Solver++ steps")
+    p.add_argument("--guidance-scale", type=float, default=3.0, help="our classifier-free guidance scale")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from ldm.sampler import DEFAULT_SNAPSHOT_TIMESTEPS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unet, vae, train_cfg, scaling, desc = build_models(args)
+    print(f"model: {desc}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device cpu, float32")
+    with torch.no_grad():  # warm-up: first calls allocate and pick kernels
+        x = torch.zeros(2 * args.images, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        unet(x[:1], 500, class_labels=torch.tensor([0]))
+        unet(x, 500, class_labels=torch.zeros(len(x), dtype=torch.long))
+        vae.decode(x[:1])
+    ours, n_snap = time_ours(unet, vae, train_cfg, scaling, args.images, args.steps, args.guidance_scale,
+                             DEFAULT_SNAPSHOT_TIMESTEPS)  # fmt: skip
+    print(f"ours:     {ours:8.2f} s/image  (DPM-Solver++ {args.steps} steps, guidance {args.guidance_scale:g}, "
+          f"batch {args.images}, {n_snap} snapshots of 1 image decoded in one batch)")  # fmt: skip
+    orig = time_original(unet, vae, train_cfg, scaling, args.original_images, DEFAULT_SNAPSHOT_TIMESTEPS)
+    print(f"original: {orig:8.2f} s/image  (DDPM 1000 steps, batch 1, no guidance, "
+          f"{len(DEFAULT_SNAPSHOT_TIMESTEPS)} separate snapshot decodes)")  # fmt: skip
+    print(f"speed-up: {orig / ours:.1f}x")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {"model": desc, "threads": torch.get_num_threads(), "original_s_per_image": orig,
+                 "ours_s_per_image": ours, "speedup": orig / ours, "args": vars(args)},
+                indent=2,
+            )
+            + "\n"
+        )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
