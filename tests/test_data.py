@@ -35,6 +35,10 @@ def messy(tmp_path):
     full = (root / "a" / "rgb.png").read_bytes()
     (root / "a" / "truncated.png").write_bytes(full[: len(full) // 2])
     (root / "a" / ".hidden.png").write_bytes(full)
+    big = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    big.save(root / "b" / "photo.jpg", quality=90)
+    jpg = (root / "b" / "photo.jpg").read_bytes()
+    (root / "b" / "cut.jpg").write_bytes(jpg[: len(jpg) * 2 // 3])
     (root / ".cache").mkdir()
     return root
 
@@ -48,15 +52,17 @@ def test_scan_skips_and_reports_bad_files(messy):
         ("grey16.png", 0),
         ("rgb.png", 0),
         ("pal.png", 1),
+        ("photo.jpg", 1),
         ("rgba.png", 1),
         ("nested.png", 1),
     ]
     skipped = {p.name: reason for p, reason in scan.skipped}
-    assert set(skipped) == {"truncated.png", "notes.txt", "corrupt.png"}
-    assert "truncated" in skipped["truncated.png"]
+    assert set(skipped) == {"truncated.png", "notes.txt", "corrupt.png", "cut.jpg"}
+    assert "truncated" in skipped["truncated.png"] and "truncated" in skipped["cut.jpg"]
     assert "not an image" in skipped["notes.txt"]
-    assert scan.counts() == {"a": 3, "b": 3}
+    assert scan.counts() == {"a": 3, "b": 4}
     assert dict(zip([p.name for p, _ in scan.samples], scan.modes))["grey16.png"] == "I;16"
+    assert dict(zip([p.name for p, _ in scan.samples], scan.sizes))["photo.jpg"] == (64, 48)
 
 
 def test_load_image_modes(messy):
@@ -137,7 +143,7 @@ def test_inspect_cli(att_faces, capsys):
 def test_inspect_cli_reports_skipped(messy, capsys):
     assert main(["data", "inspect", str(messy)]) == 0
     out = capsys.readouterr().out
-    assert "3 files skipped" in out and "b/notes.txt: not an image" in out and "I;16" in out
+    assert "4 files skipped" in out and "b/notes.txt: not an image" in out and "I;16" in out
     assert main(["data", "inspect", str(messy / "nowhere")]) == 2
     assert "not found" in capsys.readouterr().err
 
