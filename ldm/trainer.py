@@ -9,7 +9,7 @@ or from Python::
     from ldm.trainer import train
     result = train(load_config("configs/demo.yaml"), "data/latents/demo", "runs/demo")
 
-One optimiser step, top to bottom (:meth:`_Trainer.step`): ``gradient_accumulation_steps`` micro-batches of
+One optimiser step, top to bottom (:meth:`Trainer.step`): ``gradient_accumulation_steps`` micro-batches of
 ``batch_size`` latents drawn from a seeded permutation of the cache, each through
 :func:`ldm.diffusion.diffusion_loss` (noise, timesteps and label dropout from a seeded generator), gradients
 clipped, optimiser and learning rate stepped, EMA updated. Everything goes through ``accelerate.Accelerator``,
@@ -217,19 +217,25 @@ def _set_rng_state(state: dict[str, Any], noise: torch.Generator) -> None:
 # the trainer
 
 
-class _Trainer:
-    """Holds the state of one training run; :func:`train` is the public entry point."""
+class Trainer:
+    """The state of one training run. :func:`train` is the usual entry point; the class is public so that
+    benchmarks time exactly this step::
+
+        t = Trainer(cfg, "data/latents/demo", "/tmp/bench-run", device="cpu")
+        t.setup()                       # writes config.yaml and classes.json into the run folder
+        loss, grad_norm, lr = t.step()  # one optimiser step (all micro-batches), as in training
+    """
 
     def __init__(
         self,
         cfg: Config,
         latents: str | Path,
         out: str | Path,
-        resume: str | Path | None,
-        should_stop: Callable[[], bool] | None,
-        progress: bool,
-        on_log: Callable[[dict[str, Any]], None] | None,
-        device: str | None,
+        resume: str | Path | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: bool = True,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+        device: str | None = None,
     ):
         self.cfg, self.tc = cfg, cfg.training
         self.out = Path(out)
@@ -353,6 +359,7 @@ class _Trainer:
         self.latents = self.cache.latents.to(self.device)
         self.labels = self.cache.labels.to(self.device)
         self.vae = None  # loaded on the first sample grid or export
+        self.t0 = time.monotonic()  # reset by run(); set here so step() works on its own (benchmarks)
 
     def _load_checkpoint(self, unet: torch.nn.Module) -> dict[str, Any]:
         """Load model, EMA, data position and step from ``self.resume_from`` into the fresh objects."""
@@ -781,6 +788,6 @@ def train(
         UserError: bad config, existing run without ``resume``, a checkpoint that does not fit the cache.
         TrainingDiverged: the loss became NaN/inf (status "failed"; the last good checkpoint is kept).
     """
-    trainer = _Trainer(cfg, latents, out, resume, should_stop, progress, on_log, device)
+    trainer = Trainer(cfg, latents, out, resume, should_stop, progress, on_log, device)
     trainer.setup()
     return trainer.run()

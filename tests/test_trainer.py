@@ -199,16 +199,17 @@ def test_cli_trains_and_writes_the_run_folder(cache, tmp_path):
 def test_loss_falls_when_overfitting_one_batch(cache, tmp_path):
     losses = []
     cfg = _cfg(
-        "training.max_steps=60",
+        "training.max_steps=40",
         "training.lr_schedule=constant",
         "training.batch_size=12",  # the whole cache: every step sees the same batch
+        "training.learning_rate=5e-3",
         "training.ema=false",
         "diffusion.snr_gamma=null",
     )
     _train(cfg, cache, tmp_path / "run", on_log=lambda r: losses.append(r["loss"]))
-    assert len(losses) == 60
+    assert len(losses) == 40
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
-    assert last < 0.6 * first, (first, last)
+    assert last < 0.7 * first, (first, last)  # measured: 0.88 -> 0.52
 
 
 def test_resume_continues_exactly(cache, tmp_path):
@@ -345,3 +346,37 @@ def test_batch_stream_is_a_seeded_permutation_per_epoch():
     u = BatchStream(5, seed=3)
     u.load_state_dict(state)
     assert torch.equal(u.next(4), t.next(4))
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_0(cache, tmp_path):
+    """The real signal path: `ldm train` in a subprocess, SIGTERM once it is training."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "ldm", "train", "--latents", str(cache), "--out", str(run), "--no-progress"]
+    argv += ["--max-steps", "100000", *TINY]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = read_status(run)
+            if status and status["state"] == "running" and status["step"] >= 2:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "SIGTERM: stopping after this step" in err
+    status = read_status(run)
+    assert status["state"] == "stopped"
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None and json.loads((ckpt / "state.json").read_text())["step"] == status["step"]
+    assert (run / "pipeline" / "model_index.json").is_file()
