@@ -287,8 +287,8 @@ def generate(
         if len(negative_class_ids) != b:
             raise UserError(f"negative_class_ids: give 1 or {b} ids, got {len(negative_class_ids)}")
 
-    device = unet.device
-    dtype = unet.dtype
+    param = next(unet.parameters())  # diffusers models also expose .device/.dtype; any nn.Module works here
+    device, dtype = param.device, param.dtype
     shape = tuple(latent_shape) if latent_shape is not None else default_latent_shape(unet)
     if generators is None:
         seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]

@@ -206,3 +206,63 @@ def test_cli_unknown_and_empty_class_exit_2(parts, tmp_path, capsys):
     rc = main(["sample", "--run", str(tmp_path / "nowhere"), "--class", "smiling", "--out", str(tmp_path / "o")])
     assert rc == 2 and "model folder not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+class GaussianOracle(torch.nn.Module):
+    """The exact epsilon-prediction for data x0 ~ N(mu_c, s^2 I) under the training schedule (no network):
+    E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu_c) / (a s^2 + 1 - a), a = alpha_bar(t); plus optional error."""
+
+    def __init__(self, alphas_cumprod, mus, s, err=0.0):
+        super().__init__()
+        import types
+
+        self.ac = alphas_cumprod.double()
+        self.mus, self.s, self.err = torch.tensor(mus, dtype=torch.float64), s, err
+        self.config = types.SimpleNamespace(num_class_embeds=len(mus), in_channels=4, sample_size=8)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the sampler a device and dtype
+
+    def forward(self, x, t, class_labels):
+        import types
+
+        tf = float(t)
+        lo = min(int(tf), len(self.ac) - 1)
+        a = self.ac[lo] * (1 - (tf - lo)) + self.ac[min(lo + 1, len(self.ac) - 1)] * (tf - lo)
+        mu = self.mus[class_labels].view(-1, 1, 1, 1)
+        eps = (1 - a).sqrt() * (x.double() - a.sqrt() * mu) / (a * self.s**2 + 1 - a)
+        if self.err:
+            eps = eps + self.err * torch.randn(eps.shape, generator=torch.Generator().manual_seed(int(tf)))
+        return types.SimpleNamespace(sample=eps.float())
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_every_scheduler_samples_the_right_distribution(parts, name):
+    """With the exact denoiser of a Gaussian per class, 25 steps land on the class mean and spread."""
+    from diffusers import DDPMScheduler
+
+    train = DDPMScheduler.from_config(parts[2])
+    oracle = GaussianOracle(train.alphas_cumprod, [1.0, -1.0, 0.0], 0.5)
+    res = generate(
+        oracle, None, make_scheduler(name, parts[2]), [0] * 4 + [1] * 4, null_class_id=2, scaling_factor=1.0,
+        num_inference_steps=25, guidance_scale=1.0, seeds=list(range(8)), decode=False,
+    )  # fmt: skip
+    a, b = res.latents[:4], res.latents[4:]
+    assert abs(a.mean() - 1) < 0.05 and abs(b.mean() + 1) < 0.05, (a.mean(), b.mean())
+    assert abs(a.std() - 0.5) < 0.06 and abs(b.std() - 0.5) < 0.06, (a.std(), b.std())
+
+
+def test_sampling_is_robust_to_small_eps_errors_at_the_start(parts):
+    """An eps error of 0.01 must not blow up: the first step avoids t=999, where x0 = (x - ...) / sqrt(2e-9)."""
+    from diffusers import DDPMScheduler
+
+    train = DDPMScheduler.from_config(parts[2])
+    oracle = GaussianOracle(train.alphas_cumprod, [1.0, -1.0, 0.0], 0.5, err=0.01)
+    res = generate(
+        oracle, None, make_scheduler("dpm++", parts[2]), [0] * 4, null_class_id=2, scaling_factor=1.0,
+        num_inference_steps=25, guidance_scale=1.0, seeds=list(range(4)), decode=False,
+        snapshot_timesteps=[999, 500, 0],
+    )  # fmt: skip
+    assert abs(res.latents.mean() - 1) < 0.05 and abs(res.latents.std() - 0.5) < 0.06
+    # predicted x0 at the first step is the posterior mean, close to the class mean; at the last, the sample itself
+    x0 = res.snapshots.pred_x0
+    assert abs(x0[0].mean() - 1) < 0.1 and x0[0].std() < 0.2
+    torch.testing.assert_close(x0[-1], res.latents[:, :3].clamp(-1, 1), atol=0.05, rtol=0)
