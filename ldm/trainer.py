@@ -23,6 +23,7 @@ uninterrupted run. The exported model (the EMA weights as a diffusers pipeline) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -358,7 +359,9 @@ class Trainer:
 
         self.latents = self.cache.latents.to(self.device)
         self.labels = self.cache.labels.to(self.device)
-        self.vae = None  # loaded on the first sample grid or export
+        self.vae = None
+        if self.main:
+            self._vae()  # load it now: a missing autoencoder should fail before training, not at the first grid
         self.t0 = time.monotonic()  # reset by run(); set here so step() works on its own (benchmarks)
 
     def _load_checkpoint(self, unet: torch.nn.Module) -> dict[str, Any]:
@@ -419,7 +422,7 @@ class Trainer:
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             last = micro == tc.gradient_accumulation_steps - 1
-            with self.acc.no_sync(self.unet) if not last else _nullcontext(), self.acc.autocast():
+            with self.acc.no_sync(self.unet) if not last else contextlib.nullcontext(), self.acc.autocast():
                 loss = diffusion_loss(
                     self.unet, self.scheduler, x, y, self.cfg.diffusion, self.null_class_id, self.noise
                 )
@@ -643,8 +646,14 @@ class Trainer:
         stop_message, state = None, "finished"
         last_ckpt, last_grid, last_sample_step, last_ckpt_step = None, None, -1, -1
         records = read_metrics(self.out) if self.main else []
+        # A resumed run may already be done (e.g. `--resume latest` on a finished run): no step past the budget.
+        done_already = self._stop_reason() if self.resume_from is not None else None
+        if done_already is not None:
+            stop_message = f"already {done_already}"
+            if self.resume_from.parent.parent.resolve() == self.out.resolve():
+                last_ckpt, last_ckpt_step = self.resume_from, self.step_count
         try:
-            while True:
+            while done_already is None:
                 loss, grad_norm, lr = self.step()
                 if not math.isfinite(loss):
                     good = list_checkpoints(self.out)
@@ -749,14 +758,6 @@ class Trainer:
             sample_grid=last_grid,
             message=msg,
         )
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def train(

@@ -311,6 +311,10 @@ def test_refuses_to_overwrite_an_existing_run(cache, tmp_path, capsys):
         ldm_main(["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--max-steps", "2"]) == 0
     )
     assert read_status(run)["step"] == 2
+    # resuming a run that already reached its budget does no step past it
+    assert ldm_main(["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--no-progress"]) == 0
+    status = read_status(run)
+    assert status["state"] == "finished" and status["step"] == 2 and "already reached max_steps=2" in status["message"]
 
 
 def test_bad_config_key_exits_2_naming_the_key(cache, tmp_path, capsys):
