@@ -79,9 +79,10 @@ def test_same_seed_same_images_and_images_in_range(parts):
     assert not torch.allclose(a.latents[1], c.latents[1])  # another seed, another image
 
 
-def test_image_does_not_depend_on_its_batch_mates(parts):
-    batch = run(parts, [0, 1, 2], seeds=[3, 4, 5])
-    alone = run(parts, [1], seeds=[4])
+@pytest.mark.parametrize("name", ["dpm++", "euler_a"])  # deterministic, and stochastic (per-step noise)
+def test_image_does_not_depend_on_its_batch_mates(parts, name):
+    batch = run(parts, [0, 1, 2], name, seeds=[3, 4, 5])
+    alone = run(parts, [1], name, seeds=[4])
     torch.testing.assert_close(batch.latents[1], alone.latents[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batch.pixels[1], alone.pixels[0], atol=1e-5, rtol=1e-5)
 
