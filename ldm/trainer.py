@@ -696,7 +696,11 @@ class Trainer:
                         self._plot(records, force=at_end)
                         self.status("running", "training", loss=record["loss"])
                         if self.bar is not None:
-                            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+                            post = {"loss": f"{record['loss']:.4f}", "lr": f"{lr:.2e}"}
+                            eta = self._eta()
+                            if self.horizon is None and eta is not None:  # time budget only: the bar has no total
+                                post["left"] = time.strftime("%M:%S", time.gmtime(eta))
+                            self.bar.set_postfix(post)
                     if self.on_log is not None:
                         self.on_log(record)
 

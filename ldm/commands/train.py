@@ -113,5 +113,6 @@ def run(args: argparse.Namespace) -> int:
         except TrainingDiverged as e:
             print(f"ldm train: error: {e}", file=sys.stderr)
             return 1
-    print(result.message)
+    if args.no_progress:  # with progress on, the trainer's log already echoed it
+        print(result.message)
     return 0
