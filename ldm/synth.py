@@ -87,11 +87,11 @@ def draw_face(rng: np.random.Generator, expression: str) -> Image.Image:
     # hair on top of the head: a cap that follows the skull and comes down at the temples
     if style in ("short", "long", "fringe", "bun", "spiky"):
         d.polygon(_hair_cap(cx, cy, rx, ry, spiky=style == "spiky"), fill=hair, outline=_OUTLINE, width=ow)
-    if style == "fringe":  # a side-swept fringe over one side of the forehead
+    if style == "fringe":  # a side-swept fringe, ending above the brows
         side = 1 if rng.uniform() < 0.5 else -1
-        pts = [(cx - side * 0.9 * rx, cy - 0.62 * ry), (cx + side * 0.95 * rx, cy - 0.5 * ry)]
-        pts.append((cx + side * 0.85 * rx, cy - 0.3 * ry))
-        d.polygon(pts, fill=hair)
+        pts = [(cx - side * 0.6 * rx, cy - 0.62 * ry), (cx + side * 0.9 * rx, cy - 0.6 * ry)]
+        pts.append((cx + side * 0.78 * rx, cy - 0.45 * ry))
+        d.polygon(pts, fill=hair, outline=_OUTLINE, width=max(2, ow // 2))
     # cheeks
     if rng.uniform() < 0.5:
         blush = _darken((235, 120, 120), rng.uniform(0.85, 1.0))
@@ -117,7 +117,7 @@ def _hair_cap(cx: float, cy: float, rx: float, ry: float, spiky: bool) -> list[t
     for j in range(n + 1):  # hairline, right to left
         u = 1 - 2 * j / n  # +1 (right) .. -1 (left)
         x = cx + 0.98 * u * rx
-        y = cy - 0.64 * ry + 0.58 * ry * abs(u) ** 3
+        y = cy - 0.64 * ry + 0.58 * ry * abs(u) ** 4
         pts.append((x, y))
     return pts
 
@@ -141,7 +141,7 @@ def _draw_expression(d, rng, expression, cx, cy, rx, ry, lw, hair) -> None:
     by = ey - 1.9 * er  # brow line
     my = cy + 0.48 * ry  # mouth line
     mw = rx * rng.uniform(0.42, 0.52)  # mouth half-width
-    brow = _darken(hair, 0.6) if sum(hair) > 150 else hair
+    brow = _darken(hair, 0.5)
     wink_side = 1 if rng.uniform() < 0.5 else -1
 
     # eyes
@@ -161,9 +161,9 @@ def _draw_expression(d, rng, expression, cx, cy, rx, ry, lw, hair) -> None:
     for side in (-1, 1):
         x = cx + side * ex
         if expression == "frowning":  # inner ends pulled down and in
-            d.line((x - side * bw, by - 0.45 * er, x + side * bw * 0.8, by + 0.55 * er), fill=brow, width=lw)
+            d.line((x + side * bw, by - 0.5 * er, x - side * bw * 0.9, by + 0.55 * er), fill=brow, width=lw)
         elif expression == "surprised":  # raised high, arched
-            d.arc((x - bw, by - 1.3 * er, x + bw, by + 0.2 * er), 200, 340, fill=brow, width=lw)
+            d.arc((x - bw, by - 0.95 * er, x + bw, by + 0.35 * er), 200, 340, fill=brow, width=lw)
         elif expression == "sleepy":  # low and flat
             d.line((x - bw, by + 0.5 * er, x + bw, by + 0.5 * er), fill=brow, width=max(3, lw * 2 // 3))
         else:
