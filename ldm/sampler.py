@@ -121,7 +121,7 @@ def normalize_class_name(name: str) -> str:
 def resolve_class(name: str | int, class_names: Sequence[str]) -> int:
     """Label id of ``name`` among ``class_names`` (label order), ignoring case and extra whitespace.
 
-    An int, or a string of digits that is not itself a class name, is taken as a label id and range-checked.
+    An int is taken as a label id and range-checked; a string is always a name (folder names like "1" stay names).
     Raises UserError for an empty or unknown name, listing the closest known classes.
     """
     names = list(class_names)
@@ -135,8 +135,6 @@ def resolve_class(name: str | int, class_names: Sequence[str]) -> int:
     table = {normalize_class_name(n): i for i, n in enumerate(names)}
     if key in table:
         return table[key]
-    if key.isdigit() and int(key) < len(names):
-        return int(key)
     close = difflib.get_close_matches(key, list(table), n=5, cutoff=0.4)
     hint = f"closest: {', '.join(names[table[c]] for c in close)}; " if close else ""
     raise UserError(f"unknown class {str(name).strip()!r}; {hint}known classes: {_list_names(names)}")

@@ -181,6 +181,8 @@ def test_resolve_class_names():
         resolve_class("   ", CLASSES)
     with pytest.raises(UserError, match="out of range"):
         resolve_class(3, CLASSES)
+    with pytest.raises(UserError, match="unknown class '1'; closest: s1"):
+        resolve_class("1", ["s1", "s10", "s2"])  # a string is a name, never a label id
 
 
 def test_bad_arguments_are_user_errors(parts):

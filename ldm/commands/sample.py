@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="run folder (runs/<name>) or exported pipeline folder")
     p.add_argument(
         "--class", dest="classes", action="append", default=[], metavar="NAME",
-        help="class to generate (repeatable; case- and whitespace-insensitive; a label id also works)",
+        help="class to generate (repeatable; case- and whitespace-insensitive)",
     )  # fmt: skip
     p.add_argument("-n", "--num-images", type=int, default=None, help="images per class (default: config, 4)")
     p.add_argument("--num-inference-steps", type=int, default=None, help="denoising steps (default: config, 25)")
