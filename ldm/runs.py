@@ -125,12 +125,12 @@ class RunLog:
         self.path = Path(path)
         self.echo = echo
 
-    def __call__(self, msg: str) -> None:
+    def __call__(self, msg: str, echo: bool = True) -> None:
         stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         with open(self.path, "a", encoding="utf-8") as f:
             for line in msg.splitlines() or [""]:
                 f.write(f"{stamp} {line}\n")
-        if self.echo is not None:
+        if echo and self.echo is not None:
             self.echo(msg)
 
 

@@ -691,6 +691,14 @@ class Trainer:
                     self.last_loss = record["loss"]
                     window, t_window, images_window = [], now, 0
                     if self.main:
+                        eta = self._eta()
+                        self.log(
+                            f"step {record['step']} epoch {record['epoch']:.2f} loss {record['loss']:.4f} "
+                            f"lr {lr:.2e} grad_norm {record['grad_norm'] or 0:.3f} "
+                            f"{record['images_per_sec']:.1f} img/s elapsed {record['elapsed'] / 60:.1f} min"
+                            + (f" eta {eta / 60:.1f} min" if eta is not None else ""),
+                            echo=self.bar is None,  # the bar shows it already
+                        )
                         append_metrics(self.out, record)
                         records.append(record)
                         self._plot(records, force=at_end)
