@@ -136,14 +136,22 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=learning_rate, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(train), (min(batch_size, len(train)),), generator=gen)
-        xb = _augment(x_train[idx.to(x_train.device)].cpu(), gen).to(device)
-        loss = F.cross_entropy(model(xb), y_train[idx.to(y_train.device)], label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    # A 32x32 CNN at batch 32 is too small to gain from intra-op threads; on a busy CPU the thread synchronisation
+    # made it 5-10x slower than one thread (measured here). Restored afterwards.
+    threads = torch.get_num_threads()
+    if str(device) == "cpu":
+        torch.set_num_threads(1)
+    try:
+        for _ in range(steps):
+            idx = torch.randint(0, len(train), (min(batch_size, len(train)),), generator=gen)
+            xb = _augment(x_train[idx.to(x_train.device)].cpu(), gen).to(device)
+            loss = F.cross_entropy(model(xb), y_train[idx.to(y_train.device)], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    finally:
+        torch.set_num_threads(threads)
     model = model.cpu().eval()
     stats = {
         "train_accuracy": evaluate_accuracy(model, images[train], labels[train], size),
