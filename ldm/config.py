@@ -41,6 +41,7 @@ class AutoencoderConfig:
     block_out_channels: tuple[int, ...] = (64, 128, 128)  # encoder widths, one per level; 4 -> 3 levels, 8 -> 4
     layers_per_block: int = 1  # resnet blocks per level
     norm_num_groups: int = 32  # GroupNorm groups; must divide every width
+    mid_block_attention: bool = False  # self-attention in the lowest-resolution block (slow on CPU, little gain here)
     # --- training (train-vae only) ---
     batch_size: int = 32  # images per step
     learning_rate: float = 2e-3  # peak AdamW learning rate
@@ -52,9 +53,14 @@ class AutoencoderConfig:
     disc_weight: float = 0.0  # weight of the patch-GAN loss (0 = no discriminator)
     disc_start: int = 2000  # step at which the discriminator loss is switched on
     ema_decay: float = 0.999  # EMA of the weights; the EMA model is the one saved (0 = no EMA)
-    sample_every: int = 200  # steps between reconstruction grids
+    disc_adaptive: bool = True  # VQGAN adaptive discriminator weight (balances gradients); False = fixed disc_weight
+    sample_every: int = 200  # steps between reconstruction grids and held-out PSNR lines (0 = only at the end)
+    log_every: int = 10  # steps between metrics.jsonl lines
+    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast; auto: bf16 on CUDA and bf16 CPUs
+    channels_last: bool = False  # channels-last memory format for the convolutions
+    device: str = "auto"  # "auto" (cuda, mps, else cpu), or a torch device string
     seed: int = 0  # seed of weights, data order and held-out split
-    scaling_factor: Union[float, Literal["config", "auto"]] = "config"  # latent scale: VAE config's, "auto" = unit var.
+    scaling_factor: Union[float, Literal["config", "auto"]] = "config"  # latent scale: VAE config's; "auto": unit var
 
 
 @dataclass

@@ -1,0 +1,248 @@
+"""The autoencoder: loading every kind of source, encode/decode, and a few real train-vae steps on the AT&T faces."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ldm.autoencoder import build_autoencoder_kl, decode, encode, load_autoencoder, recon_grid, train_vae
+from ldm.config import AutoencoderConfig, load_config
+from ldm.errors import UserError
+from ldm.utils import hash_folder
+
+TINY = [
+    "data.image_size=16",
+    "data.channels=1",
+    "autoencoder.block_out_channels=[8,16]",
+    "autoencoder.norm_num_groups=8",
+    "autoencoder.batch_size=8",
+    "autoencoder.max_steps=4",
+    "autoencoder.warmup_steps=2",
+    "autoencoder.sample_every=2",
+    "autoencoder.log_every=1",
+    "autoencoder.mixed_precision=fp32",
+    "autoencoder.device=cpu",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the test machine is shared: one thread avoids oversubscription stalls and keeps results deterministic
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_train_vae_on_real_faces_writes_a_loadable_run(att_faces: Path, tmp_path: Path):
+    from diffusers import AutoencoderKL
+
+    out = tmp_path / "run"
+    cfg = load_config(None, TINY)
+    result = train_vae(cfg, att_faces, out, progress=False)
+
+    # resolved config, same values as the config object
+    assert yaml.safe_load((out / "config.yaml").read_text())["autoencoder"]["block_out_channels"] == [8, 16]
+    # metrics: a line per step and held-out PSNR at each grid
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
+    assert [r["step"] for r in lines if "holdout" in r and not r.get("final")] == [2, 4]
+    # reconstruction grids: 8 originals above 8 reconstructions, 16x16 each with 2-pixel gaps
+    assert sorted(p.name for p in (out / "recon").iterdir()) == ["step-000002.png", "step-000004.png"]
+    with Image.open(out / "recon" / "step-000004.png") as im:
+        assert im.size == (8 * 18 + 2, 2 * 18 + 2 + 2)
+
+    # eval.json: held-out PSNR/SSIM of the EMA weights and of the raw ones; 2 of each person's 10 faces held out
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev == json.loads(json.dumps(result))
+    assert ev["steps"] == 4 and ev["num_holdout"] == 20 and ev["num_train"] == 180 and not ev["stopped_early"]
+    for k in ("psnr", "ssim", "psnr_raw", "ssim_raw"):
+        assert math.isfinite(ev[k]), k
+    assert 0 < ev["psnr"] < 60 and -1 < ev["ssim"] <= 1
+    assert ev["latent_shape"] == [4, 4, 4]
+
+    # vae/ loads with plain diffusers, with the unit-variance scaling factor in its config
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert vae.config.scaling_factor == pytest.approx(ev["scaling_factor"])
+    assert vae.config.in_channels == 1 and tuple(vae.config.block_out_channels) == (8, 16, 16)
+
+    # ... and with load_autoencoder from the run folder; the scaled training latents have unit std
+    ae = load_autoencoder(out)
+    assert ae.class_name == "AutoencoderKL" and ae.folder == out / "vae"
+    assert (ae.down_factor, ae.latent_channels, ae.in_channels) == (4, 4, 1)
+    assert ae.scaling_factor == pytest.approx(ev["scaling_factor"])
+    assert ae.content_hash == hash_folder(out / "vae")
+    from ldm.data import holdout_split, load_image, scan_image_folder
+
+    scan = scan_image_folder(att_faces)
+    train_idx, _ = holdout_split(scan.samples, cfg.data.holdout_fraction, cfg.autoencoder.seed)
+    x = torch.stack([load_image(scan.samples[i][0], 16, 1) for i in train_idx])
+    z = encode(ae, x)
+    assert z.shape == (180, 4, 4, 4)
+    assert float((z * ae.scaling_factor).double().std()) == pytest.approx(1.0, rel=1e-3)
+    y = decode(ae, z)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+
+
+def test_should_stop_ends_early_but_saves_and_config_comes_first(att_faces: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    seen = []
+
+    def stop() -> bool:
+        seen.append((out / "config.yaml").is_file())
+        return len(seen) > 2  # two steps, then stop
+
+    cfg = load_config(None, TINY + ["autoencoder.max_steps=1000", "autoencoder.ema_decay=0"])
+    result = train_vae(cfg, att_faces, out, progress=False, should_stop=stop)
+    assert seen[0] is True  # config.yaml was there before the first step
+    assert result["stopped_early"] and result["steps"] == 2
+    assert "psnr_raw" not in result  # no EMA: the raw weights are the saved ones
+    assert load_autoencoder(out).down_factor == 4
+    assert (out / "recon" / "step-000002.png").is_file()
+
+
+def test_time_budget_ends_the_run(att_faces: Path, tmp_path: Path):
+    cfg = load_config(None, TINY + ["autoencoder.max_steps=100000", "autoencoder.max_minutes=0.0001"])
+    result = train_vae(cfg, att_faces, tmp_path / "run", progress=False)
+    assert result["steps"] <= 2 and (tmp_path / "run" / "vae" / "config.json").is_file()
+
+
+def test_build_autoencoder_levels_and_errors():
+    m = build_autoencoder_kl(AutoencoderConfig(down_factor=8, block_out_channels=(8, 16), norm_num_groups=8), 3, 32)
+    assert tuple(m.config.block_out_channels) == (8, 16, 16, 16)  # 4 levels, last width repeated
+    assert not m.config.mid_block_add_attention
+    with pytest.raises(UserError, match="norm_num_groups=32 must divide"):
+        build_autoencoder_kl(AutoencoderConfig(block_out_channels=(8, 16)), 3, 32)
+    with pytest.raises(UserError, match="needs 3"):
+        build_autoencoder_kl(AutoencoderConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=8), 3, 32)
+    with pytest.raises(UserError, match="not a multiple"):
+        build_autoencoder_kl(AutoencoderConfig(block_out_channels=(8,), norm_num_groups=8), 3, 30)
+
+
+def test_encode_decode_shapes_ranges_and_determinism(tiny_vae_dir: Path):
+    ae = load_autoencoder(str(tiny_vae_dir))
+    assert (ae.down_factor, ae.latent_channels, ae.in_channels) == (2, 4, 3)
+    assert ae.scaling_factor == pytest.approx(0.18215)  # the diffusers default in the config
+    assert not any(p.requires_grad for p in ae.model.parameters()) and not ae.model.training
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    z = encode(ae, x, batch_size=2)
+    assert z.shape == (5, 4, 8, 8) and z.dtype == torch.float32
+    assert torch.allclose(z, encode(ae, x), atol=1e-5)  # the posterior mean: no sampling; batching is irrelevant
+    y = decode(ae, z * 50, batch_size=3)  # far out of range latents still decode into [-1, 1]
+    assert y.shape == (5, 3, 16, 16) and y.min() >= -1 and y.max() <= 1
+
+
+def test_load_autoencoder_tiny(tmp_path: Path):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8),
+        num_encoder_blocks=(1, 1, 1),
+        num_decoder_blocks=(1, 1, 1),
+        latent_channels=4,
+    ).save_pretrained(tmp_path / "taesd")
+    ae = load_autoencoder(tmp_path / "taesd")
+    assert ae.class_name == "AutoencoderTiny"
+    assert (ae.down_factor, ae.latent_channels, ae.in_channels, ae.scaling_factor) == (4, 4, 3, 1.0)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = encode(ae, x)
+    assert z.shape == (2, 4, 4, 4)
+    y = decode(ae, z)
+    assert y.shape == (2, 3, 16, 16) and y.min() >= -1 and y.max() <= 1
+
+
+def test_load_from_pipeline_folder(tiny_vae_dir: Path, tmp_path: Path):
+    pipe = tmp_path / "pipe"
+    shutil.copytree(tiny_vae_dir, pipe / "vae")
+    (pipe / "model_index.json").write_text(json.dumps({"_class_name": "SomePipeline", "vae": ["diffusers", "X"]}))
+    ae = load_autoencoder(pipe)
+    assert ae.folder == pipe / "vae" and ae.source == str(pipe)
+    assert ae.content_hash == hash_folder(tiny_vae_dir)
+
+
+def test_load_from_hub_id_uses_the_snapshot(tiny_vae_dir: Path, tmp_path: Path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    # a hub cache holding one snapshot of "test-owner/tiny-vae": the real snapshot_download code path, offline
+    repo = tmp_path / "hub" / "models--test-owner--tiny-vae"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_vae_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    ae = load_autoencoder("test-owner/tiny-vae")
+    assert ae.source == "test-owner/tiny-vae" and ae.folder == repo / "snapshots" / commit
+    assert ae.content_hash == hash_folder(tiny_vae_dir)
+
+    with pytest.raises(UserError, match="could not download the autoencoder 'test-owner/missing'.*local folder"):
+        load_autoencoder("test-owner/missing")
+
+
+def test_clear_errors_for_bad_sources(tmp_path: Path):
+    with pytest.raises(UserError, match="neither an existing folder nor a hub id"):
+        load_autoencoder(str(tmp_path / "no" / "such" / "folder"))
+    with pytest.raises(UserError, match="not an autoencoder folder.*accepted"):
+        load_autoencoder(tmp_path)
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        load_autoencoder(tmp_path / "f.txt")
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    (unet / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(UserError, match="describes a UNet2DModel, not an autoencoder"):
+        load_autoencoder(unet)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}")
+    with pytest.raises(UserError, match="no vae/ yet"):
+        load_autoencoder(run)
+    with pytest.raises(UserError, match="no autoencoder given"):
+        load_autoencoder("")
+
+
+def test_recon_grid_puts_originals_above_reconstructions():
+    white = torch.ones(10, 1, 4, 4)
+    black = -torch.ones(10, 1, 4, 4)
+    im = recon_grid(white, black, per_row=8, pad=1)
+    a = torch.from_numpy(np.array(im)).float()
+    # 2 rows of originals (10 images, 8 per row), then 2 rows of reconstructions
+    assert im.size == (8 * 5 + 1, 4 * 5 + 1 + 1)
+    assert a[1:5, 1:5].min() == 255 and a[6:10, 1:5].min() == 255  # originals: white
+    assert a[12:16, 1:5].max() == 0 and a[17:21, 1:5].max() == 0  # reconstructions: black
+
+
+def test_cli_bad_key_dry_run_and_stop_flag(tmp_path: Path, capsys):
+    from ldm.cli import main
+    from ldm.commands.train_vae import _StopFlag
+
+    code = main(["train-vae", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "autoencoder.bogus_key=1"])
+    assert code == 2
+    assert "autoencoder.bogus_key" in capsys.readouterr().err
+
+    code = main(
+        ["train-vae", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--max-minutes", "2", "--dry-run"]
+    )
+    assert code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["autoencoder"]["max_minutes"] == 2.0 and printed["autoencoder"]["down_factor"] == 4
+    assert not (tmp_path / "r").exists()
+
+    with _StopFlag() as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)  # handled: sets the flag instead of killing the process
+        assert stop()
