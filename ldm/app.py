@@ -45,13 +45,25 @@ CSS = """
 #ldm-log textarea { font-family: var(--font-mono); font-size: 0.78rem; }
 #ldm-notice { border-left: 4px solid var(--primary-500); padding-left: 0.8rem; }
 #ldm-notice:empty, #ldm-notice .prose:empty { display: none; }
+#ldm-header code { word-break: break-all; }
+/* the image blocks' floating label would cover the top of figures that carry their own title */
+#ldm-snapshot img, #ldm-sample img, #ldm-run-sample img { padding-top: 30px; }
+#ldm-runs-table { min-width: 0 !important; max-width: 100%; overflow-x: auto; }
 @media (max-width: 640px) {
-  .gradio-container { padding: 4px !important; }
+  #ldm-runs-table { max-width: calc(100vw - 16px); }
   #ldm-header h1 { font-size: 1.25rem; }
   .ldm-stack { flex-direction: column !important; }
-  .ldm-stack > * { min-width: 100% !important; }
+  .ldm-stack > * { min-width: 0 !important; width: 100% !important; }
 }
 """
+
+# gradio scopes `css` to the page's content; the page frame's side padding (32 px) is outside it, so the phone-width
+# rule for it goes into <head> unscoped
+HEAD = """<style>
+@media (max-width: 640px) {
+  .gradio-container > .main { padding-left: 6px !important; padding-right: 6px !important; }
+}
+</style>"""
 
 
 def make_theme() -> gr.themes.Base:
@@ -171,7 +183,9 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                         gallery = gr.Gallery(
                             label="Images", columns=4, height="auto", object_fit="contain", elem_id="ldm-gallery"
                         )
-                        snapshot = gr.Image(label="Timestep snapshots (first image)", type="filepath")
+                        snapshot = gr.Image(
+                            label="Timestep snapshots (first image)", type="filepath", elem_id="ldm-snapshot"
+                        )
                         files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple")
                         params = gr.Code(label="Parameters", language="json")
                 class_examples.click(lambda sample: sample[0], class_examples, class_text, api_name=False)
@@ -318,7 +332,6 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             y="loss",
                             color="series",
                             label="Loss",
-                            height=300,
                             elem_id="ldm-loss",
                             **LOSS_COLORS,
                         )
@@ -326,7 +339,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             label="Newest sample grid (one row per class)", type="pil", elem_id="ldm-sample"
                         )
                         log = gr.Textbox(
-                            label="Log (newest lines)", lines=14, max_lines=14, autoscroll=True, elem_id="ldm-log"
+                            label="Log (newest lines)", lines=16, max_lines=16, autoscroll=True, elem_id="ldm-log"
                         )
                 timer = gr.Timer(POLL_SECONDS, active=False)
                 fields = [
@@ -377,13 +390,13 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                 )
                 run_details = gr.Markdown()
                 with gr.Row(elem_classes="ldm-stack"):
-                    run_sample = gr.Image(label="Newest sample grid", type="pil")
-                    run_loss = gr.LinePlot(
-                        x="step", y="loss", color="series", label="Loss curve", height=300, **LOSS_COLORS
-                    )
+                    run_sample = gr.Image(label="Newest sample grid", type="pil", elem_id="ldm-run-sample")
+                    run_loss = gr.LinePlot(x="step", y="loss", color="series", label="Loss curve", **LOSS_COLORS)
                 runs_refresh.click(app.runs_table, None, [runs_table, run_pick], api_name="runs")
                 run_pick.change(app.show_run, run_pick, [run_details, run_sample, run_loss], api_name="run_details")
-                use.click(app.use_for_inference, run_pick, [model, tabs, run_details], api_name="use_for_inference")
+                use.click(
+                    app.use_for_inference, run_pick, [model, tabs, run_details, notice], api_name="use_for_inference"
+                )
 
         def on_load() -> list[Any]:
             """Page (re)load: discover models, runs and folders, and reattach to the running job."""
@@ -425,15 +438,18 @@ def launch_app(
         server_name=host,
         server_port=port,
         share=False,
-        prevent_thread_lock=prevent_thread_lock,
+        prevent_thread_lock=True,  # returns at once; blocking (below) comes after the banner
         quiet=True,  # gradio's banner suggests share=True, which this app never uses
         theme=make_theme(),
         css=CSS,
+        head=HEAD,
         allowed_paths=[str(app.outputs)],
         footer_links=["api"],
     )
     if not quiet:
         print(f"ldm app: open {demo.local_url} (workspace {app.ws.root}); Ctrl+C to quit", flush=True)
+    if not prevent_thread_lock:
+        demo.block_thread()
     return demo
 
 

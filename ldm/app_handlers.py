@@ -44,7 +44,7 @@ NO_MODEL_HELP = (
 def _warn(message: str) -> str:
     """Show ``message`` as a toast and return it as markdown for the message box."""
     gr.Warning(message)
-    return f"⚠️ {message}"
+    return f"**Problem:** {message}"
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -82,7 +82,16 @@ def loss_frame(metrics: list[dict[str, Any]], smooth: float = 0.9) -> Any:
         ema = loss if ema is None else smooth * ema + (1 - smooth) * loss
         rows.append({"step": int(r["step"]), "loss": loss, "series": "loss"})
         rows.append({"step": int(r["step"]), "loss": ema, "series": "smoothed"})
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
+    # explicit dtypes even when empty: the plot takes its axis types from the first frame it gets, and an empty
+    # frame's object columns would make the loss axis categorical for good
+    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
+
+
+def _plot_value(frame: Any) -> Any:
+    """None for an empty frame: the plot clears, and its first real frame then draws its lines (a plot that got an
+    empty frame first draws axes but no lines in gradio 6.31)."""
+    return frame if len(frame) else None
 
 
 def progress_html(job: dict[str, Any] | None, status: dict[str, Any] | None) -> str:
@@ -306,7 +315,7 @@ class LdmApp:
             "folder": self.ws.rel(folder),
         }
         gallery = [(f, f"{names[class_id]} · seed {s}") for f, s in zip(files, seeds)]
-        message = f"✅ {n} image(s) of **{names[class_id]}** in {seconds:.1f} s (seeds {seeds[0]}..{seeds[-1]})."
+        message = f"Done: {n} image(s) of **{names[class_id]}** in {seconds:.1f} s (seeds {seeds[0]}..{seeds[-1]})."
         snapshot = str(out.snapshots) if out.snapshots else None
         return gallery, snapshot, files, json.dumps(params, indent=2), message, seed
 
@@ -335,7 +344,7 @@ class LdmApp:
             return _warn(str(e)), gr.Timer(active=self.jobs.is_running())
         names = " → ".join(p.name for p in plan.phases)
         gr.Info(f"training started: {names}")
-        return f"▶️ Started **{self.ws.rel(plan.run)}**: {names}.", gr.Timer(active=True)
+        return f"Started **{self.ws.rel(plan.run)}**: {names}.", gr.Timer(active=True)
 
     def stop_training(self) -> str:
         try:
@@ -343,7 +352,7 @@ class LdmApp:
         except UserError as e:
             return _warn(str(e))
         gr.Info("stopping: the trainer finishes its step and saves a checkpoint")
-        return f"⏹️ Stop requested for **{self.ws.rel(job['run'])}**: finishing the step, saving a checkpoint."
+        return f"Stop requested for **{self.ws.rel(job['run'])}**: finishing the step, saving a checkpoint."
 
     def resume_training(self) -> tuple[str, Any]:
         try:
@@ -355,20 +364,20 @@ class LdmApp:
         except (UserError, ConfigError) as e:
             return _warn(str(e)), gr.Timer(active=self.jobs.is_running())
         gr.Info("resuming from the newest checkpoint")
-        return f"▶️ Resumed **{self.ws.rel(plan.run)}** from its newest checkpoint.", gr.Timer(active=True)
+        return f"Resumed **{self.ws.rel(plan.run)}** from its newest checkpoint.", gr.Timer(active=True)
 
     def poll(self) -> tuple[str, Any, Any, str, Any]:
         """Live view of the job: (progress HTML, loss frame, newest sample grid, log tail, timer update)."""
         job = self.jobs.current()
         if not job:
-            return progress_html(None, None), loss_frame([]), None, "", gr.Timer(active=False)
+            return progress_html(None, None), None, None, "", gr.Timer(active=False)
         run = Path(job["run"])
         status = read_json(run / "status.json") if job.get("phase") == "train" else None
         info = self.ws.run_info(run) if run.exists() else None
-        log = tail(Path(job.get("log") or run / "app-job.log"), lines=14)
+        log = tail(Path(job.get("log") or run / "app-job.log"), lines=12)
         return (
             progress_html(job, status),
-            loss_frame(read_metrics(run / "metrics.jsonl")),
+            _plot_value(loss_frame(read_metrics(run / "metrics.jsonl"))),
             _open_image(info.newest_sample if info else None),
             log,
             gr.Timer(active=job.get("state") == "running"),
@@ -390,7 +399,7 @@ class LdmApp:
             path = save_settings(self.ws, s, path_text)
         except (UserError, ConfigError) as e:
             return _warn(str(e))
-        return f"💾 Settings saved to `{self.ws.rel(path)}`."
+        return f"Settings saved to `{self.ws.rel(path)}`."
 
     def load_settings(self, path_text: str) -> list[Any]:
         """(every settings field..., message)."""
@@ -398,7 +407,7 @@ class LdmApp:
             s = load_settings(self.ws, path_text)
         except (UserError, ConfigError) as e:
             return [gr.update() for _ in fields(TrainSettings)] + [_warn(str(e))]
-        return s.values() + [f"📂 Settings loaded from `{path_text}`."]
+        return s.values() + [f"Settings loaded from `{path_text}`."]
 
     # ------------------------------------------------------------------------------------------------------------
     # Runs tab
@@ -444,10 +453,10 @@ class LdmApp:
             f"{html.escape(r.message)}  \nnewest sample grid: {sample} · "
             f"model for inference: {'yes' if r.has_pipeline else 'not exported yet'}"
         )
-        return md, _open_image(r.newest_sample), loss_frame(read_metrics(path / "metrics.jsonl"))
+        return md, _open_image(r.newest_sample), _plot_value(loss_frame(read_metrics(path / "metrics.jsonl")))
 
-    def use_for_inference(self, run: str | None) -> tuple[Any, Any, str]:
-        """Make ``run`` the Inference tab's model and switch to that tab: (model picker, tabs, message)."""
+    def use_for_inference(self, run: str | None) -> tuple[Any, Any, str, Any]:
+        """Make ``run`` the Inference tab's model and switch to that tab: (model picker, tabs, message, notice)."""
         try:
             path = self.ws.resolve(run, what="run folder")
             if not (path / "pipeline" / "model_index.json").is_file():
@@ -456,12 +465,13 @@ class LdmApp:
                     "training ends); pick another run or wait"
                 )
         except UserError as e:
-            return gr.Dropdown(), gr.Tabs(), _warn(str(e))
+            return gr.Dropdown(), gr.Tabs(), _warn(str(e)), gr.Markdown()
         choices = self.model_choices()
         return (
             gr.Dropdown(choices=choices, value=str(path)),
             gr.Tabs(selected="inference"),
             f"Using **{self.ws.rel(path)}** in the Inference tab.",
+            "",  # the "no model yet" notice, if it was showing
         )
 
 

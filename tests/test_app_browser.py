@@ -1,0 +1,208 @@
+"""End to end in headless Chromium (Debian's /usr/bin/chromium) driven by Playwright.
+
+Open the page, start a tiny training run from the Training tab on a tiny latent cache, watch the progress bar and
+the loss plot move, stop it, pick the run in the Runs tab, generate in the Inference tab and see images.
+Screenshots land in test-artifacts/ (git-ignored): look at them when this test changes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CLASSES = ["angry", "happy", "sad"]
+# a UNet of 0.2 M parameters on 8x8x4 latents: steps take well under a second on an idle 2-core CPU
+TINY = (
+    "training.batch_size=4 training.learning_rate=2e-3 training.warmup_steps=2 training.log_every=1\n"
+    "training.sample_every=4 training.checkpoint_every=0 training.channels_last=false\n"
+    "sampling.scheduler=ddim sampling.num_inference_steps=4 sampling.num_images=2 diffusion.num_train_timesteps=100"
+)
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tiny_cache(ws: Path) -> Path:
+    """A latent cache (the documented layout) of 3 classes x 4 latents (4, 8, 8) and the tiny autoencoder it names."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae_dir = ws / "data" / "tiny-vae"
+    torch.manual_seed(0)
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=16,
+    ).save_pretrained(vae_dir)
+    cache = ws / "data" / "latents"
+    rng = np.random.default_rng(0)
+    files = []
+    for name in CLASSES:
+        (cache / name).mkdir(parents=True)
+        pattern = rng.standard_normal((4, 8, 8)).astype(np.float32)
+        for i in range(4):
+            np.save(cache / name / f"{i}.npy", (pattern + 0.3 * rng.standard_normal((4, 8, 8))).astype(np.float32))
+            files.append(f"{name}/{i}.npy")
+    manifest = {
+        "format_version": 1,
+        "classes": CLASSES,
+        "counts": {c: 4 for c in CLASSES},
+        "num_images": 12,
+        "image_size": 16,
+        "channels": 3,
+        "latent_shape": [4, 8, 8],
+        "autoencoder": {"source": str(vae_dir), "class_name": "AutoencoderKL", "content_hash": "test"},
+        "scaling_factor": 1.0,
+        "files": files,
+    }
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    return cache
+
+
+@pytest.fixture
+def browser_page():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (make chromium) to run the browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def _fill(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id}").locator("input, textarea").first
+    box.fill(value)
+    box.press("Tab")  # gradio commits a typed value on blur
+
+
+def _progress(page) -> tuple[str, int]:
+    bar = page.locator("#ldm-progress .ldm-progress")
+    if bar.count() == 0:
+        return "", -1
+    return bar.get_attribute("data-state") or "", int(bar.get_attribute("data-step") or -1)
+
+
+def _wait(page, what: str, predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / f"browser-timeout-{what.replace(' ', '-')}.png"), full_page=True)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_train_stop_pick_generate_in_chromium(tmp_path, browser_page):
+    from ldm.app import launch_app
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    for old in ARTIFACTS.glob("browser-*.png"):
+        old.unlink()
+    ws = tmp_path / "ws"
+    make_tiny_cache(ws)
+    port = _free_port()
+    demo = launch_app(ws, port=port, prevent_thread_lock=True, quiet=True, device="cpu")
+    page = browser_page
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_text("No trained model in this workspace yet").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "browser-1-no-model.png"), full_page=True)
+
+        # ---- Training tab: a tiny run on the prepared latent cache
+        page.get_by_role("tab", name="Training").click()
+        page.locator("#ldm-preprocess").get_by_text("no", exact=True).click()
+        _fill(page, "ldm-latent-dir", "data/latents")
+        page.locator("#ldm-preset input").click()
+        page.get_by_role("option", name="tiny", exact=True).click()
+        _fill(page, "ldm-batch-size", "4")
+        _fill(page, "ldm-max-steps", "200")  # far more than we wait for: the run is stopped by the Stop button
+        _fill(page, "ldm-max-minutes", "3")
+        _fill(page, "ldm-run-name", "browser-run")
+        _fill(page, "ldm-extra", TINY)
+        page.locator("#ldm-start").click()
+        _wait(page, "the first training steps", lambda: _progress(page)[1] >= 1, 120)
+        first_step = _progress(page)[1]
+        page.wait_for_timeout(1000)
+        plot_before = page.locator("#ldm-loss").screenshot()
+        page.screenshot(path=str(ARTIFACTS / "browser-2-training.png"), full_page=True)
+        _wait(page, "progress to move", lambda: _progress(page)[1] >= first_step + 2, 120)
+        page.wait_for_timeout(2500)  # one more poll, so the plot has the new points
+        plot_after = page.locator("#ldm-loss").screenshot()
+        assert plot_after != plot_before, "the loss plot did not change while training"
+        assert _progress(page)[0] == "running"
+        page.screenshot(path=str(ARTIFACTS / "browser-3-training-later.png"), full_page=True)
+
+        # ---- Stop: the trainer finishes its step, saves a checkpoint and exports the model
+        page.locator("#ldm-stop").click()
+        _wait(page, "the run to stop", lambda: _progress(page)[0] in ("stopped", "finished", "failed"), 90)
+        assert _progress(page)[0] == "stopped", page.locator("#ldm-progress").inner_text()
+        assert (ws / "runs" / "browser-run" / "pipeline" / "model_index.json").is_file()
+        page.wait_for_timeout(2500)
+        page.screenshot(path=str(ARTIFACTS / "browser-4-stopped.png"), full_page=True)
+
+        # ---- Runs tab: pick the run, use it for inference
+        page.get_by_role("tab", name="Runs").click()
+        page.locator("#ldm-runs-refresh").click()
+        table = page.locator("#ldm-runs-table")
+        _wait(page, "the run in the runs table", lambda: "runs/browser-run" in table.inner_text(), 20)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "browser-5-runs.png"), full_page=True)
+        page.locator("#ldm-use").click()
+
+        # ---- Inference tab: the run is selected; generate 4 images with 5 steps
+        page.get_by_text("3 classes: angry, happy, sad").wait_for(timeout=30_000)
+        steps = page.locator("#ldm-steps input[type=number]")
+        steps.fill("5")
+        steps.press("Enter")
+        page.locator("#ldm-generate").click()
+        gallery_images = page.locator("#ldm-gallery img")
+        _wait(page, "generated images", lambda: gallery_images.count() >= 4, 90)
+        assert "image(s) of" in page.locator("#ldm-message").inner_text()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "browser-6-generated.png"), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "browser-7-phone.png"), full_page=True)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 400, f"the page scrolls sideways at phone width ({width} px)"
+    finally:
+        demo.close()
+        job = demo.ldm_app.jobs.current()
+        if job and job.get("state") == "running":  # never leave a trainer behind
+            demo.ldm_app.jobs.stop()
+            demo.ldm_app.jobs.wait(60)
+        shutil.rmtree(ws / ".ldm-app" / "outputs", ignore_errors=True)
