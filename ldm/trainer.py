@@ -345,7 +345,7 @@ class Trainer:
         self.noise = torch.Generator(device=self.device).manual_seed(tc.seed * 7919 + 1 + self.acc.process_index)
         if self.resume_from is not None:
             self.optimizer.load_state_dict(
-                torch.load(self.resume_from / "optimizer.pt", map_location=self.device, weights_only=False)
+                torch.load(self.resume_from / "optimizer.pt", map_location="cpu", weights_only=False)
             )
             states = rng_state["per_process"]
             if len(states) == self.world:
@@ -389,18 +389,18 @@ class Trainer:
         if self.ema is not None:
             ema_dir = ckpt / "unet_ema"
             if ema_dir.is_dir():
-                from diffusers.training_utils import EMAModel
-
-                loaded = EMAModel.from_pretrained(str(ema_dir), type(unet))
-                self.ema.shadow_params = [p.detach().clone() for p in loaded.shadow_params]
-                self.ema.optimization_step = loaded.optimization_step
+                # Read the EMA folder directly (EMAModel.from_pretrained warns about its own config keys).
+                ema_weights = load_file(str(ema_dir / "diffusion_pytorch_model.safetensors"))
+                self.ema.shadow_params = [ema_weights[name].clone() for name, _ in unet.named_parameters()]
+                ema_config = json.loads((ema_dir / "config.json").read_text())
+                self.ema.optimization_step = int(ema_config["optimization_step"])
             else:  # the checkpoint was trained without EMA: start the average from the current weights
                 self.ema.shadow_params = [p.detach().clone() for p in unet.parameters()]
         self.stream.load_state_dict(state["data"])
         self.step_count = int(state["step"])
         self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
         self.last_loss = state.get("loss")
-        return torch.load(ckpt / "rng.pt", weights_only=False)
+        return torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=False)
 
     # -- one optimiser step -------------------------------------------------------------------------------------------
 
@@ -585,6 +585,15 @@ class Trainer:
         self.acc.wait_for_everyone()
         return final
 
+    def _agree_on_stop(self, reason: str | None, state: str) -> tuple[str | None, str]:
+        """Several processes: stop all of them if any wants to (clocks and signals differ per process; a process
+        leaving the loop alone would hang the others in the next gradient all-reduce)."""
+        flags = torch.tensor([float(reason is not None), float(state == "stopped")], device=self.device)
+        flags = self.acc.reduce(flags, "sum")
+        if flags[0] > 0 and reason is None:
+            reason = "stop requested" if flags[1] > 0 else "another process reached the budget"
+        return reason, "stopped" if flags[1] > 0 else state
+
     def _plot(self, records: list[dict[str, Any]], force: bool = False) -> None:
         """Redraw loss.png; between forced redraws, at most once per max(2 s, 10x the last draw's duration), so
         plotting never costs more than ~10% of the run even with log_every=1."""
@@ -674,6 +683,8 @@ class Trainer:
                 reason = self._stop_reason()
                 if reason is None and self.should_stop():
                     reason, state = "stop requested", "stopped"
+                if self.world > 1:
+                    reason, state = self._agree_on_stop(reason, state)
                 at_end = reason is not None
 
                 if at_end or (tc.log_every > 0 and self.step_count % tc.log_every == 0):

@@ -384,3 +384,28 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(cache, tmp_path):
     ckpt = latest_checkpoint(run)
     assert ckpt is not None and json.loads((ckpt / "state.json").read_text())["step"] == status["step"]
     assert (run / "pipeline" / "model_index.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_over_gloo_resume_exactly(cache, tmp_path):
+    """The same code under `torchrun --nproc_per_node 2` (DDP over gloo on the CPU), resumed from a checkpoint."""
+    import os
+    import subprocess
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["--max-steps", "4", "--no-progress", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    a, b = tmp_path / "a", tmp_path / "b"
+    argv = [str(torchrun), "--nproc_per_node", "2", "-m", "ldm.cli", "train", "--latents", str(cache)]
+    subprocess.run(
+        argv + ["--out", str(a), *common, *TINY, "training.batch_size=2", "training.checkpoint_every=2"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    assert "x 2 process(es)" in (a / "train.log").read_text()
+    ckpt = a / "checkpoints" / "step-000002"
+    subprocess.run(argv + ["--out", str(b), "--resume", str(ckpt), *common], check=True, env=env, capture_output=True)
+    losses_a = {m["step"]: m["loss"] for m in read_metrics(a)}
+    losses_b = {m["step"]: m["loss"] for m in read_metrics(b)}
+    assert losses_b[3] == losses_a[3] and losses_b[4] == losses_a[4]
