@@ -2,15 +2,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import types
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
-import ldm
 from ldm.cli import main
 from ldm.config import load_config
 from ldm.errors import CacheMismatchError, UserError
@@ -18,50 +14,11 @@ from ldm.latents import MANIFEST, load_latent_cache, prepare_latents
 from ldm.utils import hash_folder
 
 
-def _stand_in_autoencoder() -> types.ModuleType:
-    """Minimal ldm.autoencoder (load_autoencoder/encode per docs/internals.md) for when the real one is absent."""
-    from diffusers import AutoencoderKL
+@pytest.fixture
+def autoencoder_module():
+    import ldm.autoencoder
 
-    @dataclass
-    class LoadedAutoencoder:
-        model: object
-        source: str
-        content_hash: str
-        scaling_factor: float | None
-        down_factor: int
-        latent_channels: int
-        in_channels: int
-
-    def load_autoencoder(source, device="cpu", dtype=torch.float32):
-        m = AutoencoderKL.from_pretrained(source).to(device, dtype).eval().requires_grad_(False)
-        c = m.config
-        return LoadedAutoencoder(
-            m,
-            str(source),
-            hash_folder(source),
-            c.scaling_factor,
-            2 ** (len(c.block_out_channels) - 1),
-            c.latent_channels,
-            c.in_channels,
-        )
-
-    def encode(ae, images):
-        return ae.model.encode(images.to(ae.model.dtype)).latent_dist.mean
-
-    mod = types.ModuleType("ldm.autoencoder")
-    mod.load_autoencoder, mod.encode = load_autoencoder, encode
-    return mod
-
-
-@pytest.fixture(autouse=True)
-def autoencoder_module(monkeypatch):
-    try:
-        import ldm.autoencoder as mod  # the real one, once it exists
-    except ModuleNotFoundError:
-        mod = _stand_in_autoencoder()
-        monkeypatch.setitem(sys.modules, "ldm.autoencoder", mod)
-        monkeypatch.setattr(ldm, "autoencoder", mod, raising=False)
-    return mod
+    return ldm.autoencoder
 
 
 @pytest.fixture(autouse=True)
@@ -291,3 +248,14 @@ def test_load_hand_written_manifest(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="damaged"):
         load_latent_cache(tmp_path)
+
+
+def test_prepare_from_a_train_vae_run_folder(tiny_vae_dir, tmp_path):
+    from ldm.synth import make_synth_faces
+
+    run = tmp_path / "runs" / "vae"
+    shutil.copytree(tiny_vae_dir, run / "vae")  # the layout ldm train-vae writes
+    make_synth_faces(tmp_path / "faces", per_class=2)
+    m = prepare_latents(tmp_path / "faces", str(run), tmp_path / "cache", _cfg(), device="cpu", progress=False)
+    assert m["autoencoder"]["source"] == str(run) and m["autoencoder"]["content_hash"] == hash_folder(tiny_vae_dir)
+    assert load_latent_cache(tmp_path / "cache").latents.shape == (10, 4, 8, 8)
