@@ -631,6 +631,10 @@ class Trainer:
             if self.resume_from is not None:
                 truncate_metrics(self.out, self.step_count)
                 self.log(f"resuming from {self.resume_from} (step {self.step_count})")
+            elif (self.out / "metrics.jsonl").exists():
+                # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
+                truncate_metrics(self.out, 0)
+                self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
             self.log(
                 f"training on {len(self.cache.latents)} latents {self.latent_shape} x {self.num_classes} classes "
                 f"({', '.join(self.classes[:8])}{', ...' if self.num_classes > 8 else ''}) from {self.latents_path}"
