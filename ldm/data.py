@@ -78,12 +78,11 @@ def _check_image(path: Path) -> tuple[str, tuple[int, int]] | str:
         return f"truncated or corrupt ({e})"
 
 
-def scan_image_folder(root: str | Path) -> FolderScan:
-    """List the images of ``root/<class>/...`` (class folders sorted by name, files found recursively and sorted).
+def list_class_files(root: str | Path) -> dict[str, list[Path]]:
+    """Candidate files of ``root/<class>/...`` without opening them: ``{class: sorted paths}``, classes sorted.
 
-    Hidden files and folders (``.name``) are ignored. Files that PIL cannot open and fully decode are skipped and
-    listed in ``skipped`` with a reason. Raises :class:`DataError` when ``root`` is missing or not a folder, has no
-    class subfolders, or a class folder has no readable image.
+    Hidden files and folders are ignored; subfolders of a class folder are searched. Raises :class:`DataError` when
+    ``root`` is missing, is not a folder, or has no class subfolders.
     """
     root = Path(root)
     if not root.exists():
@@ -99,14 +98,30 @@ def scan_image_folder(root: str | Path) -> FolderScan:
         raise DataError(
             f"no class subfolders in {root}{hint}; expected {root}/<class name>/<images>, one folder per class"
         )
-    scan = FolderScan(root=root, classes=classes, samples=[])
-    for label, name in enumerate(classes):
-        found = 0
+    listing = {}
+    for name in classes:
         files = []
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
             files.extend(Path(dirpath) / f for f in filenames if not _hidden(f))
-        for path in sorted(files):
+        listing[name] = sorted(files)
+    return listing
+
+
+def scan_image_folder(root: str | Path) -> FolderScan:
+    """List the images of ``root/<class>/...`` (class folders sorted by name, files found recursively and sorted).
+
+    Hidden files and folders (``.name``) are ignored. Files that PIL cannot open and fully decode are skipped and
+    listed in ``skipped`` with a reason. Raises :class:`DataError` when ``root`` is missing or not a folder, has no
+    class subfolders, or a class folder has no readable image.
+    """
+    root = Path(root)
+    listing = list_class_files(root)
+    classes = list(listing)
+    scan = FolderScan(root=root, classes=classes, samples=[])
+    for label, name in enumerate(classes):
+        found = 0
+        for path in listing[name]:
             result = _check_image(path)
             if isinstance(result, str):
                 scan.skipped.append((path, result))

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ldm.config import Config, to_dict
-from ldm.data import PREPROCESSING, FolderScan, ImageFolderDataset, scan_image_folder
-from ldm.errors import CacheMismatchError, UserError
-from ldm.utils import atomic_write_json, default_device
+from ldm.data import PREPROCESSING, FolderScan, ImageFolderDataset, list_class_files, scan_image_folder
+from ldm.errors import CacheMismatchError, DataError, UserError
+from ldm.utils import atomic_write_json, default_device, hash_folder
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +65,33 @@ def data_fingerprint(scan: FolderScan) -> str:
         st = path.stat()
         h.update(f"{path.relative_to(scan.root).as_posix()}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def listing_fingerprint(root: str | Path) -> str:
+    """Like :func:`data_fingerprint` but over every candidate file (readable or not), found without opening any:
+    when it is unchanged, so is the set of usable files, and a cache check needs no image decoding."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for name, files in list_class_files(root).items():
+        for path in files:
+            st = path.stat()
+            h.update(f"{name}\0{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _quick_up_to_date(old: dict, data_dir: Path, vae_source: str, settings: dict) -> bool:
+    """True when the complete cache described by ``old`` certainly matches: same settings, same file listing and the
+    same autoencoder folder content, checked without loading the autoencoder or decoding images."""
+    ae = old.get("autoencoder") or {}
+    folder = ae.get("folder")
+    if any(old.get(k) != v for k, v in settings.items()) or ae.get("source") != str(vae_source) or not folder:
+        return False
+    try:
+        if old.get("listing_fingerprint") != listing_fingerprint(data_dir):
+            return False
+    except (DataError, OSError):
+        return False
+    return Path(folder).is_dir() and hash_folder(folder) == ae.get("content_hash")
 
 
 def _scaling_setting(cfg: Config) -> float | str:
@@ -160,11 +187,6 @@ def prepare_latents(
     scaling setting, nothing is done. A cache that differs raises :class:`CacheMismatchError` naming what differs,
     unless ``overwrite``. An incomplete cache (a killed run) is rebuilt.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ldm import autoencoder as ae_lib
-
     out = Path(out)
     image_size, channels = cfg.data.image_size, cfg.data.channels
     if channels not in (1, 3):
@@ -174,6 +196,26 @@ def prepare_latents(
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     setting = _scaling_setting(cfg)
+    root = Path(data_dir).resolve()
+    preprocessing = {**PREPROCESSING, "image_size": image_size, "channels": channels}
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "image_size": image_size,
+        "channels": channels,
+        "preprocessing": json.loads(json.dumps(preprocessing)),  # as it reads back from JSON
+        "scaling_factor_setting": setting,
+        "data_dir": str(root),
+    }
+    old = _read_manifest(out) if out.is_dir() and not overwrite else None
+    if old is not None and _quick_up_to_date(old, root, vae_source, settings):
+        print(f"latent cache {out} is up to date ({old['num_images']} latents); nothing to do")
+        return old
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from ldm import autoencoder as ae_lib
+
     scan = scan_image_folder(data_dir)
     device = device or default_device()
     ae = ae_lib.load_autoencoder(vae_source, device=device)
@@ -187,8 +229,6 @@ def prepare_latents(
             f"data.image_size={image_size} is not a multiple of the autoencoder's down factor {ae.down_factor}"
         )
 
-    root = Path(data_dir).resolve()
-    preprocessing = {**PREPROCESSING, "image_size": image_size, "channels": channels}
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "classes": scan.classes,
@@ -206,15 +246,17 @@ def prepare_latents(
             "config_scaling_factor": ae.scaling_factor,
             # SD3/Flux-style autoencoders also shift latents; recorded, not applied (the pipeline only scales)
             "config_shift_factor": getattr(ae.model.config, "shift_factor", None),
+            # the model folder itself (a run's vae/, a hub snapshot): lets a rerun check the hash without loading it
+            "folder": str(Path(ae.folder).resolve()) if getattr(ae, "folder", None) else None,
         },
         "scaling_factor": None,
         "scaling_factor_setting": setting,
         "preprocessing": preprocessing,
         "data_dir": str(root),
         "data_fingerprint": data_fingerprint(scan),
+        "listing_fingerprint": listing_fingerprint(scan.root),
     }
 
-    old = _read_manifest(out) if out.is_dir() and not overwrite else None
     if old is not None:
         diffs = _differences(old, manifest)
         if not diffs:

@@ -38,7 +38,9 @@ def _mtimes(folder):
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
 
 
-def test_prepare_writes_cache_and_reruns_do_nothing(att_faces, tiny_vae_dir, tmp_path, capsys):
+def test_prepare_writes_cache_and_reruns_do_nothing(
+    att_faces, tiny_vae_dir, tmp_path, capsys, autoencoder_module, monkeypatch
+):
     out = tmp_path / "cache"
     m = prepare_latents(
         att_faces,
@@ -89,12 +91,14 @@ def test_prepare_writes_cache_and_reruns_do_nothing(att_faces, tiny_vae_dir, tmp
     assert np.array_equal(np.load(out / "s10" / "0.npy"), cache.latents[10].numpy())
     assert np.load(out / "s10" / "0.npy").dtype == np.float32
 
-    # same inputs: no work, no file touched
+    # same inputs: no work (the autoencoder is not even loaded), no file touched
     before = _mtimes(out)
     capsys.readouterr()
-    again = prepare_latents(
-        att_faces, str(tiny_vae_dir), out, _cfg("autoencoder.scaling_factor=auto"), device="cpu", progress=False
-    )
+    with monkeypatch.context() as mp:
+        mp.setattr(autoencoder_module, "load_autoencoder", lambda *a, **k: pytest.fail("loaded the autoencoder"))
+        again = prepare_latents(
+            att_faces, str(tiny_vae_dir), out, _cfg("autoencoder.scaling_factor=auto"), device="cpu", progress=False
+        )
     assert "up to date" in capsys.readouterr().out
     assert again == on_disk and _mtimes(out) == before
 
@@ -259,3 +263,23 @@ def test_prepare_from_a_train_vae_run_folder(tiny_vae_dir, tmp_path):
     m = prepare_latents(tmp_path / "faces", str(run), tmp_path / "cache", _cfg(), device="cpu", progress=False)
     assert m["autoencoder"]["source"] == str(run) and m["autoencoder"]["content_hash"] == hash_folder(tiny_vae_dir)
     assert load_latent_cache(tmp_path / "cache").latents.shape == (10, 4, 8, 8)
+
+
+def test_changed_data_or_weights_under_the_same_names_are_detected(tiny_vae_dir, tmp_path):
+    import os
+
+    from ldm.synth import make_synth_faces
+
+    data, vae, out = tmp_path / "faces", tmp_path / "vae", tmp_path / "cache"
+    make_synth_faces(data, per_class=2)
+    shutil.copytree(tiny_vae_dir, vae)
+    prepare_latents(data, str(vae), out, _cfg(), device="cpu", progress=False)
+    img = data / "smiling" / "0000.png"
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))  # edited image
+    with pytest.raises(CacheMismatchError, match="data: files were added, removed or modified"):
+        prepare_latents(data, str(vae), out, _cfg(), device="cpu", progress=False)
+    prepare_latents(data, str(vae), out, _cfg(), device="cpu", progress=False, overwrite=True)
+    weights = next(vae.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # retrained in place: same path, other content
+    with pytest.raises(CacheMismatchError, match="autoencoder content hash"):
+        prepare_latents(data, str(vae), out, _cfg(), device="cpu", progress=False)
