@@ -197,6 +197,11 @@ def prepare_latents(
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     setting = _scaling_setting(cfg)
     root = Path(data_dir).resolve()
+    if out.resolve().is_relative_to(root):
+        raise UserError(
+            f"--out {out} is inside the dataset folder {data_dir}: it would be read as a class folder next time; "
+            "put the cache elsewhere (e.g. data/latents/<name>)"
+        )
     preprocessing = {**PREPROCESSING, "image_size": image_size, "channels": channels}
     settings = {
         "format_version": FORMAT_VERSION,

@@ -185,6 +185,8 @@ def test_refuses_foreign_folders_and_bad_settings(att_faces, tiny_vae_dir, tmp_p
                 att_faces, str(tiny_vae_dir), foreign, _cfg(), device="cpu", progress=False, overwrite=overwrite
             )
     assert (foreign / "keep.txt").read_text() == "precious"
+    with pytest.raises(UserError, match="inside the dataset folder"):
+        prepare_latents(att_faces, str(tiny_vae_dir), att_faces / "cache", _cfg(), device="cpu")
     with pytest.raises(UserError, match="3-channel"):
         prepare_latents(att_faces, str(tiny_vae_dir), tmp_path / "c", _cfg("data.channels=1"), device="cpu")
     with pytest.raises(UserError, match="folder not found"):
