@@ -45,12 +45,13 @@ CSS = """
 #ldm-log textarea { font-family: var(--font-mono); font-size: 0.78rem; }
 #ldm-notice { border-left: 4px solid var(--primary-500); padding-left: 0.8rem; }
 #ldm-notice:empty, #ldm-notice .prose:empty { display: none; }
-#ldm-header code { word-break: break-all; }
+#ldm-header code { white-space: normal !important; overflow-wrap: anywhere; word-break: break-all; }
 /* the image blocks' floating label would cover the top of figures that carry their own title */
 #ldm-snapshot img, #ldm-sample img, #ldm-run-sample img { padding-top: 30px; }
 #ldm-runs-table { min-width: 0 !important; max-width: 100%; overflow-x: auto; }
 @media (max-width: 640px) {
   #ldm-runs-table { max-width: calc(100vw - 16px); }
+  #ldm-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
   #ldm-header h1 { font-size: 1.25rem; }
   .ldm-stack { flex-direction: column !important; }
   .ldm-stack > * { min-width: 0 !important; width: 100% !important; }
@@ -186,8 +187,10 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                         snapshot = gr.Image(
                             label="Timestep snapshots (first image)", type="filepath", elem_id="ldm-snapshot"
                         )
-                        files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple")
-                        params = gr.Code(label="Parameters", language="json")
+                        files = gr.File(
+                            label="Download PNGs (parameters embedded)", file_count="multiple", elem_id="ldm-files"
+                        )
+                        params = gr.Code(label="Parameters", language="json", wrap_lines=True, elem_id="ldm-params")
                 class_examples.click(lambda sample: sample[0], class_examples, class_text, api_name=False)
                 refresh.click(app.refresh_models, model, [model, notice], api_name="refresh_models")
                 model.change(
