@@ -104,17 +104,17 @@ class TrainingConfig:
     channels_last: bool = True  # channels-last memory format (faster convolutions on CPU)
     log_every: int = 10  # steps between metrics.jsonl lines
     sample_every: int = 500  # steps between sample grids (0 = only at the end)
+    sample_scheduler: Literal["ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "unipc"] = "dpm++"  # grid sampler
+    sample_num_inference_steps: int = 20  # denoising steps of the grids (cheap: they are a progress view)
+    sample_guidance_scale: float = 3.0  # guidance scale of the grids (1 = off)
+    sample_num_images: int = 6  # grid columns: images per class, seeds sample_seed.. (same noise in every row)
+    sample_seed: int = 0  # seed of the grid's first column
     checkpoint_every: int = 500  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 3  # keep the newest K checkpoints
     seed: int = 0  # seed of weights, noise and data order
 
 
 @dataclass
-    sample_scheduler: Literal["ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "unipc"] = "dpm++"  # grid sampler
-    sample_num_inference_steps: int = 20  # denoising steps of the grids (cheap: they are a progress view)
-    sample_guidance_scale: float = 3.0  # guidance scale of the grids (1 = off)
-    sample_num_images: int = 6  # grid columns: images per class, seeds sample_seed.. (same noise in every row)
-    sample_seed: int = 0  # seed of the grid's first column
 class SamplingConfig:
     scheduler: Literal["ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "unipc"] = "dpm++"  # sampler
     num_inference_steps: int = 25  # denoising steps
