@@ -190,6 +190,46 @@ def test_plan_job_phases_and_refusals(tmp_path):
         plan_job(ws, TrainSettings(data_dir="data/faces", run_name="r", autoencoder="../vae", max_steps=1))
 
 
+def test_planned_commands_are_accepted_by_the_real_cli(tmp_path):
+    """Every phase's argv parses and resolves its config in the real ``ldm`` command (``--dry-run``: no work)."""
+    import subprocess
+
+    ws = Workspace(tmp_path)
+    (tmp_path / "data" / "faces" / "a").mkdir(parents=True)
+    extra = "data.image_size=16 autoencoder.max_steps=3\ntraining.sample_every=7"
+    s = TrainSettings(data_dir="data/faces", run_name="r", max_steps=9, preset="tiny", loss="MAE", extra=extra)
+    plan = plan_job(ws, s)
+    expected = {"train-vae": ["image_size: 16", "max_steps: 3"], "prepare": ["image_size: 16"]}
+    expected["train"] = ["preset: tiny", "loss: l1", "max_steps: 9", "sample_every: 7"]
+    for phase in plan.phases:
+        out = subprocess.run(phase.argv + ["--dry-run"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (phase.name, out.stderr)
+        for text in expected[phase.name]:
+            assert text in out.stdout, (phase.name, text)
+    assert not (tmp_path / "runs" / "r" / "checkpoints").exists()
+
+
+def test_resume_plan(tmp_path):
+    from ldm.app_settings import plan_resume
+
+    ws = Workspace(tmp_path)
+    run = tmp_path / "runs" / "r"
+    job = {"run": str(run), "info": {"latents": str(tmp_path), "overrides": ["unet.preset=tiny"]}}
+    with pytest.raises(UserError, match="does not exist"):
+        plan_resume(ws, job)
+    run.mkdir(parents=True)
+    with pytest.raises(UserError, match="no checkpoint yet"):
+        plan_resume(ws, job)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step-000004")
+    plan = plan_resume(ws, job)
+    assert plan.phases[0].argv[-3:] == ["--resume", "latest", "unet.preset=tiny"]
+    with pytest.raises(UserError, match="nothing to resume"):
+        plan_resume(ws, None)
+    with pytest.raises(UserError, match="outside the workspace"):
+        plan_resume(ws, {**job, "run": "/etc"})
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # inference
 
