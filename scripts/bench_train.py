@@ -1,0 +1,317 @@
+"""Training-step benchmark: the original project's plain float32 loop vs this project's trainer step.
+
+    python scripts/bench_train.py                 # seed preset, 16x16x4 latents, batch 64, 10 timed steps
+    python scripts/bench_train.py --quick         # 3 timed steps, smaller peak probes
+    GOMP_SPINCOUNT=0 python scripts/bench_train.py   # on a machine shared with other jobs (see --help)
+
+Prints, all measured in the same run:
+  * this machine's peak: the best of a large matrix multiply and a 3x3 convolution (channels-last), each in
+    float32 and bfloat16;
+  * (a) a plain loop written like the original project (``model(noisy, t, class_labels).sample``, ``F.mse_loss``,
+    AdamW, float32, no channels-last, no autocast) and (b) the real ``ldm.trainer.Trainer.step()`` with the
+    default config (mixed precision "auto", EMA, gradient clipping, label dropout, min-SNR weights) and the
+    same preset and batch; (c) the same with ``training.channels_last`` flipped;
+  * images/s (wall clock, median over the timed steps), CPU seconds per step (less sensitive to other processes
+    on a shared machine), achieved GFLOP/s from the FLOPs of one forward + backward pass
+    (``torch.utils.flop_counter.FlopCounterMode``) and the fraction of peak; and the ratio of (b) to (a).
+
+The variants run interleaved (one step of each in turn) so a load change on a shared machine hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per variant (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="3 timed steps, 1 warm-up, smaller peak probes")
+    p.add_argument("--preset", default="seed", help="unet preset (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=64, help="latents per step (default: %(default)s)")
+    p.add_argument("--latent", type=int, default=16, help="latent side; latents are 4 x side x side")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    p.add_argument(
+        "--spin-count",
+        type=int,
+        default=None,
+        help="set GOMP_SPINCOUNT before torch loads (0 = OpenMP threads sleep at once instead of spinning: "
+        "much faster when other processes compete for the cores)",
+    )
+    p.add_argument("--no-flip", action="store_true", help="skip variant (c) (channels_last flipped)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.warmup = 3, 1
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# peak
+
+
+def measure_peak(quick: bool) -> dict[str, float]:
+    """Best GFLOP/s of a square matmul and a 3x3 conv (channels-last), float32 and bfloat16."""
+    import torch
+    import torch.nn.functional as F
+
+    def best_rate(fn, flops: float, reps: int) -> float:
+        fn()  # warm-up (oneDNN primitive creation)
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        return flops / best / 1e9
+
+    n = 1024 if quick else 2048
+    b, c, s = (16, 256, 16) if quick else (32, 256, 16)
+    reps = 3 if quick else 5
+    out = {}
+    for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        a, m = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+        out[f"matmul {name}"] = best_rate(lambda a=a, m=m: a @ m, 2.0 * n**3, reps)
+        x = torch.randn(b, c, s, s, dtype=dt).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(c, c, 3, 3, dtype=dt).contiguous(memory_format=torch.channels_last)
+        out[f"conv3x3 {name} channels-last"] = best_rate(
+            lambda x=x, w=w: F.conv2d(x, w, padding=1), 2.0 * b * c * c * 9 * s * s, reps
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the variants
+
+
+def plain_step_factory(preset: str, batch: int, side: int, num_classes: int, seed: int = 0):
+    """The original project's loop: float32, diffusers' default attention, F.mse_loss, AdamW, loss.item()."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from ldm.unet import PRESETS
+
+    torch.manual_seed(seed)
+    model = UNet2DModel(
+        sample_size=side, in_channels=4, out_channels=4, num_class_embeds=num_classes + 1, **PRESETS[preset]
+    )
+    model.train()
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch * 4, 4, side, side, generator=g)
+    labels = torch.randint(0, num_classes, (batch * 4,), generator=g)
+    pos = [0]
+
+    def step() -> float:
+        i = pos[0] % 4
+        pos[0] += 1
+        clean, y = latents[i * batch : (i + 1) * batch], labels[i * batch : (i + 1) * batch]
+        noise = torch.randn_like(clean)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],))
+        noisy = scheduler.add_noise(clean, noise, t)
+        pred = model(noisy, t, class_labels=y).sample
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step, model
+
+
+def write_cache(root: Path, batch: int, side: int, num_classes: int) -> Path:
+    """A packed latent cache of random latents, with a tiny saved autoencoder (the trainer loads one at setup)."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae_dir = root / "vae"
+    torch.manual_seed(0)
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=side * 2,
+    ).save_pretrained(vae_dir)
+    cache = root / "latents"
+    cache.mkdir()
+    n = batch * 4
+    rng = np.random.default_rng(0)
+    np.save(cache / "latents.npy", rng.standard_normal((n, 4, side, side)).astype(np.float32))
+    labels = np.arange(n, dtype=np.int64) % num_classes
+    np.save(cache / "labels.npy", labels)
+    classes = [f"class{k}" for k in range(num_classes)]
+    manifest = {
+        "format_version": 1,
+        "packed": True,
+        "classes": classes,
+        "counts": {c: int((labels == k).sum()) for k, c in enumerate(classes)},
+        "num_images": n,
+        "image_size": side * 2,
+        "channels": 3,
+        "latent_shape": [4, side, side],
+        "autoencoder": {"source": str(vae_dir), "class_name": "AutoencoderKL", "content_hash": "bench"},
+        "scaling_factor": 1.0,
+    }
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    return cache
+
+
+def trainer_step_factory(cache: Path, out: Path, preset: str, batch: int, overrides: list[str]):
+    """``Trainer.step`` of ldm.trainer with the default config (and ``overrides``): exactly the training step."""
+    from ldm.config import load_config
+    from ldm.trainer import Trainer
+
+    # max_steps only satisfies the trainer's "when to stop" check: the benchmark calls step() itself.
+    cfg = load_config(
+        None, [f"unet.preset={preset}", f"training.batch_size={batch}", "training.max_steps=1000000", *overrides]
+    )
+    trainer = Trainer(cfg, cache, out, device="cpu", progress=False)
+    trainer.setup()
+
+    def step() -> float:
+        return trainer.step()[0]
+
+    return step, trainer
+
+
+def count_flops(model, batch: int, side: int, num_classes: int) -> float:
+    """FLOPs of one forward + backward pass of ``model`` on a batch (float32, counted once)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(batch, 4, side, side)
+    t = torch.randint(0, 1000, (batch,))
+    y = torch.randint(0, num_classes, (batch,))
+    with FlopCounterMode(display=False) as fc:
+        model(x, t, class_labels=y).sample.square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return float(fc.get_total_flops())
+
+
+def main() -> int:
+    args = parse_args()
+    if args.spin_count is not None:
+        os.environ["GOMP_SPINCOUNT"] = str(args.spin_count)  # read when libgomp loads, i.e. at `import torch`
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    num_classes = 5
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+        flush=True,
+    )
+
+    peak = measure_peak(args.quick)
+    best = max(peak.values())
+    print("peak (best of a few runs):")
+    for k, v in peak.items():
+        print(f"  {k:32s} {v:8.1f} GFLOP/s")
+    print(f"  {'machine peak':32s} {best:8.1f} GFLOP/s", flush=True)
+
+    from ldm.diffusion import resolve_mixed_precision
+    from ldm.unet import PRESETS
+
+    if args.preset not in PRESETS:
+        raise SystemExit(f"unknown preset {args.preset!r}; accepted: {', '.join(PRESETS)}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    cache = write_cache(tmp, args.batch, args.latent, num_classes)
+    plain, plain_model = plain_step_factory(args.preset, args.batch, args.latent, num_classes)
+    flops = count_flops(plain_model, args.batch, args.latent, num_classes)
+    print(
+        f"{args.preset} preset, batch {args.batch} of 4x{args.latent}x{args.latent} latents: "
+        f"{flops / 1e9:.1f} GFLOP per forward + backward",
+        flush=True,
+    )
+
+    from ldm.config import TrainingConfig
+
+    default_cl = TrainingConfig().channels_last
+    precision = resolve_mixed_precision(TrainingConfig().mixed_precision, "cpu")
+    variants = {"(a) plain float32 loop (original)": plain}
+    ours_name = f"(b) ldm Trainer.step, defaults ({precision}, channels_last={default_cl})"
+    variants[ours_name] = trainer_step_factory(cache, tmp / "run_b", args.preset, args.batch, [])[0]
+    if not args.no_flip:
+        flip = f"training.channels_last={str(not default_cl).lower()}"
+        variants[f"(c) ldm Trainer.step, channels_last={not default_cl}"] = trainer_step_factory(
+            cache, tmp / "run_c", args.preset, args.batch, [flip]
+        )[0]
+
+    for name, step in variants.items():
+        t = time.perf_counter()
+        for _ in range(args.warmup):
+            step()
+        print(f"warm-up {name}: {time.perf_counter() - t:.1f} s", flush=True)
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.steps):
+        for name, step in variants.items():  # interleaved: each round runs every variant once
+            t, c = time.perf_counter(), time.process_time()
+            loss = step()
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+            if loss != loss:
+                raise SystemExit(f"{name}: NaN loss")
+
+    results = {}
+    print(f"\n{args.steps} timed steps each (after {args.warmup} warm-up), load average now {os.getloadavg()[0]:.1f}:")
+    print(f"  {'variant':58s} {'img/s':>7s} {'(min-max)':>14s} {'CPU s/step':>10s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    for name in variants:
+        med = statistics.median(wall[name])
+        ips = args.batch / med
+        gflops = flops / med / 1e9
+        results[name] = {
+            "images_per_s": ips,
+            "images_per_s_min": args.batch / max(wall[name]),
+            "images_per_s_max": args.batch / min(wall[name]),
+            "cpu_s_per_step": statistics.median(cpu[name]),
+            "gflops": gflops,
+            "fraction_of_peak": gflops / best,
+            "wall_s": wall[name],
+        }
+        r = results[name]
+        spread = f"({r['images_per_s_min']:.0f}-{r['images_per_s_max']:.0f})"
+        print(f"  {name:58s} {ips:7.1f} {spread:>14s} {r['cpu_s_per_step']:10.2f} {gflops:8.1f} {gflops / best:8.1%}")
+    names = list(variants)
+    a = results[names[0]]
+    for name in names[1:]:
+        r = results[name]
+        print(
+            f"ratio {name.split(')')[0]})/(a): {r['images_per_s'] / a['images_per_s']:.2f}x images/s (wall), "
+            f"{a['cpu_s_per_step'] / r['cpu_s_per_step']:.2f}x CPU time per step"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "peak": peak, "flops": flops, "results": results},
+                indent=2,
+            )
+        )
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
