@@ -94,8 +94,10 @@ def _plot_value(frame: Any) -> Any:
     return frame if len(frame) else None
 
 
-def progress_html(job: dict[str, Any] | None, status: dict[str, Any] | None) -> str:
-    """The Training tab's progress bar: phase, step / max steps, percentage, ETA and loss, as HTML."""
+def progress_html(job: dict[str, Any] | None, status: dict[str, Any] | None, detail: str = "") -> str:
+    """The Training tab's progress bar: phase, step / max steps, percentage, ETA and loss, as HTML.
+
+    ``status`` is the run's status.json (train phase); ``detail`` is extra text for the other phases."""
     if not job:
         return '<div class="ldm-progress-text">No training job yet: fill in the settings and press Start.</div>'
     phases = job.get("phases") or []
@@ -114,6 +116,8 @@ def progress_html(job: dict[str, Any] | None, status: dict[str, Any] | None) -> 
         bar = '<div class="ldm-bar ldm-bar-busy"></div>' if state == "running" else '<div class="ldm-bar"></div>'
         pct = ""
     parts = [f"<b>{run}</b>", f"phase {index + 1}/{max(1, len(phases))}: {html.escape(phase)}", html.escape(state)]
+    if detail:
+        parts.append(html.escape(detail))
     if phase == "train" and status:
         parts.append(f"step {step}" + (f" / {max_steps}" if max_steps else ""))
         if pct:
@@ -372,15 +376,26 @@ class LdmApp:
         if not job:
             return progress_html(None, None), None, None, "", gr.Timer(active=False)
         run = Path(job["run"])
-        status = read_json(run / "status.json") if job.get("phase") == "train" else None
-        info = self.ws.run_info(run) if run.exists() else None
         log = tail(Path(job.get("log") or run / "app-job.log"), lines=12)
+        timer = gr.Timer(active=job.get("state") == "running")
+        if job.get("phase") != "train":
+            # before training: the autoencoder's own metrics and reconstruction grids show that work is moving
+            phases = job.get("phases") or []
+            index = int(job.get("phase_index") or 0)
+            folder = Path((phases[index] if index < len(phases) else {}).get("folder") or run)
+            metrics = read_metrics(folder / "metrics.jsonl")
+            last = metrics[-1] if metrics else {}
+            detail = f"step {last['step']}, {last.get('seconds', 0):.0f} s" if "step" in last else ""
+            recon = sorted((folder / "recon").glob("step-*.png")) if (folder / "recon").is_dir() else []
+            return progress_html(job, None, detail), None, _open_image(recon[-1] if recon else None), log, timer
+        status = read_json(run / "status.json")
+        info = self.ws.run_info(run) if run.exists() else None
         return (
             progress_html(job, status),
             _plot_value(loss_frame(read_metrics(run / "metrics.jsonl"))),
             _open_image(info.newest_sample if info else None),
             log,
-            gr.Timer(active=job.get("state") == "running"),
+            timer,
         )
 
     def job_settings(self) -> list[Any]:

@@ -249,14 +249,14 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
         if s.autoencoder in ("", TRAIN_HERE):
             vae = ws.resolve(f"runs/{s.run_name}-vae", what="autoencoder run folder", must_exist=False)
             if not (vae / "vae" / "config.json").is_file():  # reuse one trained by an earlier start
-                phases.append(Phase("train-vae", _ldm("train-vae", "--data", str(data), "--out", str(vae))))
+                phases.append(Phase("train-vae", _ldm("train-vae", "--data", str(data), "--out", str(vae)), str(vae)))
                 phases[-1].argv += stage_overrides
             vae_source = str(vae)
         else:
             vae_source = _autoencoder_source(ws, s.autoencoder)
         latents = ws.resolve(s.latent_dir or f"data/latents/{s.run_name}", what="latent folder", must_exist=False)
         argv = _ldm("prepare", "--data", str(data), "--vae", vae_source, "--out", str(latents)) + stage_overrides
-        phases.append(Phase("prepare", argv))
+        phases.append(Phase("prepare", argv, str(latents)))
     else:
         latents = ws.resolve(s.latent_dir, what="latent folder")
         if not (latents / "manifest.json").is_file():
@@ -265,7 +265,7 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
                 "choose preprocess = yes to build one from a data folder"
             )
     train = _ldm("train", "--latents", str(latents), "--out", str(run)) + overrides
-    phases.append(Phase("train", train))
+    phases.append(Phase("train", train, str(run)))
     info = {"settings": asdict(s), "latents": str(latents), "overrides": overrides}
     return JobPlan(run=run, latents=latents, phases=phases, log=run / "app-job.log", info=info)
 
@@ -290,4 +290,6 @@ def plan_resume(ws: Workspace, job: dict[str, Any] | None) -> JobPlan:
     latents = ws.resolve(info.get("latents"), what="latent folder")
     argv = _ldm("train", "--latents", str(latents), "--out", str(run), "--resume", "latest")
     argv += list(info.get("overrides") or [])
-    return JobPlan(run=run, latents=latents, phases=[Phase("train", argv)], log=run / "app-job.log", info=info)
+    return JobPlan(
+        run=run, latents=latents, phases=[Phase("train", argv, str(run))], log=run / "app-job.log", info=info
+    )

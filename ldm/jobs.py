@@ -36,6 +36,7 @@ class Phase:
 
     name: str
     argv: list[str]
+    folder: str = ""  # the folder this command writes (its metrics.jsonl shows its progress); "" = none
 
 
 class JobManager:

@@ -363,6 +363,22 @@ def test_job_failure_is_reported(tmp_path):
     assert progress_html(job, None).count("failed") >= 1
 
 
+def test_poll_shows_autoencoder_progress_before_training(tmp_path):
+    from PIL import Image
+
+    app = LdmApp(tmp_path)
+    vae = tmp_path / "runs" / "r-vae"
+    (vae / "recon").mkdir(parents=True)
+    (vae / "metrics.jsonl").write_text('{"step": 5, "seconds": 12.0, "loss": 0.3}\n')
+    Image.new("RGB", (8, 8), "red").save(vae / "recon" / "step-000005.png")
+    phases = [{"name": "train-vae", "argv": ["x"], "folder": str(vae)}, {"name": "train", "argv": ["y"], "folder": ""}]
+    job = {"state": "running", "pid": os.getpid(), "run": str(tmp_path / "runs" / "r"), "phase": "train-vae"}
+    (app.ws.app_dir / "job.json").write_text(json.dumps({**job, "phases": phases, "phase_index": 0}))
+    html, plot, image, log, timer = app.poll()
+    assert "phase 1/2: train-vae" in html and "step 5, 12 s" in html and "ldm-bar-busy" in html
+    assert plot is None and image.size == (8, 8)
+
+
 def test_dead_worker_is_reported_as_failed(tmp_path):
     ws = Workspace(tmp_path)
     (ws.app_dir / "job.json").write_text(json.dumps({"state": "running", "pid": 2**22, "run": "r", "phase": "train"}))
