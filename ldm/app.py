@@ -191,7 +191,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             label="Download PNGs (parameters embedded)", file_count="multiple", elem_id="ldm-files"
                         )
                         params = gr.Code(label="Parameters", language="json", wrap_lines=True, elem_id="ldm-params")
-                class_examples.click(lambda sample: sample[0], class_examples, class_text, api_name=False)
+                class_examples.click(lambda sample: sample[0], class_examples, class_text, api_visibility="private")
                 refresh.click(app.refresh_models, model, [model, notice], api_name="refresh_models")
                 model.change(
                     app.select_model, model, [class_choice, negative, class_examples, model_note], api_name="classes"
@@ -365,11 +365,11 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                 ]
                 live = [progress, loss_plot, sample, log, timer]
                 start.click(app.start_training, fields, [train_message, timer], api_name="start_training").then(
-                    app.poll, None, live, api_name=False
+                    app.poll, None, live, api_visibility="private"
                 )
                 stop.click(app.stop_training, None, train_message, api_name="stop_training")
                 resume.click(app.resume_training, None, [train_message, timer], api_name="resume_training").then(
-                    app.poll, None, live, api_name=False
+                    app.poll, None, live, api_visibility="private"
                 )
                 timer.tick(app.poll, None, live, api_name="poll", show_progress="hidden")
                 save.click(app.save_settings, [settings_file, *fields], train_message, api_name="save_settings")
@@ -417,8 +417,10 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
             api_name="load",
         )
         # opening a tab re-discovers the workspace, so folders and runs made meanwhile (e.g. by the CLI) appear
-        training_tab.select(app.discovered_folders, None, [data_dir, latent_dir, autoencoder], api_name=False)
-        runs_tab.select(app.runs_table, None, [runs_table, run_pick], api_name=False)
+        training_tab.select(
+            app.discovered_folders, None, [data_dir, latent_dir, autoencoder], api_visibility="private"
+        )
+        runs_tab.select(app.runs_table, None, [runs_table, run_pick], api_visibility="private")
     return demo
 
 
