@@ -342,7 +342,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             label="Newest sample grid (one row per class)", type="pil", elem_id="ldm-sample"
                         )
                         log = gr.Textbox(
-                            label="Log (newest lines)", lines=16, max_lines=16, autoscroll=True, elem_id="ldm-log"
+                            label="Log (newest lines)", lines=12, max_lines=40, autoscroll=True, elem_id="ldm-log"
                         )
                 timer = gr.Timer(POLL_SECONDS, active=False)
                 fields = [

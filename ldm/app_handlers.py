@@ -371,7 +371,9 @@ class LdmApp:
         return f"Resumed **{self.ws.rel(plan.run)}** from its newest checkpoint.", gr.Timer(active=True)
 
     def poll(self) -> tuple[str, Any, Any, str, Any]:
-        """Live view of the job: (progress HTML, loss frame, newest sample grid, log tail, timer update)."""
+        """Live view of the job: (progress HTML, loss frame, newest sample grid, log tail, timer update).
+
+        The log tail is short and the box tall enough for it (wrapped), so the newest line is always in view."""
         job = self.jobs.current()
         if not job:
             return progress_html(None, None), None, None, "", gr.Timer(active=False)
