@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     vae_run = ws / "runs" / f"{args.name}-vae"
     cache = ws / "data" / "latents" / f"{args.name}"
     run_dir = ws / "runs" / args.name
-    grid = run_dir / "final-grid.png"
+    grid = run_dir / "final-samples" / "grid.png"
     if dry_run(args, cfg):
         print(f"# plan: {data_dir} -> {vae_run}/vae -> {cache} -> {run_dir} -> {grid}")
         return 0
