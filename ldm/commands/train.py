@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: accelerate's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the log still goes to train.log)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0 = torch's default); on a busy shared CPU, 1 can be several times faster",
+    )
     add_config_arguments(p)
 
 
@@ -97,7 +103,12 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError(f"--latents {args.latents}: no such folder (make one with `ldm prepare`)")
 
+    import torch
+
     from ldm.trainer import TrainingDiverged, train
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     with _StopFlag() as stop:
         try:
