@@ -180,15 +180,20 @@ def check_training_config(tc: TrainingConfig) -> None:
         raise UserError(f"training.max_grad_norm must be >= 0 (0 = no clipping), got {tc.max_grad_norm}")
 
 
-def make_optimizer(params: Any, tc: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay), Adam (L2 weight decay) or SGD with momentum, at ``tc.learning_rate``."""
+def make_optimizer(params: Any, tc: TrainingConfig, device: str = "cpu") -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay), Adam (L2 weight decay) or SGD with momentum, at ``tc.learning_rate``.
+
+    Adam/AdamW use torch's fused kernel where available (same maths, one kernel for all parameters)."""
+    from ldm.diffusion import optimizer_kwargs
+
+    fused = optimizer_kwargs(device)
     if tc.optimizer == "adamw":
         return torch.optim.AdamW(
-            params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay
+            params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay, **fused
         )
     if tc.optimizer == "adam":
         return torch.optim.Adam(
-            params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay
+            params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay, **fused
         )
     if tc.optimizer == "sgd":
         return torch.optim.SGD(params, lr=tc.learning_rate, momentum=tc.momentum, weight_decay=tc.weight_decay)
@@ -320,6 +325,7 @@ class Trainer:
                 use_ema_warmup=tc.ema_warmup,
                 inv_gamma=1.0,
                 power=tc.ema_power,
+                foreach=True,  # one multi-tensor update instead of a Python loop over ~300 tensors
                 model_cls=type(unet),
                 model_config=unet.config,
             )
@@ -335,7 +341,7 @@ class Trainer:
 
         if tc.channels_last:
             unet = unet.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(unet.parameters(), tc)
+        optimizer = make_optimizer(unet.parameters(), tc, str(self.device))
         self.unet, self.optimizer = self.acc.prepare(unet, optimizer)
         self.raw_unet = self.acc.unwrap_model(self.unet)
         if self.ema is not None:
