@@ -414,6 +414,11 @@ def train_vae(
     if n_train == 0:
         raise UserError(f"{data_dir}: no training images left after the held-out split")
     model = build_autoencoder_kl(ac, dc.channels, dc.image_size).to(device)
+    with torch.no_grad():
+        # the posterior's log-variance is the second half of quant_conv's output. A random init gives it ~0, i.e.
+        # unit-variance noise on latents of much smaller scale, and the decoder learns little until the encoder has
+        # pushed it down; starting low (the KL term may raise it again) makes the first minutes count
+        model.quant_conv.bias[ac.latent_channels :].fill_(ac.logvar_init)
     memory_format = torch.channels_last if ac.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False) if ac.ema_decay > 0 else None

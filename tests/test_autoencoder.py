@@ -124,7 +124,7 @@ def test_build_autoencoder_levels_and_errors():
     assert tuple(m.config.block_out_channels) == (8, 16, 16, 16)  # 4 levels, last width repeated
     assert not m.config.mid_block_add_attention
     with pytest.raises(UserError, match="norm_num_groups=32 must divide"):
-        build_autoencoder_kl(AutoencoderConfig(block_out_channels=(8, 16)), 3, 32)
+        build_autoencoder_kl(AutoencoderConfig(block_out_channels=(8, 16), norm_num_groups=32), 3, 32)
     with pytest.raises(UserError, match="needs 3"):
         build_autoencoder_kl(AutoencoderConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=8), 3, 32)
     with pytest.raises(UserError, match="not a multiple"):
