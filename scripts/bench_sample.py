@@ -49,7 +49,12 @@ def build_models(args: argparse.Namespace):
         kw = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, levels=4)
     else:  # ldm train-vae defaults: down factor 4
         ac = AutoencoderConfig()
-        kw = dict(block_out_channels=ac.block_out_channels, layers_per_block=ac.layers_per_block, levels=3)
+        kw = dict(
+            block_out_channels=ac.block_out_channels,
+            layers_per_block=ac.layers_per_block,
+            norm_num_groups=ac.norm_num_groups,
+            levels=3,
+        )
     levels = kw.pop("levels")
     vae = AutoencoderKL(
         latent_channels=4,
