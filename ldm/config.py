@@ -38,7 +38,7 @@ class AutoencoderConfig:
     # --- architecture (train-vae only): a diffusers AutoencoderKL ---
     down_factor: Literal[4, 8] = 4  # spatial downsampling of the latent (image 64 -> latent 16 at 4)
     latent_channels: int = 4  # channels of the latent
-    block_out_channels: tuple[int, ...] = (16, 32, 64)  # widths per level (4 -> 3 levels, 8 -> 4); narrow = fast on CPU
+    block_out_channels: tuple[int, ...] = (16, 32, 64)  # widths per level (4: 3 levels, 8: 4); narrow is fast
     layers_per_block: int = 1  # resnet blocks per level
     norm_num_groups: int = 16  # GroupNorm groups; must divide every width
     mid_block_attention: bool = False  # self-attention in the lowest-resolution block (slow on CPU, little gain here)
@@ -100,7 +100,7 @@ class TrainingConfig:
     ema: bool = True  # keep an EMA of the weights (used for samples and export)
     ema_decay: float = 0.999  # EMA decay ceiling
     ema_warmup: bool = True  # EMA warm-up (decay grows with the step)
-    ema_power: float = 0.75  # warm-up decay = 1 - (1 + step) ** -ema_power (3/4: 0.999 at 10k steps; 2/3 for long runs)
+    ema_power: float = 0.75  # warm-up decay 1 - (1 + step) ** -power (3/4: .999 at 10k steps)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, measured on CPU
     channels_last: bool = False  # channels-last memory format (GroupNorm is 3-30x slower in it on CPU: measured)
     log_every: int = 10  # steps between metrics.jsonl lines
@@ -137,7 +137,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # type checking and coercion
 
 

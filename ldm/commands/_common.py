@@ -1,4 +1,4 @@
-"""Arguments shared by the subcommands that take a config: ``--config FILE``, ``key=value`` overrides, ``--dry-run``."""
+"""Arguments shared by the subcommands that take a config: ``--config FILE``, overrides, ``--dry-run``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from ldm.config import Config, load_config, to_yaml
 
 def add_config_arguments(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
     p.add_argument("--config", default=default_config, help="YAML config file (default: %(default)s)")
-    p.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. training.batch_size=32 unet.preset=seed"
-    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. training.batch_size=32")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 

@@ -1,6 +1,6 @@
 """``ldm quickstart``: the whole demo, end to end, each step skipped when its output is already there.
 
-    synth-faces dataset -> autoencoder (train-vae) -> latent cache (prepare) -> diffusion training -> sample grid
+synth-faces dataset -> autoencoder (train-vae) -> latent cache (prepare) -> diffusion training -> sample grid
 """
 
 from __future__ import annotations
