@@ -25,7 +25,7 @@ def test_classifier_trains_above_chance_and_is_cached(five_faces: Path, tmp_path
     cache = tmp_path / "cache"
     messages: list[str] = []
     clf = load_or_train_classifier(
-        five_faces, image_size=16, channels=1, cache_dir=cache, steps=150, log=messages.append
+        five_faces, image_size=16, channels=1, cache_dir=cache, steps=100, log=messages.append
     )
     assert clf.classes == ["s1", "s2", "s3", "s4", "s5"]
     assert clf.num_holdout == 10 and clf.num_train == 40  # 20% of 10 per class held out
@@ -43,7 +43,7 @@ def test_classifier_trains_above_chance_and_is_cached(five_faces: Path, tmp_path
     assert torch.equal(clf.predict(images.repeat(1, 3, 1, 1)), pred)
     # second call: loaded from the cache, same predictions, no training
     again = load_or_train_classifier(
-        five_faces, image_size=16, channels=1, cache_dir=cache, steps=150, log=messages.append
+        five_faces, image_size=16, channels=1, cache_dir=cache, steps=100, log=messages.append
     )
     assert "cached" in messages[-1]
     assert again.fingerprint == clf.fingerprint and torch.equal(again.predict(images), pred)
