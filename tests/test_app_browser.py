@@ -7,14 +7,13 @@ Screenshots land in test-artifacts/ (git-ignored): look at them when this test c
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from fakes import write_tiny_latent_cache
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -37,45 +36,7 @@ def _free_port() -> int:
 
 def make_tiny_cache(ws: Path) -> Path:
     """A latent cache (the documented layout) of 3 classes x 4 latents (4, 8, 8) and the tiny autoencoder it names."""
-    import torch
-    from diffusers import AutoencoderKL
-
-    vae_dir = ws / "data" / "tiny-vae"
-    torch.manual_seed(0)
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=16,
-    ).save_pretrained(vae_dir)
-    cache = ws / "data" / "latents"
-    rng = np.random.default_rng(0)
-    files = []
-    for name in CLASSES:
-        (cache / name).mkdir(parents=True)
-        pattern = rng.standard_normal((4, 8, 8)).astype(np.float32)
-        for i in range(4):
-            np.save(cache / name / f"{i}.npy", (pattern + 0.3 * rng.standard_normal((4, 8, 8))).astype(np.float32))
-            files.append(f"{name}/{i}.npy")
-    manifest = {
-        "format_version": 1,
-        "classes": CLASSES,
-        "counts": {c: 4 for c in CLASSES},
-        "num_images": 12,
-        "image_size": 16,
-        "channels": 3,
-        "latent_shape": [4, 8, 8],
-        "autoencoder": {"source": str(vae_dir), "class_name": "AutoencoderKL", "content_hash": "test"},
-        "scaling_factor": 1.0,
-        "files": files,
-    }
-    (cache / "manifest.json").write_text(json.dumps(manifest))
-    return cache
+    return write_tiny_latent_cache(ws / "data" / "tiny-vae", ws / "data" / "latents", CLASSES)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import write_tiny_latent_cache
 
 from ldm.cli import main as ldm_main
 from ldm.config import load_config
@@ -99,45 +100,8 @@ _install_stand_ins()
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     """A latent cache of 3 classes x 4 latents (4, 8, 8): class k has a distinct mean pattern plus noise."""
-    from diffusers import AutoencoderKL
-
     root = tmp_path_factory.mktemp("cache")
-    vae_dir = root / "vae"
-    torch.manual_seed(0)
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=16,
-    ).save_pretrained(vae_dir)
-    cache = root / "latents"
-    rng = np.random.default_rng(0)
-    files = []
-    for name in CLASSES:
-        (cache / name).mkdir(parents=True)
-        pattern = rng.standard_normal((4, 8, 8)).astype(np.float32)
-        for i in range(4):
-            np.save(cache / name / f"{i}.npy", (pattern + 0.3 * rng.standard_normal((4, 8, 8))).astype(np.float32))
-            files.append(f"{name}/{i}.npy")
-    manifest = {
-        "format_version": 1,
-        "classes": CLASSES,
-        "counts": {c: 4 for c in CLASSES},
-        "num_images": 12,
-        "image_size": 16,
-        "channels": 3,
-        "latent_shape": [4, 8, 8],
-        "autoencoder": {"source": str(vae_dir), "class_name": "AutoencoderKL", "content_hash": "test"},
-        "scaling_factor": 1.0,
-        "files": files,
-    }
-    (cache / "manifest.json").write_text(json.dumps(manifest))
-    return cache
+    return write_tiny_latent_cache(root / "vae", root / "latents", CLASSES)
 
 
 def _cfg(*overrides: str):
