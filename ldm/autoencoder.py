@@ -422,7 +422,14 @@ def train_vae(
     memory_format = torch.channels_last if ac.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False) if ac.ema_decay > 0 else None
-    opt = torch.optim.AdamW(model.parameters(), lr=ac.learning_rate, betas=(0.9, 0.99), weight_decay=0.0)
+    from ldm.diffusion import optimizer_kwargs
+
+    # fused AdamW: one kernel for all parameters (measured ~15 ms of a ~250 ms step with the per-tensor loop)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=ac.learning_rate, betas=(0.9, 0.99), weight_decay=0.0, **optimizer_kwargs(device)
+    )
+    ema_params = list(ema.parameters()) if ema is not None else []
+    model_params = list(model.parameters())
     amp = _autocast_dtype(ac.mixed_precision, device)
 
     disc = disc_opt = None
@@ -534,8 +541,7 @@ def train_vae(
                 # EMA warm-up (decay grows with the step) so that short runs are not dominated by the random init
                 d = min(ac.ema_decay, (1 + step) / (10 + step))
                 with torch.no_grad():
-                    for pe, pm in zip(ema.parameters(), model.parameters()):
-                        pe.lerp_(pm.detach(), 1 - d)
+                    torch._foreach_lerp_(ema_params, model_params, 1 - d)
             step += 1
 
             elapsed = time.perf_counter() - t0

@@ -167,7 +167,7 @@ def check_training_config(tc: TrainingConfig) -> None:
             "nothing says when to stop: set training.max_steps, training.epochs or training.max_minutes "
             "(or --max-steps / --epochs / --max-minutes); the first one reached ends the run"
         )
-    for key in ("max_steps", "epochs", "warmup_steps", "log_every", "sample_every", "checkpoint_every"):
+    for key in ("max_steps", "epochs", "warmup_steps", "log_every", "sample_every", "eval_every", "checkpoint_every"):
         if getattr(tc, key) < 0:
             raise UserError(f"training.{key} must be >= 0, got {getattr(tc, key)}")
     if tc.batch_size < 1 or tc.gradient_accumulation_steps < 1:
@@ -176,6 +176,8 @@ def check_training_config(tc: TrainingConfig) -> None:
         raise UserError(f"training.learning_rate must be > 0, got {tc.learning_rate}")
     if tc.ema and not 0 < tc.ema_decay < 1:
         raise UserError(f"training.ema_decay must be in (0, 1), got {tc.ema_decay}")
+    if tc.eval_every > 0 and tc.eval_num_samples < 2:
+        raise UserError(f"training.eval_num_samples must be >= 2 when eval_every is set, got {tc.eval_num_samples}")
     if tc.max_grad_norm < 0:
         raise UserError(f"training.max_grad_norm must be >= 0 (0 = no clipping), got {tc.max_grad_norm}")
 
@@ -366,8 +368,11 @@ class Trainer:
         self.latents = self.cache.latents.to(self.device)
         self.labels = self.cache.labels.to(self.device)
         self.vae = None
+        self.evaluator = None
         if self.main:
             self._vae()  # load it now: a missing autoencoder should fail before training, not at the first grid
+            if tc.eval_every > 0:
+                self.evaluator = self._make_evaluator()  # likewise a missing .[eval] extra or real-image folder
         self.t0 = time.monotonic()  # reset by run(); set here so step() works on its own (benchmarks)
 
     def _load_checkpoint(self, unet: torch.nn.Module) -> dict[str, Any]:
@@ -502,6 +507,47 @@ class Trainer:
                 raise UserError(f"the latent cache manifest {self.latents_path} names no autoencoder source")
             self.vae = load_autoencoder(source, device=self.device).model
         return self.vae
+
+    def _make_evaluator(self) -> Any:
+        """The :class:`ldm.evaluation.QuickEvaluator` of ``training.eval_every`` (real images, their Inception
+        features and the class classifier are loaded or computed once, here, and cached per dataset)."""
+        from ldm.evaluation import QuickEvaluator
+
+        tc, m = self.tc, self.cache.manifest
+        real = tc.eval_data or m.get("data_dir") or ""
+        if not real or not Path(real).is_dir():
+            raise UserError(
+                f"training.eval_every={tc.eval_every} needs the real images: training.eval_data="
+                f"{tc.eval_data!r} and the latent cache's data_dir={m.get('data_dir')!r} is not a folder; set "
+                "training.eval_data=DIR (one subfolder per class) or training.eval_every=0"
+            )
+        self.log(f"quick evaluation every {tc.eval_every} steps: {tc.eval_num_samples} samples against {real}")
+        return QuickEvaluator(
+            real,
+            image_size=int(m.get("image_size") or self.cfg.data.image_size),
+            channels=int(m.get("channels") or self.cfg.data.channels),
+            num_samples=tc.eval_num_samples,
+            scheduler=tc.sample_scheduler,
+            num_inference_steps=tc.sample_num_inference_steps,
+            guidance_scale=tc.sample_guidance_scale,
+            seed=tc.sample_seed,
+            device=str(self.device),
+            log=self.log,
+        )
+
+    def quick_eval(self) -> dict[str, Any]:
+        """Small-sample KID and class accuracy of the EMA weights; the row appended to metrics.jsonl."""
+        from ldm.evaluation import quick_eval
+
+        res = quick_eval(
+            self.evaluator,
+            self._eval_unet(),
+            self._vae(),
+            self.scheduler.config,
+            class_names=self.classes,
+            scaling_factor=self.cache.scaling_factor,
+        )
+        return {"step": self.step_count, "elapsed": round(self._elapsed(), 2), **res}
 
     def sample_grid(self) -> Path:
         """Decode a fixed-noise grid (one row per class, same seeds in every row) with the EMA weights."""
@@ -739,6 +785,20 @@ class Trainer:
                         last_sample_step = self.step_count
                         self.log(f"step {self.step_count}: samples -> {last_grid}")
                     self.acc.wait_for_everyone()
+                if self.evaluator is not None and self.step_count % tc.eval_every == 0:
+                    from ldm.evaluation import plot_eval_metrics
+
+                    t_eval = time.monotonic()
+                    row = self.quick_eval()
+                    append_metrics(self.out, row)
+                    records.append(row)
+                    plot_eval_metrics(records, self.out / "eval.png")
+                    self.log(
+                        f"step {self.step_count}: KID {row['eval_kid']:.4f} +- {row['eval_kid_std']:.4f}, class "
+                        f"accuracy {row['eval_class_accuracy']:.2f} ({row['eval_num_samples']} samples, "
+                        f"{row['eval_seconds']:.0f} s, not counted in max_minutes) -> eval.png"
+                    )
+                    self.t0 += time.monotonic() - t_eval  # the time budget is for training
                 if tc.checkpoint_every > 0 and self.step_count % tc.checkpoint_every == 0 and not at_end:
                     last_ckpt = self.save_checkpoint(self.last_loss)
                     last_ckpt_step = self.step_count

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# Tests start CLI subprocesses, app workers and browsers beside the pytest process: OpenMP threads that spin-wait
+# would steal the other core from them (see ldm/__init__.py). Set before anything imports torch.
+os.environ["GOMP_SPINCOUNT"] = "0"
+
+from pathlib import Path  # noqa: E402
 
 import pytest
 

