@@ -63,8 +63,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-
-
 def run(args: argparse.Namespace) -> int:
     from ldm.errors import UserError
     from ldm.evaluation import MIN_PER_CLASS, evaluate_run
