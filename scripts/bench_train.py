@@ -2,7 +2,7 @@
 
     python scripts/bench_train.py                 # seed preset, 16x16x4 latents, batch 64, 10 timed steps
     python scripts/bench_train.py --quick         # 3 timed steps, smaller peak probes
-    GOMP_SPINCOUNT=0 python scripts/bench_train.py   # on a machine shared with other jobs (see --help)
+    python scripts/bench_train.py --spin-count 0  # on a machine shared with other jobs (see --help)
 
 Prints, all measured in the same run:
   * this machine's peak: the best of a large matrix multiply and a 3x3 convolution (channels-last), each in
@@ -17,10 +17,11 @@ Prints, all measured in the same run:
     (``torch.utils.flop_counter.FlopCounterMode``) and the fraction of peak; and the ratio of (b) to (a).
 
 The variants run interleaved (one step of each in turn) so a load change on a shared machine hits them alike.
-On a machine shared with other jobs, two OpenMP threads spin-wait for each other at every parallel region (and
-oneDNN's bf16 kernels have their own spin barriers): wall-clock medians then swing by 10x; ``--threads 1`` gives
-stable numbers (CPU seconds per step are the least noisy), and the best step shows what the code does when the
-cores are free.
+``import ldm`` sets ``GOMP_SPINCOUNT=10000`` unless it is set (see ``ldm/__init__.py``): OpenMP threads spin
+briefly, then sleep. On a machine shared with other jobs spinning threads wait for each other at every parallel
+region (and oneDNN's bf16 kernels have their own spin barriers): wall-clock medians then swing by 10x;
+``--spin-count 0`` or ``--threads 1`` give stable numbers (CPU seconds per step are the least noisy), and the
+best step shows what the code does when the cores are free.
 """
 
 from __future__ import annotations
@@ -265,6 +266,7 @@ def main() -> int:
     if args.spin_count is not None:
         os.environ["GOMP_SPINCOUNT"] = str(args.spin_count)  # read when libgomp loads, i.e. at `import torch`
     sys.path.insert(0, str(ROOT))
+    import ldm  # noqa: F401  (its GOMP_SPINCOUNT default applies, as in `ldm train`, before torch loads)
     import torch
 
     if args.threads:
