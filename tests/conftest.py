@@ -28,20 +28,10 @@ def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny, seeded diffusers AutoencoderKL (RGB, widths (8, 16), 4 latent channels, down factor 2), saved with
     ``save_pretrained``; returns its folder."""
     import torch
-    from diffusers import AutoencoderKL
+    from fakes import tiny_autoencoder
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
+    vae = tiny_autoencoder()
     out = tmp_path_factory.mktemp("tiny-vae")
     vae.save_pretrained(out)
     return out

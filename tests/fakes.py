@@ -8,17 +8,12 @@ from pathlib import Path
 import numpy as np
 
 
-def write_tiny_latent_cache(vae_dir: Path, cache: Path, classes: list[str]) -> Path:
-    """Save a tiny AutoencoderKL (16 px -> (4, 8, 8)) at ``vae_dir`` and a latent cache naming it at ``cache``.
-
-    Documented layout (``<class>/<n>.npy`` + ``manifest.json``), 4 latents per class: class k has a distinct mean
-    pattern plus noise, so a denoiser can learn the classes apart.
-    """
-    import torch
+def tiny_autoencoder(sample_size: int = 16):
+    """An untrained diffusers AutoencoderKL for tests: RGB, widths (8, 16), 4 latent channels, down factor 2
+    (weights from the current torch seed)."""
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(0)
-    AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
@@ -27,8 +22,20 @@ def write_tiny_latent_cache(vae_dir: Path, cache: Path, classes: list[str]) -> P
         latent_channels=4,
         norm_num_groups=8,
         layers_per_block=1,
-        sample_size=16,
-    ).save_pretrained(vae_dir)
+        sample_size=sample_size,
+    )
+
+
+def write_tiny_latent_cache(vae_dir: Path, cache: Path, classes: list[str]) -> Path:
+    """Save a tiny AutoencoderKL (16 px -> (4, 8, 8)) at ``vae_dir`` and a latent cache naming it at ``cache``.
+
+    Documented layout (``<class>/<n>.npy`` + ``manifest.json``), 4 latents per class: class k has a distinct mean
+    pattern plus noise, so a denoiser can learn the classes apart.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    tiny_autoencoder().save_pretrained(vae_dir)
     rng = np.random.default_rng(0)
     files = []
     for name in classes:

@@ -26,7 +26,8 @@ CLASSES = ["frowning", "smiling", "sleepy"]
 def make_tiny_run(run: Path, steps: int = 10) -> Path:
     """A finished run folder with a tiny exported pipeline (untrained weights: images are noise, shapes are real)."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler, UNet2DModel
+    from fakes import tiny_autoencoder
 
     from ldm.pipeline import build_pipeline
 
@@ -42,17 +43,7 @@ def make_tiny_run(run: Path, steps: int = 10) -> Path:
         norm_num_groups=8,
         num_class_embeds=len(CLASSES) + 1,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=8,
-    )
+    vae = tiny_autoencoder(sample_size=8)
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     pipe = build_pipeline(unet, vae, sched.config, CLASSES, scaling_factor=1.0)
     pipe.save_pretrained(run / "pipeline")
