@@ -407,6 +407,13 @@ def train_vae(
     if not 0.0 <= ac.ema_decay < 1.0:
         raise UserError(f"autoencoder.ema_decay must be in [0, 1), got {ac.ema_decay}")
 
+    crop = ac.crop_size
+    if crop and (crop % ac.down_factor or not ac.down_factor <= crop <= dc.image_size):
+        raise UserError(
+            f"autoencoder.crop_size={crop}: accepted are 0 (whole images) or a multiple of down_factor "
+            f"({ac.down_factor}) between {ac.down_factor} and data.image_size ({dc.image_size})"
+        )
+    crop = 0 if crop == dc.image_size else crop
     seed_everything(ac.seed)
     device = torch.device(ac.device if ac.device != "auto" else default_device())
     train_x, hold_x, scan = _load_images(data_dir, dc.image_size, dc.channels, ac.seed, dc.holdout_fraction)
@@ -498,6 +505,11 @@ def train_vae(
             if dc.hflip:
                 flip = torch.rand(len(x), generator=gen) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if crop:
+                # one random window per image, on the latent grid (offsets are multiples of the down factor)
+                cells = (dc.image_size - crop) // ac.down_factor + 1
+                offs = torch.randint(0, cells, (len(x), 2), generator=gen) * ac.down_factor
+                x = torch.stack([img[:, i : i + crop, j : j + crop] for img, (i, j) in zip(x, offs.tolist())])
             x = x.to(device).contiguous(memory_format=memory_format)
 
             model.train()

@@ -44,6 +44,7 @@ class AutoencoderConfig:
     mid_block_attention: bool = False  # self-attention in the lowest-resolution block (slow on CPU, little gain here)
     # --- training (train-vae only) ---
     batch_size: int = 8  # images per step (small batches, many steps: best PSNR in a few CPU minutes, measured)
+    crop_size: int = 0  # train on random crops of this side (a multiple of down_factor); 0 = whole images
     learning_rate: float = 2e-3  # peak AdamW learning rate
     warmup_steps: int = 50  # linear warm-up steps before cosine decay
     max_steps: int = 100_000  # upper bound on steps (max_minutes usually ends the run first)

@@ -119,6 +119,32 @@ def test_time_budget_ends_the_run(att_faces: Path, tmp_path: Path):
     assert result["steps"] <= 2 and (tmp_path / "run" / "vae" / "config.json").is_file()
 
 
+def test_crop_training_sees_crops_but_evaluates_and_saves_whole_images(att_faces: Path, tmp_path: Path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    shapes = []
+    real_encode = AutoencoderKL.encode
+
+    def spy(self, x, *a, **k):
+        if self.training:
+            shapes.append(tuple(x.shape[-2:]))
+        return real_encode(self, x, *a, **k)
+
+    monkeypatch.setattr(AutoencoderKL, "encode", spy)
+    cfg = load_config(None, TINY + ["autoencoder.crop_size=8"])
+    result = train_vae(cfg, att_faces, tmp_path / "run", progress=False)
+    assert shapes == [(8, 8)] * 4  # training steps: 8x8 windows of the 16x16 images
+    assert result["latent_shape"] == [4, 4, 4] and math.isfinite(result["psnr"])  # held-out: whole images
+
+
+@pytest.mark.parametrize("size", [6, 20, 2])
+def test_bad_crop_size_is_a_clear_error_before_training(att_faces: Path, tmp_path: Path, size: int):
+    cfg = load_config(None, TINY + [f"autoencoder.crop_size={size}"])
+    with pytest.raises(UserError, match=r"crop_size=.*multiple of down_factor \(4\) between 4 and data.image_size"):
+        train_vae(cfg, att_faces, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "vae").exists()
+
+
 def test_build_autoencoder_levels_and_errors():
     m = build_autoencoder_kl(AutoencoderConfig(down_factor=8, block_out_channels=(8, 16), norm_num_groups=8), 3, 32)
     assert tuple(m.config.block_out_channels) == (8, 16, 16, 16)  # 4 levels, last width repeated
