@@ -414,6 +414,7 @@ def train_vae(
             f"({ac.down_factor}) between {ac.down_factor} and data.image_size ({dc.image_size})"
         )
     crop = 0 if crop == dc.image_size else crop
+    crop_cells = (dc.image_size - crop) // ac.down_factor + 1  # window positions per axis, on the latent grid
     seed_everything(ac.seed)
     device = torch.device(ac.device if ac.device != "auto" else default_device())
     train_x, hold_x, scan = _load_images(data_dir, dc.image_size, dc.channels, ac.seed, dc.holdout_fraction)
@@ -507,8 +508,7 @@ def train_vae(
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             if crop:
                 # one random window per image, on the latent grid (offsets are multiples of the down factor)
-                cells = (dc.image_size - crop) // ac.down_factor + 1
-                offs = torch.randint(0, cells, (len(x), 2), generator=gen) * ac.down_factor
+                offs = torch.randint(0, crop_cells, (len(x), 2), generator=gen) * ac.down_factor
                 x = torch.stack([img[:, i : i + crop, j : j + crop] for img, (i, j) in zip(x, offs.tolist())])
             x = x.to(device).contiguous(memory_format=memory_format)
 
