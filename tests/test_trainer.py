@@ -373,3 +373,28 @@ def test_two_processes_over_gloo_resume_exactly(cache, tmp_path):
     losses_a = {m["step"]: m["loss"] for m in read_metrics(a)}
     losses_b = {m["step"]: m["loss"] for m in read_metrics(b)}
     assert losses_b[3] == losses_a[3] and losses_b[4] == losses_a[4]
+
+
+def test_loss_png_redraws_are_throttled_but_the_last_is_forced(tmp_path, monkeypatch):
+    """loss.png is redrawn at most once per max(10 s, 30x a draw's cost) (a redraw costs 0.3-0.4 s on 2 cores), so
+    plotting stays a few percent of a run even with log_every=1; the forced draw at the end always happens."""
+    import ldm.trainer as trainer_mod
+    from ldm.trainer import Trainer
+
+    clock = [1000.0]
+    drawn: list[int] = []
+    monkeypatch.setattr(trainer_mod.time, "monotonic", lambda: clock[0])
+
+    def fake_plot(records, path, title=""):
+        drawn.append(len(records))
+        clock[0] += 0.5  # this draw "took" 0.5 s: the next is allowed 15 s later
+
+    monkeypatch.setattr(trainer_mod, "plot_loss", fake_plot)
+    fake = types.SimpleNamespace(out=tmp_path)
+    records: list[dict] = []
+    for step in range(1, 41):  # one log line per second of training
+        records.append({"step": step, "loss": 1.0 / step})
+        Trainer._plot(fake, list(records), force=step == 40)
+        clock[0] += 1.0
+    # first log draws at once; then every ~15.5 s (30 x 0.5 s draw); the last one is forced
+    assert drawn == [1, 16, 31, 40]
