@@ -654,7 +654,8 @@ class Trainer:
         if not force and now - getattr(self, "_plot_at", -1e9) < max(10.0, 30 * getattr(self, "_plot_cost", 0.0)):
             return
         plot_loss(records, self.out / "loss.png", title=self.out.name)
-        self._plot_at, self._plot_cost = time.monotonic(), time.monotonic() - now
+        self._plot_at = time.monotonic()
+        self._plot_cost = self._plot_at - now
 
     # -- the loop ---------------------------------------------------------------------------------------------------
 
