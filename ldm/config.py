@@ -75,7 +75,8 @@ class UNetConfig:
 class DiffusionConfig:
     num_train_timesteps: int = 1000  # DDPM training steps
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"  # noise schedule
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # what the UNet predicts
+    # what the UNet predicts; v: clean samples after 1000 steps where epsilon's are blotchy (demo and att-faces-20)
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     loss: Literal["mse", "l1", "huber"] = "mse"  # loss on the prediction ("l1" is the original's "MAE")
     huber_delta: float = 0.1  # delta of the huber loss (smooth_l1 beta), in prediction units
     snr_gamma: Optional[float] = 5.0  # min-SNR-gamma weighting (Hang et al. 2023); None = unweighted
