@@ -87,7 +87,8 @@ def test_scheduler_follows_config():
 @pytest.mark.parametrize("loss", ["mse", "l1", "huber"])
 def test_each_loss_equals_its_formula(tiny_unet, batch, loss):
     latents, labels = batch
-    cfg = DiffusionConfig(loss=loss, huber_delta=0.1, snr_gamma=None, label_dropout=0.0)
+    # epsilon target (the noise), so the formulas below are the losses themselves; v targets: the next test
+    cfg = DiffusionConfig(prediction_type="epsilon", loss=loss, huber_delta=0.1, snr_gamma=None, label_dropout=0.0)
     scheduler = make_train_scheduler(cfg)
     with torch.no_grad():
         got = diffusion_loss(tiny_unet, scheduler, latents, labels, cfg, NUM_CLASSES, torch.Generator().manual_seed(7))

@@ -167,6 +167,7 @@ def test_export_from_checkpoint(run_dir, pipe, tiny_vae_dir, tmp_path):
     (run / "checkpoints" / "latest").write_text("step-000010\n")
     cfg = Config()
     cfg.diffusion.beta_schedule = "squaredcos_cap_v2"
+    cfg.diffusion.prediction_type = pipe.scheduler.config.prediction_type  # what the fixture's UNet was built for
     save_config(cfg, run / "config.yaml")
     out, _ = export_pipeline(run, tmp_path / "exp")
     exp = ClassConditionalLatentDiffusionPipeline.from_pretrained(out)

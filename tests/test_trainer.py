@@ -160,20 +160,22 @@ def test_cli_trains_and_writes_the_run_folder(cache, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_loss_falls_when_overfitting_one_batch(cache, tmp_path):
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_falls_when_overfitting_one_batch(cache, tmp_path, prediction_type):
     losses = []
     cfg = _cfg(
-        "training.max_steps=40",
+        "training.max_steps=60",
         "training.lr_schedule=constant",
         "training.batch_size=12",  # the whole cache: every step sees the same batch
         "training.learning_rate=5e-3",
         "training.ema=false",
         "diffusion.snr_gamma=null",
+        f"diffusion.prediction_type={prediction_type}",
     )
     _train(cfg, cache, tmp_path / "run", on_log=lambda r: losses.append(r["loss"]))
-    assert len(losses) == 40
+    assert len(losses) == 60
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
-    assert last < 0.7 * first, (first, last)  # measured: 0.88 -> 0.52
+    assert last < 0.65 * first, (first, last)  # measured: epsilon 0.88 -> 0.41, v 1.02 -> 0.58
 
 
 def test_resume_continues_exactly(cache, tmp_path):
