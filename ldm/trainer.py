@@ -284,6 +284,7 @@ class Trainer:
 
         self.log = RunLog(self.out / "train.log", echo=self._echo if self.main else None)
         self.bar = None
+        self._plot_at, self._plot_cost = -1e9, 0.0  # time and cost of the last loss.png redraw (see _plot)
 
     # -- output helpers -----------------------------------------------------------------------------------------------
 
@@ -651,7 +652,7 @@ class Trainer:
         plotting costs at most ~3% of the run even with log_every=1. (A redraw takes 0.3-0.4 s on a 2-core CPU: the
         earlier 2 s / 10x rule spent ~10% of a 5-minute run on it. The app draws its own curve from metrics.jsonl.)"""
         now = time.monotonic()
-        if not force and now - getattr(self, "_plot_at", -1e9) < max(10.0, 30 * getattr(self, "_plot_cost", 0.0)):
+        if not force and now - self._plot_at < max(10.0, 30 * self._plot_cost):
             return
         plot_loss(records, self.out / "loss.png", title=self.out.name)
         self._plot_at = time.monotonic()
