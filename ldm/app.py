@@ -388,6 +388,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                     )
                     runs_refresh = gr.Button("Refresh", scale=1, min_width=90, elem_id="ldm-runs-refresh")
                     use = gr.Button("Use for inference", variant="primary", scale=2, min_width=150, elem_id="ldm-use")
+                    resume_run = gr.Button("Resume training", scale=2, min_width=150, elem_id="ldm-resume-run")
                 runs_table = gr.Dataframe(
                     label="Runs (newest first)", interactive=False, wrap=True, elem_id="ldm-runs-table"
                 )
@@ -400,6 +401,10 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                 use.click(
                     app.use_for_inference, run_pick, [model, tabs, run_details, notice], api_name="use_for_inference"
                 )
+                # any run with a checkpoint, started here or by `ldm train`; progress shows in the Training tab
+                resume_run.click(
+                    app.resume_run, run_pick, [train_message, timer, tabs, run_details], api_name="resume_run"
+                ).then(app.poll, None, live, api_visibility="private")
 
         def on_load() -> list[Any]:
             """Page (re)load: discover models, runs and folders, and reattach to the running job."""

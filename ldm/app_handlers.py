@@ -27,6 +27,7 @@ from ldm.app_settings import (
     load_settings,
     plan_job,
     plan_resume,
+    plan_resume_run,
     save_settings,
 )
 from ldm.config import ConfigError
@@ -369,6 +370,21 @@ class LdmApp:
             return _warn(str(e)), gr.Timer(active=self.jobs.is_running())
         gr.Info("resuming from the newest checkpoint")
         return f"Resumed **{self.ws.rel(plan.run)}** from its newest checkpoint.", gr.Timer(active=True)
+
+    def resume_run(self, run: str | None) -> tuple[str, Any, Any, str]:
+        """Resume the run picked in the Runs tab and switch to the Training tab, which shows its progress:
+        (training message, timer update, tabs update, runs-tab message)."""
+        try:
+            job = self.jobs.current()
+            if job and job.get("state") == "running":
+                raise UserError(f"a job is running ({self.ws.rel(job['run'])}); stop it first or wait for it to end")
+            plan = plan_resume_run(self.ws, run)
+            self.jobs.start(plan.run, plan.phases, plan.log, plan.info)
+        except (UserError, ConfigError) as e:
+            return gr.Markdown(), gr.Timer(active=self.jobs.is_running()), gr.Tabs(), _warn(str(e))
+        gr.Info("resuming from the newest checkpoint")
+        message = f"Resumed **{self.ws.rel(plan.run)}** from its newest checkpoint."
+        return message, gr.Timer(active=True), gr.Tabs(selected="training"), message
 
     def poll(self) -> tuple[str, Any, Any, str, Any]:
         """Live view of the job: (progress HTML, loss frame, newest sample grid, log tail, timer update).

@@ -280,14 +280,30 @@ def _autoencoder_source(ws: Workspace, text: str) -> str:
 
 
 def plan_resume(ws: Workspace, job: dict[str, Any] | None) -> JobPlan:
-    """Continue the last job's run from its newest checkpoint (``ldm train --resume latest``)."""
+    """Continue the last job's run from its newest checkpoint (``ldm train --resume latest``), with its settings."""
     if not job or not job.get("run"):
-        raise UserError("nothing to resume: no training job was started from this app in this workspace")
-    run = ws.resolve(job["run"], what="run folder")
-    if not (run / "checkpoints" / "latest").is_file():
+        raise UserError(
+            "nothing to resume: no training job was started from this app in this workspace; to continue a run "
+            "started elsewhere (e.g. by `ldm train`), pick it in the Runs tab and press Resume training"
+        )
+    return plan_resume_run(ws, job["run"], job.get("info") or {})
+
+
+def plan_resume_run(ws: Workspace, run_text: str | Path | None, info: dict[str, Any] | None = None) -> JobPlan:
+    """Continue any run of the workspace from its newest checkpoint, on the latent cache that checkpoint records
+    (or ``info["latents"]``), with the run's own config plus ``info["overrides"]``."""
+    from ldm.runs import checkpoint_latents, latest_checkpoint
+
+    run = ws.resolve(run_text, what="run folder")
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
         raise UserError(f"run {ws.rel(run)} has no checkpoint yet, so it cannot be resumed; start it again instead")
-    info = job.get("info") or {}
-    latents = ws.resolve(info.get("latents"), what="latent folder")
+    info = dict(info or {})
+    recorded = info.get("latents") or checkpoint_latents(ckpt)
+    if not recorded:
+        raise UserError(f"run {ws.rel(run)}: its checkpoint {ckpt.name} does not say which latent cache it used")
+    latents = ws.resolve(recorded, what=f"latent folder of run {ws.rel(run)}")
+    info["latents"] = str(latents)
     argv = _ldm("train", "--latents", str(latents), "--out", str(run), "--resume", "latest")
     argv += list(info.get("overrides") or [])
     return JobPlan(

@@ -338,6 +338,15 @@ def resolve_resume(out: str | Path, resume: str | Path) -> Path:
     )
 
 
+def checkpoint_latents(ckpt: str | Path) -> Path | None:
+    """The latent cache folder a checkpoint was trained on (recorded in its state.json), or None if it names none."""
+    try:
+        recorded = json.loads((Path(ckpt) / CHECKPOINT_STATE_FILE).read_text()).get("latents")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(recorded) if isinstance(recorded, str) and recorded else None
+
+
 def existing_run_problem(out: str | Path) -> str | None:
     """A message when ``out`` already holds a trained run (complete checkpoints), else None."""
     ckpts = list_checkpoints(out)

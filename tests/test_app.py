@@ -211,14 +211,76 @@ def test_resume_plan(tmp_path):
     run.mkdir(parents=True)
     with pytest.raises(UserError, match="no checkpoint yet"):
         plan_resume(ws, job)
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "latest").write_text("step-000004")
+    (run / "checkpoints" / "step-000004").mkdir(parents=True)
+    (run / "checkpoints" / "step-000004" / "state.json").write_text(json.dumps({"latents": "/elsewhere"}))
     plan = plan_resume(ws, job)
     assert plan.phases[0].argv[-3:] == ["--resume", "latest", "unet.preset=tiny"]
-    with pytest.raises(UserError, match="nothing to resume"):
+    assert plan.latents == tmp_path  # the job's own latents win over the checkpoint's record
+    with pytest.raises(UserError, match="nothing to resume.*Runs tab"):
         plan_resume(ws, None)
     with pytest.raises(UserError, match="outside the workspace"):
         plan_resume(ws, {**job, "run": "/etc"})
+
+
+def test_resume_plan_for_a_run_not_started_by_the_app(tmp_path):
+    from ldm.app_settings import plan_resume_run
+
+    ws = Workspace(tmp_path)
+    run, cache = tmp_path / "runs" / "cli", tmp_path / "data" / "latents" / "c"
+    ckpt = run / "checkpoints" / "step-000007"
+    ckpt.mkdir(parents=True)
+    state = ckpt / "state.json"
+    state.write_text(json.dumps({"latents": str(cache)}))
+    with pytest.raises(UserError, match="latent folder of run runs/cli .*does not exist"):
+        plan_resume_run(ws, "runs/cli")
+    cache.mkdir(parents=True)
+    plan = plan_resume_run(ws, "runs/cli")
+    argv = plan.phases[0].argv
+    assert argv[argv.index("--latents") + 1] == str(cache) and argv[-2:] == ["--resume", "latest"]
+    assert plan.info["latents"] == str(cache)
+    state.write_text(json.dumps({"latents": "/etc"}))
+    with pytest.raises(UserError, match="outside the workspace"):
+        plan_resume_run(ws, "runs/cli")
+    state.write_text(json.dumps({"step": 7}))
+    with pytest.raises(UserError, match="does not say which latent cache"):
+        plan_resume_run(ws, "runs/cli")
+
+
+def test_runs_tab_resumes_a_stopped_cli_run(tmp_path):
+    """A run stopped outside the app (here: the trainer's safe stop after one step) continues from the Runs tab."""
+    from fakes import write_tiny_latent_cache
+
+    from ldm.config import load_config
+    from ldm.trainer import train
+
+    cache = write_tiny_latent_cache(tmp_path / "runs" / "vae", tmp_path / "data" / "latents" / "c", CLASSES)
+    run = tmp_path / "runs" / "cli"
+    cfg = load_config(
+        None,
+        [
+            "unet.preset=tiny",
+            "training.batch_size=4",
+            "training.max_steps=3",
+            "training.sample_every=0",
+            "training.sample_num_inference_steps=2",
+            "training.sample_num_images=1",
+            "diffusion.num_train_timesteps=100",
+        ],
+    )
+    stopped = train(cfg, cache, run, should_stop=lambda: True, progress=False, device="cpu")
+    assert stopped.state == "stopped" and stopped.step == 1
+    app = LdmApp(tmp_path)
+    message, timer, tabs, runs_message = app.resume_run(str(run))
+    assert "Resumed **runs/cli**" in message and runs_message == message
+    assert tabs.selected == "training"
+    job = app.jobs.wait(180)
+    assert job["state"] == "finished", (run / "app-job.log").read_text()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 3
+    # a run without a checkpoint cannot be resumed, and says so
+    (tmp_path / "runs" / "empty").mkdir()
+    *_, runs_message = app.resume_run(str(tmp_path / "runs" / "empty"))
+    assert "no checkpoint yet" in runs_message
 
 
 # --------------------------------------------------------------------------------------------------------------------

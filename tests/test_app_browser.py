@@ -7,6 +7,7 @@ Screenshots land in test-artifacts/ (git-ignored): look at them when this test c
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
@@ -142,6 +143,17 @@ def test_train_stop_pick_generate_in_chromium(tmp_path, browser_page):
         _wait(page, "the run in the runs table", lambda: "runs/browser-run" in table.inner_text(), 20)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "browser-5-runs.png"), full_page=True)
+
+        # ---- Resume training from the Runs tab: back in the Training tab, the run goes on past its checkpoint
+        stopped_at = json.loads((ws / "runs" / "browser-run" / "status.json").read_text())["step"]
+        page.locator("#ldm-resume-run").click()
+        _wait(page, "the resumed run to train on", lambda: _progress(page)[1] > stopped_at, 120)
+        assert _progress(page)[0] == "running"
+        page.screenshot(path=str(ARTIFACTS / "browser-5b-resumed.png"), full_page=True)
+        page.locator("#ldm-stop").click()
+        _wait(page, "the resumed run to stop", lambda: _progress(page)[0] in ("stopped", "finished", "failed"), 90)
+        assert _progress(page)[0] == "stopped", page.locator("#ldm-progress").inner_text()
+        page.get_by_role("tab", name="Runs").click()
         page.locator("#ldm-use").click()
 
         # ---- Inference tab: the run is selected; generate 4 images with 5 steps

@@ -7,6 +7,7 @@ AutoencoderKL the test saves itself.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -281,6 +282,28 @@ def test_refuses_to_overwrite_an_existing_run(cache, tmp_path, capsys):
     assert ldm_main(["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--no-progress"]) == 0
     status = read_status(run)
     assert status["state"] == "finished" and status["step"] == 2 and "already reached max_steps=2" in status["message"]
+
+
+def test_resume_from_the_cli_uses_the_cache_the_run_was_trained_on(cache, tmp_path, capsys):
+    moved = tmp_path / "cache-copy"
+    shutil.copytree(cache, moved)
+    run = tmp_path / "run"
+    _train(_cfg("training.max_steps=1"), moved, run)
+    # no --latents: the checkpoint names its cache
+    assert ldm_main(["train", "--out", str(run), "--resume", "latest", "--max-steps", "2", "--no-progress"]) == 0
+    assert read_status(run)["step"] == 2
+    # that cache gone: a clear error naming it, and --latents still works
+    shutil.rmtree(moved)
+    assert ldm_main(["train", "--out", str(run), "--resume", "latest", "--max-steps", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(moved.resolve()) in err and "no longer there" in err and "--latents" in err
+    argv = ["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--max-steps", "3"]
+    assert ldm_main([*argv, "--no-progress"]) == 0
+    assert read_status(run)["step"] == 3
+    # a new run needs its cache
+    assert ldm_main(["train", "--out", str(tmp_path / "new"), "--max-steps", "1", *TINY]) == 2
+    assert "--latents CACHE is required" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_bad_config_key_exits_2_naming_the_key(cache, tmp_path, capsys):

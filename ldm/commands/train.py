@@ -1,7 +1,7 @@
 """``ldm train``: train the class-conditional diffusion UNet on a latent cache, into a run folder.
 
     ldm train --latents data/latents/demo --out runs/demo --config configs/demo.yaml
-    ldm train --latents data/latents/demo --out runs/demo --resume latest --max-steps 4000
+    ldm train --out runs/demo --resume latest --max-steps 4000     # the cache the run was trained on
     ldm train --latents data/latents/faces --out runs/lr1e-3 --config configs/faces.yaml training.learning_rate=1e-3
 
 Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and the exported pipeline, and exits 0
@@ -22,7 +22,12 @@ HELP = "train the diffusion model on a latent cache (resumable, safe to stop wit
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--latents", required=True, metavar="CACHE", help="latent cache folder made by `ldm prepare`")
+    p.add_argument(
+        "--latents",
+        default=None,
+        metavar="CACHE",
+        help="latent cache folder made by `ldm prepare` (with --resume: by default the one the run was trained on)",
+    )
     p.add_argument("--out", required=True, metavar="RUN", help="run folder, e.g. runs/NAME")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps (training.max_steps)")
     p.add_argument("--epochs", type=int, default=None, help="stop after N passes over the cache (training.epochs)")
@@ -87,20 +92,33 @@ def run(args: argparse.Namespace) -> int:
         extra.append(f"training.epochs={args.epochs}")
     if args.max_minutes is not None:
         extra.append(f"training.max_minutes={args.max_minutes}")
-    if args.resume is not None and args.config is None:
-        # Continuing a run means continuing its recipe: start from its own resolved config.
-        from ldm.runs import resolve_resume
+    from ldm.errors import UserError
+
+    recorded = None
+    if args.resume is not None:
+        # Continuing a run means continuing its recipe: start from its own resolved config, on its own cache.
+        from ldm.runs import checkpoint_latents, resolve_resume
 
         ckpt = resolve_resume(args.out, args.resume)
         run_config = ckpt.parent.parent / "config.yaml"
-        if run_config.is_file():
+        if args.config is None and run_config.is_file():
             args.config = str(run_config)
+        if args.latents is None:
+            recorded = checkpoint_latents(ckpt)
+            if recorded is None:
+                raise UserError(f"--resume: checkpoint {ckpt} does not record its latent cache; pass --latents CACHE")
+            args.latents = str(recorded)
+    elif args.latents is None:
+        raise UserError("--latents CACHE is required for a new run (a folder made by `ldm prepare`)")
     cfg = resolve_config(args, extra)
     if dry_run(args, cfg):
         return 0
     if not Path(args.latents).is_dir():
-        from ldm.errors import UserError
-
+        if recorded is not None:
+            raise UserError(
+                f"--resume: the run was trained on the latent cache {recorded}, which is no longer there; "
+                "pass --latents CACHE (the same images, encoded by the same autoencoder)"
+            )
         raise UserError(f"--latents {args.latents}: no such folder (make one with `ldm prepare`)")
 
     import torch
