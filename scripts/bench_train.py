@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TARGET_RATIO = 1.5  # issue 3: our trainer's step at least 1.5x the original's plain float32 loop
 
 
 def parse_args() -> argparse.Namespace:
@@ -363,6 +364,9 @@ def main() -> int:
             f"{a['cpu_s_per_step'] / r['cpu_s_per_step']:.2f}x CPU time per step, "
             f"{r['images_per_s_max'] / a['images_per_s_max']:.2f}x best step"
         )
+    ratio = results[ours_name]["images_per_s"] / a["images_per_s"]
+    verdict = "met" if ratio >= TARGET_RATIO else "not met"
+    print(f"target (b)/(a) >= {TARGET_RATIO}x images/s: {verdict} ({ratio:.2f}x)")
     if precision == "no":
         print(
             f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no fast bfloat16 kernels "
