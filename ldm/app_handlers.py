@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import gradio as gr
 
 from ldm.app_settings import (
+    JobPlan,
     TrainSettings,
     load_settings,
     plan_job,
@@ -359,13 +361,20 @@ class LdmApp:
         gr.Info("stopping: the trainer finishes its step and saves a checkpoint")
         return f"Stop requested for **{self.ws.rel(job['run'])}**: finishing the step, saving a checkpoint."
 
+    def _start_resume(self, plan_for: Callable[[dict[str, Any] | None], JobPlan]) -> JobPlan:
+        """Start ``plan_for(last job)`` unless a job is running (UserError then)."""
+        job = self.jobs.current()
+        if job and job.get("state") == "running":
+            raise UserError(
+                f"a job is running ({self.ws.rel(job['run'])}); Resume continues a stopped run: stop it or wait for it"
+            )
+        plan = plan_for(job)
+        self.jobs.start(plan.run, plan.phases, plan.log, plan.info)
+        return plan
+
     def resume_training(self) -> tuple[str, Any]:
         try:
-            job = self.jobs.current()
-            if job and job.get("state") == "running":
-                raise UserError("the job is still running; Resume continues a stopped run")
-            plan = plan_resume(self.ws, job)
-            self.jobs.start(plan.run, plan.phases, plan.log, plan.info)
+            plan = self._start_resume(lambda job: plan_resume(self.ws, job))
         except (UserError, ConfigError) as e:
             return _warn(str(e)), gr.Timer(active=self.jobs.is_running())
         gr.Info("resuming from the newest checkpoint")
@@ -375,11 +384,7 @@ class LdmApp:
         """Resume the run picked in the Runs tab and switch to the Training tab, which shows its progress:
         (training message, timer update, tabs update, runs-tab message)."""
         try:
-            job = self.jobs.current()
-            if job and job.get("state") == "running":
-                raise UserError(f"a job is running ({self.ws.rel(job['run'])}); stop it first or wait for it to end")
-            plan = plan_resume_run(self.ws, run)
-            self.jobs.start(plan.run, plan.phases, plan.log, plan.info)
+            plan = self._start_resume(lambda _job: plan_resume_run(self.ws, run))
         except (UserError, ConfigError) as e:
             return gr.Markdown(), gr.Timer(active=self.jobs.is_running()), gr.Tabs(), _warn(str(e))
         gr.Info("resuming from the newest checkpoint")
