@@ -26,12 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
-        try:
-            mod = importlib.import_module(f"ldm.commands.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"ldm.commands.{module}":
-                raise
-            continue  # not built yet
+        mod = importlib.import_module(f"ldm.commands.{module}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

@@ -11,7 +11,7 @@ real images and the same class classifier:
     timestep input (``--original-label-mode replace``: ``unet(x_t, label)``, the model never sees t; ``add``:
     ``unet(x_t, t + label)``), MSE on the noise, AdamW at 1e-3, batch 20, no EMA, diffusers' default DDPMScheduler
     (1000 steps, linear betas), no guidance, DDPM sampling with all 1000 steps; a plain float32 loop.
-(b) ours: ``configs/faces.yaml`` through :func:`ldm.trainer.train` (class embedding with a null class, EMA, the
+(b) ours: ``configs/faces.yaml`` through :func:`ldm.training.trainer.train` (class embedding with a null class, EMA, the
     config's loss, schedule and sampler, classifier-free guidance).
 
 Prints KID, FID and class accuracy of both as a table with ratios (original / ours: > 1 means ours is better for
@@ -47,7 +47,7 @@ def build_original_unet(latent_shape: tuple[int, int, int]):
     """The ``seed`` preset's UNet2DModel with no class embedding (the original had none)."""
     from diffusers import UNet2DModel
 
-    from ldm.unet import PRESETS
+    from ldm.models.unet import PRESETS
 
     c, h, _ = latent_shape
     return UNet2DModel(**PRESETS["seed"], sample_size=h, in_channels=c, out_channels=c)
@@ -98,7 +98,7 @@ def sample_original(unet, vae, scaling_factor: float, class_ids: list[int], mode
     """DDPM ancestral sampling, no guidance, the label through the timestep input. Images (N, C, H, W) in [-1, 1]."""
     from diffusers import DDPMScheduler
 
-    from ldm.sampler import decode_latents
+    from ldm.diffusion.sampling import decode_latents
 
     sched = DDPMScheduler(num_train_timesteps=1000)
     sched.set_timesteps(steps)
@@ -127,8 +127,8 @@ def prepare_autoencoder(args, cfg, workdir: Path) -> str:
     if (vae_run / "vae" / "config.json").is_file():
         log(f"autoencoder: reusing {vae_run}")
         return str(vae_run)
-    from ldm.autoencoder import train_vae
     from ldm.config import from_dict, to_dict
+    from ldm.training.autoencoder import train_vae
 
     d = to_dict(cfg)
     d["autoencoder"]["max_minutes"] = args.vae_minutes
@@ -139,8 +139,8 @@ def prepare_autoencoder(args, cfg, workdir: Path) -> str:
 
 
 def metrics_of(name: str, images: torch.Tensor, class_ids: list[int], real, extractor, clf, seed: int) -> dict:
-    from ldm.classifier import match_channels
-    from ldm.evaluation import class_accuracy, frechet_distance, kernel_inception_distance
+    from ldm.evaluation.classifier import match_channels
+    from ldm.evaluation.report import class_accuracy, frechet_distance, kernel_inception_distance
 
     images = match_channels(images, real.images.shape[1])
     t0 = time.time()
@@ -160,8 +160,8 @@ def save_grid(
     images: torch.Tensor, class_ids: list[int], names: list[str], path: Path, per_class: int = 4, classes: int = 8
 ) -> None:
     """One row per class (first ``classes`` classes), ``per_class`` images each: to look at, not to measure."""
-    from ldm.runs import labelled_grid, save_png
-    from ldm.sampler import to_pil
+    from ldm.diffusion.sampling import to_pil
+    from ldm.run_folder import labelled_grid, save_png
 
     pil = to_pil(images)
     rows, labels = [], []
@@ -201,15 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)  # fmt: skip
 
-    from ldm.classifier import load_or_train_classifier
     from ldm.config import load_config
-    from ldm.data import scan_image_folder
+    from ldm.data.folders import scan_image_folder
+    from ldm.data.latents import load_latent_cache, prepare_latents
+    from ldm.diffusion.sampling import load_pipeline
     from ldm.errors import UserError
-    from ldm.evaluation import generate_images, load_real_set
-    from ldm.inception import load_inception
-    from ldm.latents import load_latent_cache, prepare_latents
-    from ldm.sampler import load_pipeline
-    from ldm.trainer import train
+    from ldm.evaluation.classifier import load_or_train_classifier
+    from ldm.evaluation.inception import load_inception
+    from ldm.evaluation.report import generate_images, load_real_set
+    from ldm.training.trainer import train
     from ldm.utils import atomic_write_json, atomic_write_text
 
     if args.threads > 0:

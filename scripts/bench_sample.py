@@ -6,7 +6,7 @@
 
 Original: ``DDPMScheduler`` with its 1000 steps, one image at a time, no guidance, and one separate VAE decode for
 each of the 12 snapshot timesteps (999, 700, ..., 0; the last one is the final image).
-Ours: :func:`ldm.sampler.generate` with DPM-Solver++(2M) at 25 steps and classifier-free guidance (both branches in
+Ours: :func:`ldm.diffusion.sampling.generate` with DPM-Solver++(2M) at 25 steps and classifier-free guidance (both branches in
 one UNet batch), 8 images per call, snapshots of the first image at the same 12 timesteps (mapped to the nearest
 of its steps) decoded in one batch at the end.
 
@@ -34,14 +34,14 @@ def build_models(args: argparse.Namespace):
     from diffusers import AutoencoderKL, DDPMScheduler
 
     if args.run:
-        from ldm.sampler import load_pipeline
+        from ldm.diffusion.sampling import load_pipeline
 
         pipe = load_pipeline(args.run, device="cpu")
         desc = f"{args.run}: {len(pipe.class_names)} classes"
         return pipe.unet, pipe.vae, pipe.scheduler.config, float(pipe.config.scaling_factor), desc
     from ldm.config import AutoencoderConfig, DiffusionConfig, UNetConfig
-    from ldm.diffusion import make_train_scheduler
-    from ldm.unet import build_unet
+    from ldm.diffusion.objective import make_train_scheduler
+    from ldm.models.unet import build_unet
 
     torch.manual_seed(0)
     unet = build_unet(UNetConfig(preset="seed"), sample_size=16, in_channels=4, num_classes=5).eval()
@@ -97,7 +97,7 @@ def time_original(unet, vae, train_cfg, scaling: float, n_images: int, snapshot_
 
 def time_ours(unet, vae, train_cfg, scaling: float, n_images: int, steps: int, guidance: float, snapshot_timesteps):
     """Seconds per image our way: DPM-Solver++, CFG batched, n_images per call, snapshots decoded in one batch."""
-    from ldm.sampler import generate, make_scheduler
+    from ldm.diffusion.sampling import generate, make_scheduler
 
     start, cpu = time.perf_counter(), time.process_time()
     res = generate(
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ldm.sampler import DEFAULT_SNAPSHOT_TIMESTEPS
+    from ldm.diffusion.sampling import DEFAULT_SNAPSHOT_TIMESTEPS
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,9 +8,9 @@ Prints, all measured in the same run:
   * this machine's peak: the best of a large matrix multiply and a 3x3 convolution (channels-last), each in
     float32 and bfloat16;
   * (a) a plain loop written like the original project (``model(noisy, t, class_labels).sample``, ``F.mse_loss``,
-    AdamW, float32, no channels-last, no autocast) and (b) the real ``ldm.trainer.Trainer.step()`` with the
+    AdamW, float32, no channels-last, no autocast) and (b) the real ``ldm.training.trainer.Trainer.step()`` with the
     default config (mixed precision "auto", EMA, gradient clipping, label dropout, min-SNR weights) and the
-    same preset and batch; (c) the same with ``training.channels_last`` flipped; (d) ``ldm.diffusion``'s
+    same preset and batch; (c) the same with ``training.channels_last`` flipped; (d) ``ldm.diffusion.objective``'s
     ``make_train_step`` with fused AdamW and a foreach EMA (the changes recommended for the trainer);
   * images/s (wall clock, median over the timed steps), CPU seconds per step (less sensitive to other processes
     on a shared machine), achieved GFLOP/s from the FLOPs of one forward + backward pass
@@ -128,7 +128,7 @@ def plain_step_factory(preset: str, batch: int, side: int, num_classes: int, see
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from ldm.unet import PRESETS
+    from ldm.models.unet import PRESETS
 
     torch.manual_seed(seed)
     model = UNet2DModel(
@@ -203,9 +203,9 @@ def write_cache(root: Path, batch: int, side: int, num_classes: int) -> Path:
 
 
 def trainer_step_factory(cache: Path, out: Path, preset: str, batch: int, overrides: list[str]):
-    """``Trainer.step`` of ldm.trainer with the default config (and ``overrides``): exactly the training step."""
+    """``Trainer.step`` of ldm.training.trainer with the default config (and ``overrides``): exactly the training step."""
     from ldm.config import load_config
-    from ldm.trainer import Trainer
+    from ldm.training.trainer import Trainer
 
     # max_steps only satisfies the trainer's "when to stop" check: the benchmark calls step() itself.
     cfg = load_config(
@@ -221,15 +221,20 @@ def trainer_step_factory(cache: Path, out: Path, preset: str, batch: int, overri
 
 
 def fast_step_factory(cache: Path, preset: str, batch: int):
-    """``ldm.diffusion.make_train_step`` (fused AdamW, clipping at 1, bf16 if "auto" says so, no channels-last) plus
+    """``ldm.diffusion.objective.make_train_step`` (fused AdamW, clipping at 1, bf16 if "auto" says so, no channels-last) plus
     a foreach EMA update: the trainer's step with the changes this benchmark recommends, for comparison."""
     import torch
     from diffusers.training_utils import EMAModel
 
     from ldm.config import load_config
-    from ldm.diffusion import make_train_scheduler, make_train_step, optimizer_kwargs, resolve_mixed_precision
-    from ldm.latents import load_latent_cache
-    from ldm.unet import build_unet
+    from ldm.data.latents import load_latent_cache
+    from ldm.diffusion.objective import (
+        make_train_scheduler,
+        make_train_step,
+        optimizer_kwargs,
+        resolve_mixed_precision,
+    )
+    from ldm.models.unet import build_unet
 
     cfg = load_config(None, [f"unet.preset={preset}", f"training.batch_size={batch}"])
     lc = load_latent_cache(cache)
@@ -306,8 +311,8 @@ def main() -> int:
         print(f"  {k:32s} {v:8.1f} GFLOP/s")
     print(f"  {'machine peak':32s} {best:8.1f} GFLOP/s", flush=True)
 
-    from ldm.diffusion import resolve_mixed_precision
-    from ldm.unet import PRESETS
+    from ldm.diffusion.objective import resolve_mixed_precision
+    from ldm.models.unet import PRESETS
 
     if args.preset not in PRESETS:
         raise SystemExit(f"unknown preset {args.preset!r}; accepted: {', '.join(PRESETS)}")

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from ldm.app_handlers import NO_MODEL_HELP, LdmApp, progress_html
-from ldm.app_settings import TRAIN_HERE, TrainSettings, plan_job, settings_from_yaml, settings_to_yaml
+from ldm.app.handlers import NO_MODEL_HELP, LdmApp, progress_html
+from ldm.app.jobs import JobManager, Phase
+from ldm.app.settings import TRAIN_HERE, TrainSettings, plan_job, settings_from_yaml, settings_to_yaml
+from ldm.app.workspace import Workspace, tail
 from ldm.config import ConfigError
+from ldm.diffusion.provenance import read_parameters
 from ldm.errors import UserError
-from ldm.jobs import JobManager, Phase
-from ldm.provenance import read_parameters
-from ldm.workspace import Workspace, tail
 
 CLASSES = ["frowning", "smiling", "sleepy"]
 
@@ -29,7 +29,7 @@ def make_tiny_run(run: Path, steps: int = 10) -> Path:
     from diffusers import DDPMScheduler, UNet2DModel
     from fakes import tiny_autoencoder
 
-    from ldm.pipeline import build_pipeline
+    from ldm.diffusion.pipeline import build_pipeline
 
     torch.manual_seed(0)
     unet = UNet2DModel(
@@ -201,7 +201,7 @@ def test_planned_commands_are_accepted_by_the_real_cli(tmp_path):
 
 
 def test_resume_plan(tmp_path):
-    from ldm.app_settings import plan_resume
+    from ldm.app.settings import plan_resume
 
     ws = Workspace(tmp_path)
     run = tmp_path / "runs" / "r"
@@ -223,7 +223,7 @@ def test_resume_plan(tmp_path):
 
 
 def test_resume_plan_for_a_run_not_started_by_the_app(tmp_path):
-    from ldm.app_settings import plan_resume_run
+    from ldm.app.settings import plan_resume_run
 
     ws = Workspace(tmp_path)
     run, cache = tmp_path / "runs" / "cli", tmp_path / "data" / "latents" / "c"
@@ -251,7 +251,7 @@ def test_runs_tab_resumes_a_stopped_cli_run(tmp_path):
     from fakes import write_tiny_latent_cache
 
     from ldm.config import load_config
-    from ldm.trainer import train
+    from ldm.training.trainer import train
 
     cache = write_tiny_latent_cache(tmp_path / "runs" / "vae", tmp_path / "data" / "latents" / "c", CLASSES)
     run = tmp_path / "runs" / "cli"
@@ -451,7 +451,7 @@ def _free_port() -> int:
 def test_gradio_client_api(model_ws):
     from gradio_client import Client
 
-    from ldm.app import launch_app
+    from ldm.app.blocks import launch_app
 
     port = _free_port()
     demo = launch_app(model_ws, port=port, prevent_thread_lock=True, quiet=True, device="cpu")

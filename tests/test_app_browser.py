@@ -89,7 +89,7 @@ def _wait(page, what: str, predicate, timeout: float) -> None:
 
 
 def test_train_stop_pick_generate_in_chromium(tmp_path, browser_page):
-    from ldm.app import launch_app
+    from ldm.app.blocks import launch_app
 
     ARTIFACTS.mkdir(exist_ok=True)
     for old in ARTIFACTS.glob("browser-*.png"):

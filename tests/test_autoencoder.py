@@ -15,9 +15,10 @@ import torch
 import yaml
 from PIL import Image
 
-from ldm.autoencoder import build_autoencoder_kl, decode, encode, load_autoencoder, recon_grid, train_vae
 from ldm.config import AutoencoderConfig, load_config
 from ldm.errors import UserError
+from ldm.models.autoencoder import build_autoencoder_kl, decode, encode, load_autoencoder
+from ldm.training.autoencoder import recon_grid, train_vae
 from ldm.utils import hash_folder
 
 TINY = [
@@ -84,7 +85,7 @@ def test_train_vae_on_real_faces_writes_a_loadable_run(att_faces: Path, tmp_path
     assert (ae.down_factor, ae.latent_channels, ae.in_channels) == (4, 4, 1)
     assert ae.scaling_factor == pytest.approx(ev["scaling_factor"])
     assert ae.content_hash == hash_folder(out / "vae")
-    from ldm.data import holdout_split, load_image, scan_image_folder
+    from ldm.data.folders import holdout_split, load_image, scan_image_folder
 
     scan = scan_image_folder(att_faces)
     train_idx, _ = holdout_split(scan.samples, cfg.data.holdout_fraction, cfg.autoencoder.seed)

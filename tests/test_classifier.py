@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm.classifier import load_or_train_classifier, match_channels
+from ldm.evaluation.classifier import load_or_train_classifier, match_channels
 
 
 @pytest.fixture
@@ -33,8 +33,8 @@ def test_classifier_trains_above_chance_and_is_cached(five_faces: Path, tmp_path
     assert clf.train_accuracy >= 0.8
     assert (clf.path / "model.safetensors").is_file() and (clf.path / "classifier.json").is_file()
     # predict on real images: mostly right, labels in range, grey or RGB input
-    from ldm.classifier import load_images
-    from ldm.data import scan_image_folder
+    from ldm.data.folders import scan_image_folder
+    from ldm.evaluation.classifier import load_images
 
     images, labels = load_images(scan_image_folder(five_faces), 16, 1)
     pred = clf.predict(images)
@@ -50,8 +50,8 @@ def test_classifier_trains_above_chance_and_is_cached(five_faces: Path, tmp_path
 
 
 def test_fingerprint_follows_content(five_faces: Path, tmp_path: Path):
-    from ldm.classifier import dataset_fingerprint
-    from ldm.data import scan_image_folder
+    from ldm.data.folders import scan_image_folder
+    from ldm.evaluation.classifier import dataset_fingerprint
 
     recipe = {"steps": 1}
     fp = dataset_fingerprint(scan_image_folder(five_faces), 16, 1, recipe)

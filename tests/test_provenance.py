@@ -20,7 +20,7 @@ STEPS = 3
 def run_dir(tiny_vae_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 
-    from ldm.pipeline import build_pipeline
+    from ldm.diffusion.pipeline import build_pipeline
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on a shared 2-core machine: one thread is far faster
@@ -47,7 +47,7 @@ def run_dir(tiny_vae_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="module")
 def sampled(run_dir, tmp_path_factory):
     """``ldm sample`` of 2 classes x 3 images in batches of 4 (so images sit in different batches), with snapshots."""
-    from ldm.sampler import load_pipeline, sample_to_folder
+    from ldm.diffusion.sampling import load_pipeline, sample_to_folder
 
     pipe = load_pipeline(run_dir, device="cpu")
     out = tmp_path_factory.mktemp("samples")
@@ -70,7 +70,7 @@ def sampled(run_dir, tmp_path_factory):
 
 
 def test_every_png_carries_its_parameters(sampled, run_dir):
-    from ldm.provenance import read_parameters, weights_hash
+    from ldm.diffusion.provenance import read_parameters, weights_hash
 
     pipe, files, out = sampled
     assert [p.name for p in files.images] == [
@@ -103,8 +103,8 @@ def test_snapshot_figure_file(sampled):
 
 
 def test_regenerate_gives_identical_pixels(sampled):
-    from ldm.provenance import read_parameters
-    from ldm.sampler import regenerate
+    from ldm.diffusion.provenance import read_parameters
+    from ldm.diffusion.sampling import regenerate
 
     pipe, _, out = sampled
     for name in ("smiling-seed20.png", "sleepy-seed21.png", "sleepy-seed22.png"):
@@ -127,7 +127,7 @@ def test_cli_from_image(sampled, tmp_path, capsys):
 
 def test_from_image_refuses_plain_png_and_other_model(sampled, tmp_path, capsys):
     from ldm.cli import main
-    from ldm.provenance import png_bytes, read_parameters
+    from ldm.diffusion.provenance import png_bytes, read_parameters
 
     pipe, _, out = sampled
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
@@ -141,7 +141,7 @@ def test_from_image_refuses_plain_png_and_other_model(sampled, tmp_path, capsys)
 
 
 def test_weights_hash_tracks_weights(sampled):
-    from ldm.provenance import weights_hash
+    from ldm.diffusion.provenance import weights_hash
 
     pipe, _, _ = sampled
     h = weights_hash(pipe.unet)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ldm.errors import UserError
-from ldm.runs import (
+from ldm.run_folder import (
     append_metrics,
     existing_run_problem,
     labelled_grid,

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm.errors import UserError
-from ldm.sampler import (
+from ldm.diffusion.sampling import (
     SCHEDULERS,
     SamplingCancelled,
     generate,
@@ -17,6 +16,7 @@ from ldm.sampler import (
     resolve_class,
     snapshot_figure,
 )
+from ldm.errors import UserError
 
 CLASSES = ["frowning", "sleepy", "smiling"]
 STEPS = 3
@@ -196,7 +196,7 @@ def test_bad_arguments_are_user_errors(parts):
 
 def test_cli_unknown_and_empty_class_exit_2(parts, tmp_path, capsys):
     from ldm.cli import main
-    from ldm.pipeline import build_pipeline
+    from ldm.diffusion.pipeline import build_pipeline
 
     unet, vae, cfg = parts
     build_pipeline(unet, vae, cfg, CLASSES, 0.5).save_pretrained(tmp_path / "run" / "pipeline")

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from ldm.cli import main
-from ldm.synth import SYNTH_CLASSES, draw_face, make_synth_faces
+from ldm.data.synth import SYNTH_CLASSES, draw_face, make_synth_faces
 
 
 def test_synth_faces_layout_and_determinism(tmp_path):

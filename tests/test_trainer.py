@@ -20,7 +20,7 @@ from fakes import write_tiny_latent_cache
 from ldm.cli import main as ldm_main
 from ldm.config import load_config
 from ldm.errors import UserError
-from ldm.runs import latest_checkpoint, list_checkpoints, read_metrics, read_status
+from ldm.run_folder import latest_checkpoint, list_checkpoints, read_metrics, read_status
 
 # Tiny models on a shared 2-core machine: one thread avoids the oversubscription that makes tiny ops 10x slower.
 torch.set_num_threads(1)
@@ -45,13 +45,13 @@ TINY = [
 
 
 def _install_stand_ins() -> None:
-    """Until ldm.latents / ldm.autoencoder land: minimal loaders of the documented layout (tests only)."""
+    """Until ldm.data.latents / ldm.models.autoencoder land: minimal loaders of the documented layout (tests only)."""
     try:
-        import ldm.latents  # noqa: F401
+        import ldm.data.latents  # noqa: F401
     except ModuleNotFoundError:
         from dataclasses import dataclass
 
-        mod = types.ModuleType("ldm.latents")
+        mod = types.ModuleType("ldm.data.latents")
 
         @dataclass
         class LatentCache:
@@ -80,11 +80,11 @@ def _install_stand_ins() -> None:
             )
 
         mod.LatentCache, mod.load_latent_cache = LatentCache, load_latent_cache
-        sys.modules["ldm.latents"] = mod
+        sys.modules["ldm.data.latents"] = mod
     try:
-        import ldm.autoencoder  # noqa: F401
+        import ldm.models.autoencoder  # noqa: F401
     except ModuleNotFoundError:
-        mod = types.ModuleType("ldm.autoencoder")
+        mod = types.ModuleType("ldm.models.autoencoder")
 
         def load_autoencoder(source, device="cpu", dtype=torch.float32):
             from diffusers import AutoencoderKL
@@ -92,7 +92,7 @@ def _install_stand_ins() -> None:
             return types.SimpleNamespace(model=AutoencoderKL.from_pretrained(source).to(device).eval(), source=source)
 
         mod.load_autoencoder = load_autoencoder
-        sys.modules["ldm.autoencoder"] = mod
+        sys.modules["ldm.models.autoencoder"] = mod
 
 
 _install_stand_ins()
@@ -110,7 +110,7 @@ def _cfg(*overrides: str):
 
 
 def _train(cfg, cache, out, **kw):
-    from ldm.trainer import train
+    from ldm.training.trainer import train
 
     return train(cfg, cache, out, progress=False, device="cpu", **kw)
 
@@ -148,7 +148,7 @@ def test_cli_trains_and_writes_the_run_folder(cache, tmp_path):
     assert status["state"] == "finished" and status["step"] == 4 and status["max_steps"] == 4
     assert "finished at step 4" in (run / "train.log").read_text()
 
-    from ldm.pipeline import ClassConditionalLatentDiffusionPipeline
+    from ldm.diffusion.pipeline import ClassConditionalLatentDiffusionPipeline
 
     pipe = ClassConditionalLatentDiffusionPipeline.from_pretrained(run / "pipeline")
     assert pipe.config.id2label == {"0": "angry", "1": "happy", "2": "sad"}
@@ -224,10 +224,10 @@ def test_safe_stop_writes_a_loadable_checkpoint(cache, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path, monkeypatch):
-    import ldm.diffusion
-    from ldm.trainer import TrainingDiverged
+    import ldm.diffusion.objective
+    from ldm.training.trainer import TrainingDiverged
 
-    real = ldm.diffusion.diffusion_loss
+    real = ldm.diffusion.objective.diffusion_loss
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -235,7 +235,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path, monk
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(ldm.diffusion, "diffusion_loss", flaky)
+    monkeypatch.setattr(ldm.diffusion.objective, "diffusion_loss", flaky)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="step 5") as e:
         _train(_cfg("training.max_steps=10", "training.checkpoint_every=2"), cache, run)
@@ -247,10 +247,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path, monk
 
 
 def test_nan_loss_exits_non_zero_from_the_cli(cache, tmp_path, monkeypatch, capsys):
-    import ldm.diffusion
+    import ldm.diffusion.objective
 
     monkeypatch.setattr(
-        ldm.diffusion, "diffusion_loss", lambda *a, **k: torch.tensor(float("inf"), requires_grad=True)
+        ldm.diffusion.objective, "diffusion_loss", lambda *a, **k: torch.tensor(float("inf"), requires_grad=True)
     )
     argv = ["train", "--latents", str(cache), "--out", str(tmp_path / "run"), "--max-steps", "3", "--no-progress"]
     assert ldm_main(argv + TINY) == 1
@@ -328,7 +328,7 @@ def test_epochs_and_gradient_accumulation(cache, tmp_path):
 
 
 def test_batch_stream_is_a_seeded_permutation_per_epoch():
-    from ldm.trainer import BatchStream
+    from ldm.training.trainer import BatchStream
 
     s = BatchStream(5, seed=3)
     first = torch.cat([s.next(2) for _ in range(5)])  # 10 = two epochs, batches straddling the boundary
@@ -403,8 +403,8 @@ def test_two_processes_over_gloo_resume_exactly(cache, tmp_path):
 def test_loss_png_redraws_are_throttled_but_the_last_is_forced(tmp_path, monkeypatch):
     """loss.png is redrawn at most once per max(10 s, 30x a draw's cost) (a redraw costs 0.3-0.4 s on 2 cores), so
     plotting stays a few percent of a run even with log_every=1; the forced draw at the end always happens."""
-    import ldm.trainer as trainer_mod
-    from ldm.trainer import Trainer
+    import ldm.training.trainer as trainer_mod
+    from ldm.training.trainer import Trainer
 
     clock = [1000.0]
     drawn: list[int] = []

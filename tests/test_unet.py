@@ -7,7 +7,7 @@ import torch
 
 from ldm.config import UNetConfig, load_config
 from ldm.errors import UserError
-from ldm.unet import PRESETS, build_unet, count_parameters, describe_unet
+from ldm.models.unet import PRESETS, build_unet, count_parameters, describe_unet
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def test_seed_preset_is_the_original_architecture():
 def test_presets_are_ordered_by_size_and_tiny_is_tiny():
     from diffusers import UNet2DModel
 
-    from ldm.unet import unet_kwargs
+    from ldm.models.unet import unet_kwargs
 
     sizes = {}
     for name in PRESETS:
@@ -107,7 +107,7 @@ def test_describe_unet_mentions_size_and_null_class():
 
 
 def test_attention_processor_switches_kernel_but_not_the_maths():
-    from ldm.unet import set_attention_processor
+    from ldm.models.unet import set_attention_processor
 
     torch.manual_seed(0)
     unet = build_unet(UNetConfig(preset="tiny"), sample_size=8, in_channels=4, num_classes=2).eval()

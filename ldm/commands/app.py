@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ldm.app import launch_app
+    from ldm.app.blocks import launch_app
 
     launch_app(Path(args.workspace), host=args.host, port=args.port, device=args.device)
     return 0

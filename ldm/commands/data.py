@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ldm.errors import UserError
 
     if args.data_command == "synth-faces":
-        from ldm.synth import SYNTH_CLASSES, make_synth_faces
+        from ldm.data.synth import SYNTH_CLASSES, make_synth_faces
 
         if args.per_class < 1:
             raise UserError(f"--per-class must be at least 1, got {args.per_class}")
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             f"to {args.out} in {time.perf_counter() - t0:.1f} s"
         )
         return 0
-    from ldm.data import scan_image_folder, summarize_scan
+    from ldm.data.folders import scan_image_folder, summarize_scan
 
     print(summarize_scan(scan_image_folder(args.dir)))
     return 0

@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ldm.errors import UserError
-    from ldm.evaluation import MIN_PER_CLASS, evaluate_run
+    from ldm.evaluation.report import MIN_PER_CLASS, evaluate_run
 
     for name in ("num_samples", "num_inference_steps", "batch_size", "kid_subsets", "kid_subset_size"):
         if getattr(args, name) < 1:

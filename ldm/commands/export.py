@@ -3,7 +3,7 @@
     ldm export --run runs/faces --out exported/faces
     ldm export --run runs/faces --checkpoint step-002000 --out exported/faces-2k
 
-Load the result with ``ClassConditionalLatentDiffusionPipeline.from_pretrained(dir)`` (``ldm.pipeline``), or with
+Load the result with ``ClassConditionalLatentDiffusionPipeline.from_pretrained(dir)`` (``ldm.diffusion.pipeline``), or with
 plain diffusers: ``DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir, trust_remote_code=True)``.
 """
 
@@ -25,11 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ldm.pipeline import export_pipeline
+    from ldm.diffusion.pipeline import export_pipeline
 
     ckpt = args.checkpoint
     if ckpt == "latest":
-        from ldm.runs import latest_checkpoint
+        from ldm.run_folder import latest_checkpoint
 
         ckpt = latest_checkpoint(args.run)
         if ckpt is None:

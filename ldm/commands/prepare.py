@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no autoencoder given: pass --vae (hub id, diffusers folder or train-vae run folder)")
     out = Path(args.out) if args.out else Path("data/latents") / Path(args.data).resolve().name
 
-    from ldm.latents import describe_cache, prepare_latents
+    from ldm.data.latents import describe_cache, prepare_latents
 
     manifest = prepare_latents(
         args.data,

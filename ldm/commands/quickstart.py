@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. dataset
     t = _step(f"1/5 synthetic faces -> {data_dir}")
-    from ldm.synth import SYNTH_CLASSES, make_synth_faces
+    from ldm.data.synth import SYNTH_CLASSES, make_synth_faces
 
     marker = data_dir / ".complete.json"
     want = {"per_class": args.per_class, "seed": 0, "classes": list(SYNTH_CLASSES)}
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         print("   already trained, skipped")
         vae_source = str(vae_run)
     else:
-        from ldm.autoencoder import train_vae
+        from ldm.training.autoencoder import train_vae
 
         result = train_vae(cfg, data_dir, vae_run, progress=True)
         print(f"   done in {time.monotonic() - t:.0f}s: {result}")
@@ -90,14 +90,14 @@ def run(args: argparse.Namespace) -> int:
 
     # 3. latent cache (prepare itself does no work when the cache is up to date)
     _step(f"3/5 latent cache -> {cache}")
-    from ldm.latents import prepare_latents
+    from ldm.data.latents import prepare_latents
 
     prepare_latents(data_dir, vae_source, cache, cfg, device=args.device, progress=True)
 
     # 4. diffusion training
     t = _step(f"4/5 diffusion training -> {run_dir}")
-    from ldm.runs import read_status
-    from ldm.trainer import train
+    from ldm.run_folder import read_status
+    from ldm.training.trainer import train
 
     status = read_status(run_dir) if run_dir.exists() else None
     if status and status.get("state") == "finished" and (run_dir / "pipeline" / "model_index.json").is_file():

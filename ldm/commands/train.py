@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     recorded = None
     if args.resume is not None:
         # Continuing a run means continuing its recipe: start from its own resolved config, on its own cache.
-        from ldm.runs import checkpoint_latents, resolve_resume
+        from ldm.run_folder import checkpoint_latents, resolve_resume
 
         ckpt = resolve_resume(args.out, args.resume)
         run_config = ckpt.parent.parent / "config.yaml"
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ldm.trainer import TrainingDiverged, train
+    from ldm.training.trainer import TrainingDiverged, train
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

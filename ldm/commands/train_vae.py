@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ldm.autoencoder import train_vae
+    from ldm.training.autoencoder import train_vae
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -6,9 +6,9 @@
     demo = build_app(Path("."))                        # the Blocks, for tests and embedding
     launch_app(Path("."), port=0, prevent_thread_lock=True)
 
-The page is built by :func:`build_app`; every handler is a method of :class:`ldm.app_handlers.LdmApp` with an
+The page is built by :func:`build_app`; every handler is a method of :class:`ldm.app.handlers.LdmApp` with an
 ``api_name``, so the app is also an API (``gradio_client``). Training runs in a detached worker process
-(:mod:`ldm.jobs`): the page stays responsive, and a reload or an app restart reattaches to the running job.
+(:mod:`ldm.app.jobs`): the page stays responsive, and a reload or an app restart reattaches to the running job.
 Only folders inside the workspace are accepted; the server listens on 127.0.0.1 unless told otherwise and never
 creates a public share link.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 import gradio as gr
 
-from ldm.app_handlers import NO_MODEL_HELP, NO_NEGATIVE, LdmApp
-from ldm.app_settings import LOSSES, OPTIMIZERS, PRESETS, TRAIN_HERE, TrainSettings
+from ldm.app.handlers import NO_MODEL_HELP, NO_NEGATIVE, LdmApp
+from ldm.app.settings import LOSSES, OPTIMIZERS, PRESETS, TRAIN_HERE, TrainSettings
 from ldm.config import SamplingConfig
 
 POLL_SECONDS = 2.0  # how often the Training tab refreshes while a job runs

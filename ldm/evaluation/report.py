@@ -4,7 +4,7 @@
 
 writes ``<run>/eval.json``, ``<run>/eval.md`` and ``<run>/memorisation.png``. The metric functions work on feature
 arrays ``(N, D)`` (numpy or torch), so they are tested on sets with known answers; :func:`evaluate_run` wires them to
-the Inception extractor (:mod:`ldm.inception`), the class classifier (:mod:`ldm.classifier`), the sampler and the
+the Inception extractor (:mod:`ldm.evaluation.inception`), the class classifier (:mod:`ldm.evaluation.classifier`), the sampler and the
 autoencoder. :class:`QuickEvaluator` is the cheap version the trainer calls every ``eval_every`` steps.
 """
 
@@ -24,8 +24,8 @@ from ldm.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from ldm.data import FolderScan
-    from ldm.inception import InceptionFeatureExtractor
+    from ldm.data.folders import FolderScan
+    from ldm.evaluation.inception import InceptionFeatureExtractor
 
 # a class gets its own FID/KID when both the real and the generated set hold at least this many images: below it the
 # covariance (FID) is mostly noise and the KID subsets are tiny
@@ -254,8 +254,8 @@ def load_real_set(
     cached under ``<cache_dir>/inception/<fingerprint>.pt`` (content fingerprint of the files + preprocessing)."""
     import torch
 
-    from ldm.classifier import dataset_fingerprint, default_cache_dir, load_images
-    from ldm.data import scan_image_folder
+    from ldm.data.folders import scan_image_folder
+    from ldm.evaluation.classifier import dataset_fingerprint, default_cache_dir, load_images
     from ldm.utils import atomic_write_bytes
 
     log = log or (lambda m: None)
@@ -309,13 +309,13 @@ def generate_images(
     batch_size: int = 16,
     log: Callable[[str], Any] | None = None,
 ) -> torch.Tensor:
-    """Generate one image per class id with a pipeline (``ldm.sampler.load_pipeline``); image i uses seed ``seed + i``.
+    """Generate one image per class id with a pipeline (``ldm.diffusion.sampling.load_pipeline``); image i uses seed ``seed + i``.
 
     Returns float images (N, C, H, W) in [-1, 1] on CPU.
     """
     import torch
 
-    from ldm.sampler import generate, make_scheduler
+    from ldm.diffusion.sampling import generate, make_scheduler
 
     log = log or (lambda m: None)
     sched = make_scheduler(scheduler, pipe.scheduler.config)
@@ -475,16 +475,16 @@ def eval_markdown(result: dict[str, Any]) -> str:
 def reconstruction_metrics(
     model_folder: str | Path, real: RealSet, fraction: float, seed: int, device: str = "cpu", batch_size: int = 16
 ) -> dict[str, Any]:
-    """Autoencoder PSNR/SSIM (``ldm.metrics``) on the held-out real images (``holdout_split(fraction, seed)``, the
+    """Autoencoder PSNR/SSIM (``ldm.evaluation.metrics``) on the held-out real images (``holdout_split(fraction, seed)``, the
     split ``ldm train-vae`` uses with the run's ``data.holdout_fraction`` and ``autoencoder.seed``)."""
     import torch
 
     try:
-        from ldm.autoencoder import decode, encode, load_autoencoder
-        from ldm.metrics import psnr, ssim
+        from ldm.evaluation.metrics import psnr, ssim
+        from ldm.models.autoencoder import decode, encode, load_autoencoder
     except ImportError as e:  # the autoencoder module is another stage; eval still reports the rest
         return {"psnr": None, "ssim": None, "skipped": f"autoencoder modules unavailable ({e})"}
-    from ldm.data import holdout_split
+    from ldm.data.folders import holdout_split
 
     _, hold = holdout_split(real.scan.samples, fraction, seed)
     if not hold:
@@ -492,7 +492,7 @@ def reconstruction_metrics(
     ae = load_autoencoder(str(model_folder), device=device)
     images = real.images[hold]
     if images.shape[1] != ae.in_channels:
-        from ldm.classifier import match_channels
+        from ldm.evaluation.classifier import match_channels
 
         images = match_channels(images, ae.in_channels)
     p, s = [], []
@@ -555,10 +555,10 @@ def evaluate_run(
     ``num_samples`` images are generated, cycling through the classes (image i: class ``i % K``, seed ``seed + i``).
     ``guidance_scale`` defaults to the run's ``sampling.guidance_scale`` (3.0 without a run config).
     """
-    from ldm.classifier import TRAIN_STEPS, load_or_train_classifier
-    from ldm.data import scan_image_folder
-    from ldm.inception import load_inception
-    from ldm.sampler import find_pipeline_folder, load_pipeline
+    from ldm.data.folders import scan_image_folder
+    from ldm.diffusion.sampling import find_pipeline_folder, load_pipeline
+    from ldm.evaluation.classifier import TRAIN_STEPS, load_or_train_classifier
+    from ldm.evaluation.inception import load_inception
     from ldm.utils import atomic_write_json, atomic_write_text, default_device
 
     log = log or (lambda m: None)
@@ -731,9 +731,9 @@ class QuickEvaluator:
         classifier_steps: int | None = None,
         log: Callable[[str], Any] | None = None,
     ) -> None:
-        from ldm.classifier import TRAIN_STEPS, load_or_train_classifier
-        from ldm.data import scan_image_folder
-        from ldm.inception import load_inception
+        from ldm.data.folders import scan_image_folder
+        from ldm.evaluation.classifier import TRAIN_STEPS, load_or_train_classifier
+        from ldm.evaluation.inception import load_inception
 
         if num_samples < 2:
             raise UserError(f"quick evaluation needs at least 2 samples, got {num_samples}")
@@ -763,7 +763,7 @@ class QuickEvaluator:
         "eval_seconds"}`` (KID against all real images; accuracy = share recognised as the requested class)."""
         import torch
 
-        from ldm.sampler import generate, make_scheduler
+        from ldm.diffusion.sampling import generate, make_scheduler
 
         t0 = time.time()
         to_data = _class_map(class_names, self.real.scan.classes, self.real.scan.root)
@@ -788,7 +788,7 @@ class QuickEvaluator:
             unet.train(was_training)
         fake = res.pixels.float().cpu()
         if fake.shape[1] != self.real.images.shape[1]:
-            from ldm.classifier import match_channels
+            from ldm.evaluation.classifier import match_channels
 
             fake = match_channels(fake, self.real.images.shape[1])
         feats = self.extractor(fake)

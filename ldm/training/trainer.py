@@ -6,12 +6,12 @@
 or from Python::
 
     from ldm.config import load_config
-    from ldm.trainer import train
+    from ldm.training.trainer import train
     result = train(load_config("configs/demo.yaml"), "data/latents/demo", "runs/demo")
 
 One optimiser step, top to bottom (:meth:`Trainer.step`): ``gradient_accumulation_steps`` micro-batches of
 ``batch_size`` latents drawn from a seeded permutation of the cache, each through
-:func:`ldm.diffusion.diffusion_loss` (noise, timesteps and label dropout from a seeded generator), gradients
+:func:`ldm.diffusion.objective.diffusion_loss` (noise, timesteps and label dropout from a seeded generator), gradients
 clipped, optimiser and learning rate stepped, EMA updated. Everything goes through ``accelerate.Accelerator``,
 so the same code runs on a CPU (one process), a GPU, or several (``accelerate launch -m ldm.cli train ...``).
 
@@ -38,7 +38,7 @@ import torch
 
 from ldm.config import Config, TrainingConfig, to_dict
 from ldm.errors import UserError
-from ldm.runs import (
+from ldm.run_folder import (
     CHECKPOINT_STATE_FILE,
     RunLog,
     append_metrics,
@@ -186,7 +186,7 @@ def make_optimizer(params: Any, tc: TrainingConfig, device: str = "cpu") -> torc
     """AdamW (decoupled weight decay), Adam (L2 weight decay) or SGD with momentum, at ``tc.learning_rate``.
 
     Adam/AdamW use torch's fused kernel where available (same maths, one kernel for all parameters)."""
-    from ldm.diffusion import optimizer_kwargs
+    from ldm.diffusion.objective import optimizer_kwargs
 
     fused = optimizer_kwargs(device)
     if tc.optimizer == "adamw":
@@ -260,8 +260,8 @@ class Trainer:
 
         from accelerate import Accelerator
 
-        from ldm.diffusion import resolve_mixed_precision
-        from ldm.latents import load_latent_cache
+        from ldm.data.latents import load_latent_cache
+        from ldm.diffusion.objective import resolve_mixed_precision
 
         self.cache = load_latent_cache(latents)
         self.latents_path = Path(latents)
@@ -301,8 +301,8 @@ class Trainer:
     def setup(self) -> None:
         from diffusers.training_utils import EMAModel
 
-        from ldm.diffusion import make_train_scheduler
-        from ldm.unet import build_unet
+        from ldm.diffusion.objective import make_train_scheduler
+        from ldm.models.unet import build_unet
 
         tc = self.tc
         if self.main:
@@ -418,7 +418,7 @@ class Trainer:
 
     def step(self) -> tuple[float, float | None, float]:
         """One optimiser step; returns (mean loss over processes and micro-batches, grad norm or None, lr)."""
-        from ldm.diffusion import diffusion_loss
+        from ldm.diffusion.objective import diffusion_loss
 
         tc = self.tc
         lr = tc.learning_rate * lr_factor(self.step_count, tc, self.horizon, self._time_fraction())
@@ -501,7 +501,7 @@ class Trainer:
 
     def _vae(self) -> Any:
         if self.vae is None:
-            from ldm.autoencoder import load_autoencoder
+            from ldm.models.autoencoder import load_autoencoder
 
             source = self.cache.manifest.get("autoencoder", {}).get("source")
             if not source:
@@ -510,9 +510,9 @@ class Trainer:
         return self.vae
 
     def _make_evaluator(self) -> Any:
-        """The :class:`ldm.evaluation.QuickEvaluator` of ``training.eval_every`` (real images, their Inception
+        """The :class:`ldm.evaluation.report.QuickEvaluator` of ``training.eval_every`` (real images, their Inception
         features and the class classifier are loaded or computed once, here, and cached per dataset)."""
-        from ldm.evaluation import QuickEvaluator
+        from ldm.evaluation.report import QuickEvaluator
 
         tc, m = self.tc, self.cache.manifest
         real = tc.eval_data or m.get("data_dir") or ""
@@ -538,7 +538,7 @@ class Trainer:
 
     def quick_eval(self) -> dict[str, Any]:
         """Small-sample KID and class accuracy of the EMA weights; the row appended to metrics.jsonl."""
-        from ldm.evaluation import quick_eval
+        from ldm.evaluation.report import quick_eval
 
         res = quick_eval(
             self.evaluator,
@@ -552,7 +552,7 @@ class Trainer:
 
     def sample_grid(self) -> Path:
         """Decode a fixed-noise grid (one row per class, same seeds in every row) with the EMA weights."""
-        from ldm.sampler import generate, make_scheduler
+        from ldm.diffusion.sampling import generate, make_scheduler
 
         tc = self.tc
         cols = max(1, tc.sample_num_images)
@@ -582,7 +582,7 @@ class Trainer:
 
     def export(self) -> Path:
         """Write the EMA model as a diffusers pipeline into ``out/pipeline`` (atomically)."""
-        from ldm.pipeline import build_pipeline
+        from ldm.diffusion.pipeline import build_pipeline
 
         pipe = build_pipeline(
             self._eval_unet(),
@@ -680,7 +680,7 @@ class Trainer:
         self.t0 = time.monotonic()
         self.start_step = self.step_count
         self.last_loss = getattr(self, "last_loss", None)
-        from ldm.unet import describe_unet
+        from ldm.models.unet import describe_unet
 
         if self.main:
             if self.resume_from is not None:
@@ -789,7 +789,7 @@ class Trainer:
                         self.log(f"step {self.step_count}: samples -> {last_grid}")
                     self.acc.wait_for_everyone()
                 if self.evaluator is not None and self.step_count % tc.eval_every == 0:
-                    from ldm.evaluation import plot_eval_metrics
+                    from ldm.evaluation.report import plot_eval_metrics
 
                     t_eval = time.monotonic()
                     row = self.quick_eval()
@@ -872,7 +872,7 @@ def train(
         cfg: the full config (``unet``, ``diffusion``, ``training`` and ``sampling`` sections are used).
         latents: a latent cache folder (``ldm prepare``); its manifest gives the class names (any number) and the
             autoencoder used to decode sample grids and exported with the model.
-        out: the run folder (see :mod:`ldm.runs`). If it already holds checkpoints, ``resume`` is required.
+        out: the run folder (see :mod:`ldm.run_folder`). If it already holds checkpoints, ``resume`` is required.
         resume: ``"latest"`` (newest complete checkpoint of ``out``), a checkpoint folder or another run folder.
             The continuation is exact: same next loss as the uninterrupted run with the same config.
         should_stop: polled after every step; when it returns True the run finishes the step, saves a checkpoint

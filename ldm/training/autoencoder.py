@@ -1,19 +1,6 @@
-"""The autoencoder (stage 1 of latent diffusion): load a pretrained one, or train a diffusers ``AutoencoderKL`` here.
+"""Stage 1 of latent diffusion: train a diffusers ``AutoencoderKL`` from scratch on a class-folder dataset.
 
-    ldm train-vae --data data/synth-faces --out runs/vae              # about 5 minutes on a 2-core CPU
-    ldm prepare --data data/synth-faces --vae runs/vae --out data/latents/synth-faces
-
-    ae = load_autoencoder("runs/vae")           # or a diffusers folder, a pipeline folder, a hub id
-    z = encode(ae, images)                      # images (B, C, H, W) in [-1, 1] -> unscaled latents (B, c, h, w)
-    x = decode(ae, z)                           # -> images in [-1, 1]
-
-Training follows Rombach et al. 2022 ("High-Resolution Image Synthesis with Latent Diffusion Models", sec. 3 and
-appendix G): a KL-regularised autoencoder with a pixel reconstruction loss, a very small KL weight (the latent stays
-nearly deterministic) and an optional patch discriminator (Isola et al. 2017, PatchGAN) with a hinge loss and the
-adaptive weight of Esser et al. 2021 (VQGAN, eq. 7). The recipe is tuned for small datasets on a CPU: the whole
-dataset sits in memory as one tensor, the learning rate warms up and then follows a cosine to zero over the run's
-budget (the elapsed share of ``max_minutes`` when a time limit is set, so the schedule anneals whatever the speed of
-the machine), and an EMA of the weights is what gets saved and evaluated.
+ldm train-vae --data data/faces --out runs/faces-vae --config configs/faces.yaml
 """
 
 from __future__ import annotations
@@ -21,284 +8,25 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ldm.errors import UserError
+from ldm.models.autoencoder import PatchDiscriminator, build_autoencoder_kl, decode, encode
 
 if TYPE_CHECKING:
     import torch
 
-    from ldm.config import AutoencoderConfig, Config
-
-AUTOENCODER_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
-# files fetched from the hub: the autoencoder itself, or only the vae/ of a pipeline repository
-_HUB_PATTERNS = [
-    "config.json",
-    "model_index.json",
-    "diffusion_pytorch_model*.safetensors",
-    "diffusion_pytorch_model*.safetensors.index.json",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model*.safetensors",
-    "vae/diffusion_pytorch_model*.safetensors.index.json",
-]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# loading
-
-
-@dataclass
-class LoadedAutoencoder:
-    """A frozen autoencoder and what the rest of the library needs to know about it.
-
-    ``model`` is a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` in eval mode with gradients off; ``folder`` is
-    the local folder it was loaded from (for a hub id, the downloaded snapshot's); ``content_hash`` is
-    :func:`ldm.utils.hash_folder` of that folder; ``scaling_factor`` is the model config's (``None`` when absent).
-    """
-
-    model: Any
-    source: str
-    content_hash: str
-    scaling_factor: float | None
-    down_factor: int
-    latent_channels: int
-    in_channels: int
-    folder: Path | None = None
-
-    @property
-    def class_name(self) -> str:
-        return type(self.model).__name__
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{path} does not hold a JSON object")
-    return d
-
-
-def _model_folder(folder: Path, source: str) -> Path:
-    """The folder holding the autoencoder's config.json: ``folder`` itself, or its ``vae/`` (pipeline, run folder)."""
-    accepted = (
-        "accepted: a diffusers AutoencoderKL/AutoencoderTiny folder (config.json + weights), a pipeline folder "
-        "with a vae/ subfolder, an `ldm train-vae` run folder, or a hub id such as stabilityai/sd-vae-ft-ema"
-    )
-    if (folder / "vae" / "config.json").is_file():
-        return folder / "vae"
-    if (folder / "config.json").is_file():
-        name = _read_json(folder / "config.json").get("_class_name")
-        if name in AUTOENCODER_CLASSES:
-            return folder
-        raise UserError(
-            f"{source}: config.json describes a {name or 'model without _class_name'}, not an autoencoder; {accepted}"
-        )
-    if (folder / "model_index.json").is_file():
-        raise UserError(f"{source}: this pipeline folder has no vae/ subfolder with a config.json; {accepted}")
-    if (folder / "config.yaml").is_file():
-        raise UserError(
-            f"{source}: this run folder has no vae/ yet (is `ldm train-vae` still running, or did it fail?); "
-            f"{accepted}"
-        )
-    raise UserError(f"{source}: not an autoencoder folder (no config.json, vae/ or model_index.json); {accepted}")
-
-
-def _download(repo_id: str) -> Path:
-    """Snapshot of a hub repository's autoencoder files (uses the local hub cache when it has them)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
-    except Exception as e:  # no network, unknown repo, gated repo...: all mean "give me a local folder"
-        raise UserError(
-            f"could not download the autoencoder '{repo_id}' from the Hugging Face hub ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'no details'}); pass a local folder instead (a diffusers "
-            f"autoencoder folder, a pipeline folder or an `ldm train-vae` run folder)"
-        ) from None
-
-
-def load_autoencoder(source: str | Path, device: str | torch.device = "cpu", dtype: Any = None) -> LoadedAutoencoder:
-    """Load a frozen autoencoder from a local folder or a hub id.
-
-    ``source``: a diffusers ``AutoencoderKL``/``AutoencoderTiny`` folder (``config.json`` + safetensors), a pipeline
-    folder (its ``vae/``), an ``ldm train-vae`` run folder (its ``vae/``), or a hub id (``owner/name``, either an
-    autoencoder repository or a pipeline repository with ``vae/``). ``dtype`` defaults to float32. Raises
-    :class:`UserError` for anything else, naming what is accepted.
-    """
-    import torch
-    from diffusers import AutoencoderKL, AutoencoderTiny
-
-    from ldm.utils import hash_folder
-
-    dtype = dtype or torch.float32
-    text = str(source)
-    if not text.strip():
-        raise UserError("no autoencoder given: pass a folder (or hub id) with --vae or autoencoder.source")
-    path = Path(text).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"{text}: is a file; an autoencoder is a folder (config.json + weights)")
-        folder = _model_folder(path, text)
-    elif _HUB_ID.match(text) and not text.startswith((".", "~")):
-        folder = _model_folder(_download(text), text)
-    else:
-        raise UserError(
-            f"autoencoder source '{text}' is neither an existing folder nor a hub id of the form owner/name"
-        )
-
-    name = _read_json(folder / "config.json").get("_class_name")
-    cls = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}.get(name)
-    if cls is None:
-        raise UserError(
-            f"{folder}: _class_name {name!r} is not a supported autoencoder ({', '.join(AUTOENCODER_CLASSES)})"
-        )
-    try:
-        model = cls.from_pretrained(folder, torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as e:  # missing/corrupt weights, config mismatch
-        raise UserError(f"cannot load the {name} in {folder}: {e}") from None
-    model = model.to(device).eval().requires_grad_(False)
-    cfg = model.config
-    # both classes downsample by 2 at every level but the first
-    widths = cfg.block_out_channels if name == "AutoencoderKL" else cfg.encoder_block_out_channels
-    sf = getattr(cfg, "scaling_factor", None)
-    return LoadedAutoencoder(
-        model=model,
-        source=text,
-        content_hash=hash_folder(folder),
-        scaling_factor=float(sf) if sf is not None else None,
-        down_factor=2 ** (len(widths) - 1),
-        latent_channels=int(cfg.latent_channels),
-        in_channels=int(cfg.in_channels),
-        folder=folder,
-    )
-
-
-def _is_tiny(model: Any) -> bool:
-    return type(model).__name__ == "AutoencoderTiny"
-
-
-def encode(ae: LoadedAutoencoder | Any, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Images ``(B, C, H, W)`` in [-1, 1] -> **unscaled** latents ``(B, c, H/f, W/f)`` float32 on the images' device.
-
-    ``AutoencoderKL``: the posterior mean; ``AutoencoderTiny``: its latents. ``ae`` is a :class:`LoadedAutoencoder`
-    or a bare diffusers autoencoder. Runs in batches of ``batch_size`` under ``torch.no_grad``.
-    """
-    import torch
-
-    model = ae.model if isinstance(ae, LoadedAutoencoder) else ae
-    p = next(model.parameters())
-    out = []
-    with torch.no_grad():
-        for i in range(0, images.shape[0], batch_size):
-            x = images[i : i + batch_size].to(p.device, p.dtype)
-            if _is_tiny(model):
-                z = model.encode(x).latents
-            else:
-                z = model.encode(x).latent_dist.mean
-            out.append(z.float().to(images.device))
-    return torch.cat(out) if out else images.new_zeros((0,))
-
-
-def decode(ae: LoadedAutoencoder | Any, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Unscaled latents ``(B, c, h, w)`` -> images ``(B, C, h*f, w*f)`` float32 in [-1, 1] (clamped), on the
-    latents' device. Runs in batches of ``batch_size`` under ``torch.no_grad``."""
-    import torch
-
-    model = ae.model if isinstance(ae, LoadedAutoencoder) else ae
-    p = next(model.parameters())
-    out = []
-    with torch.no_grad():
-        for i in range(0, latents.shape[0], batch_size):
-            z = latents[i : i + batch_size].to(p.device, p.dtype)
-            out.append(model.decode(z).sample.float().clamp(-1, 1).to(latents.device))
-    return torch.cat(out) if out else latents.new_zeros((0,))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# building and training
-
-
-def build_autoencoder_kl(cfg: AutoencoderConfig, in_channels: int, image_size: int) -> Any:
-    """A fresh diffusers ``AutoencoderKL`` from the architecture fields of ``cfg``.
-
-    ``log2(down_factor) + 1`` levels; ``block_out_channels`` gives one width per level (a shorter list repeats its
-    last width). Raises :class:`UserError` for widths that ``norm_num_groups`` does not divide.
-    """
-    from diffusers import AutoencoderKL
-
-    if cfg.down_factor not in (4, 8):
-        raise UserError(f"autoencoder.down_factor must be 4 or 8, got {cfg.down_factor}")
-    levels = int(math.log2(cfg.down_factor)) + 1
-    widths = list(cfg.block_out_channels)
-    if not widths or len(widths) > levels:
-        raise UserError(
-            f"autoencoder.block_out_channels={widths} has {len(widths)} widths, but down_factor={cfg.down_factor} "
-            f"needs {levels} (one per level; a shorter list repeats its last width)"
-        )
-    widths += [widths[-1]] * (levels - len(widths))
-    bad = [w for w in widths if w % cfg.norm_num_groups]
-    if bad:
-        raise UserError(
-            f"autoencoder.norm_num_groups={cfg.norm_num_groups} must divide every width of "
-            f"autoencoder.block_out_channels={widths} (it does not divide {bad})"
-        )
-    if cfg.latent_channels < 1 or cfg.layers_per_block < 1:
-        raise UserError("autoencoder.latent_channels and autoencoder.layers_per_block must be at least 1")
-    if image_size % cfg.down_factor:
-        raise UserError(f"data.image_size={image_size} is not a multiple of autoencoder.down_factor={cfg.down_factor}")
-    return AutoencoderKL(
-        in_channels=in_channels,
-        out_channels=in_channels,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(widths),
-        layers_per_block=cfg.layers_per_block,
-        latent_channels=cfg.latent_channels,
-        norm_num_groups=cfg.norm_num_groups,
-        sample_size=image_size,
-        mid_block_add_attention=cfg.mid_block_attention,
-    )
-
-
-class PatchDiscriminator:
-    """Builder of a small PatchGAN discriminator (Isola et al. 2017): strided 4x4 convs, one logit per patch."""
-
-    @staticmethod
-    def build(in_channels: int, width: int = 32, n_layers: int = 2) -> torch.nn.Module:
-        import torch.nn as nn
-
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        ch = width
-        for i in range(1, n_layers + 1):
-            nxt = width * min(2**i, 8)
-            stride = 2 if i < n_layers else 1
-            layers += [nn.Conv2d(ch, nxt, 4, stride, 1, bias=False), nn.GroupNorm(8, nxt), nn.LeakyReLU(0.2, True)]
-            ch = nxt
-        layers.append(nn.Conv2d(ch, 1, 4, 1, 1))
-        return nn.Sequential(*layers)
+    from ldm.config import Config
 
 
 def _load_images(data_dir: str | Path, image_size: int, channels: int, seed: int, holdout_fraction: float):
     """The whole dataset in memory: (train (N, C, S, S), holdout (M, C, S, S)) float32 in [-1, 1], and the scan."""
     import torch
 
-    from ldm.data import holdout_split, load_image, scan_image_folder
+    from ldm.data.folders import holdout_split, load_image, scan_image_folder
 
     scan = scan_image_folder(data_dir)
     train_idx, hold_idx = holdout_split(scan.samples, holdout_fraction, seed)
@@ -394,8 +122,8 @@ def train_vae(
     from tqdm.auto import tqdm
 
     from ldm.config import save_config
-    from ldm.metrics import psnr as psnr_fn
-    from ldm.metrics import ssim as ssim_fn
+    from ldm.evaluation.metrics import psnr as psnr_fn
+    from ldm.evaluation.metrics import ssim as ssim_fn
     from ldm.utils import atomic_dir, atomic_write_json, default_device, seed_everything
 
     ac, dc = cfg.autoencoder, cfg.data
@@ -430,7 +158,7 @@ def train_vae(
     memory_format = torch.channels_last if ac.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False) if ac.ema_decay > 0 else None
-    from ldm.diffusion import optimizer_kwargs
+    from ldm.diffusion.objective import optimizer_kwargs
 
     # fused AdamW: one kernel for all parameters (measured ~15 ms of a ~250 ms step with the per-tensor loop)
     opt = torch.optim.AdamW(

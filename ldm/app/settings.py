@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
+from ldm.app.jobs import Phase
+from ldm.app.workspace import Workspace
 from ldm.config import Config, ConfigError, from_dict, load_config, parse_override, to_dict
 from ldm.errors import UserError
-from ldm.jobs import Phase
 from ldm.utils import atomic_write_text
-from ldm.workspace import Workspace
 
 TRAIN_HERE = "train one here"  # autoencoder choice: run `ldm train-vae` on the data folder first
 LOSSES = {"MSE": "mse", "MAE": "l1", "Huber": "huber"}  # label -> diffusion.loss
@@ -292,7 +292,7 @@ def plan_resume(ws: Workspace, job: dict[str, Any] | None) -> JobPlan:
 def plan_resume_run(ws: Workspace, run_text: str | Path | None, info: dict[str, Any] | None = None) -> JobPlan:
     """Continue any run of the workspace from its newest checkpoint, on the latent cache that checkpoint records
     (or ``info["latents"]``), with the run's own config plus ``info["overrides"]``."""
-    from ldm.runs import checkpoint_latents, latest_checkpoint
+    from ldm.run_folder import checkpoint_latents, latest_checkpoint
 
     run = ws.resolve(run_text, what="run folder")
     ckpt = latest_checkpoint(run)

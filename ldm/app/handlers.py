@@ -23,7 +23,8 @@ from typing import Any
 
 import gradio as gr
 
-from ldm.app_settings import (
+from ldm.app.jobs import JobManager
+from ldm.app.settings import (
     JobPlan,
     TrainSettings,
     load_settings,
@@ -32,10 +33,9 @@ from ldm.app_settings import (
     plan_resume_run,
     save_settings,
 )
+from ldm.app.workspace import Workspace, read_json, read_metrics, tail
 from ldm.config import ConfigError
 from ldm.errors import UserError
-from ldm.jobs import JobManager
-from ldm.workspace import Workspace, read_json, read_metrics, tail
 
 NO_NEGATIVE = "(none)"
 NO_MODEL_HELP = (
@@ -155,7 +155,7 @@ class PipelineCache:
         return max((p.stat().st_mtime for p in files if p.exists()), default=0.0)
 
     def get(self, path: Path) -> Any:
-        from ldm.sampler import find_pipeline_folder, load_pipeline
+        from ldm.diffusion.sampling import find_pipeline_folder, load_pipeline
 
         folder = find_pipeline_folder(path).resolve()
         key, stamp = str(folder), self._stamp(folder)
@@ -203,7 +203,7 @@ class LdmApp:
 
     def class_names(self, model: str | None) -> list[str]:
         """Class names of a run or pipeline folder, read from its model_index.json (no weights loaded)."""
-        from ldm.sampler import find_pipeline_folder
+        from ldm.diffusion.sampling import find_pipeline_folder
 
         folder = find_pipeline_folder(self._model_path(model))
         index = read_json(folder / "model_index.json") or {}
@@ -262,7 +262,7 @@ class LdmApp:
 
         import torch
 
-        from ldm.sampler import resolve_class, sample_to_folder
+        from ldm.diffusion.sampling import resolve_class, sample_to_folder
 
         path = self._model_path(model)
         names = self.class_names(str(path))
@@ -331,7 +331,7 @@ class LdmApp:
 
     def discovered_folders(self) -> tuple[Any, Any, Any]:
         """Dropdown choices of the data folder, latent folder and autoencoder fields (free text stays allowed)."""
-        from ldm.app_settings import TRAIN_HERE
+        from ldm.app.settings import TRAIN_HERE
 
         found = self.ws.discover()
         rel = self.ws.rel
@@ -514,6 +514,6 @@ class LdmApp:
 
 
 def _slug(name: str) -> str:
-    from ldm.sampler import slugify
+    from ldm.diffusion.sampling import slugify
 
     return slugify(name)

@@ -5,7 +5,7 @@
     jobs.current()   # {"state": "running", "phase": "train", "pid": ..., "run": ..., ...}
     jobs.stop()      # SIGINT: the trainer finishes its step, saves a checkpoint and exits 0
 
-The worker (``python -m ldm.jobs run JOBFILE``) starts in its own session, so it outlives the app: after a page
+The worker (``python -m ldm.app.jobs run JOBFILE``) starts in its own session, so it outlives the app: after a page
 reload or an app restart, :meth:`JobManager.current` finds it again through ``<workspace>/.ldm-app/job.json``.
 It runs the phases one after another (train-vae, prepare, train), writing stdout and stderr of each into the log,
 and records the phase, its state and the exit code in the job file. Stop forwards SIGINT to the running phase and
@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ldm.app.workspace import Workspace, pid_alive, read_json
 from ldm.errors import UserError
 from ldm.utils import atomic_write_json
-from ldm.workspace import Workspace, pid_alive, read_json
 
 JOB_FILE = "job.json"
 
@@ -102,7 +102,7 @@ class JobManager:
         # own session: the worker survives the app (Ctrl+C in the app's terminal, app restart) and the app's
         # signals never reach the trainer by accident
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ldm.jobs", "run", str(self.job_file)],
+            [sys.executable, "-m", "ldm.app.jobs", "run", str(self.job_file)],
             cwd=self.workspace.root,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -216,7 +216,7 @@ def run_worker(job_file: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != "run":
-        print("usage: python -m ldm.jobs run JOBFILE", file=sys.stderr)
+        print("usage: python -m ldm.app.jobs run JOBFILE", file=sys.stderr)
         return 2
     return run_worker(Path(argv[1]))
 

@@ -1,13 +1,13 @@
 """Sampling: class-conditional generation with classifier-free guidance, a negative class and timestep snapshots.
 
-    from ldm.sampler import load_pipeline, generate, make_scheduler
+    from ldm.diffusion.sampling import load_pipeline, generate, make_scheduler
     pipe = load_pipeline("runs/faces")
     result = generate(pipe.unet, pipe.vae, make_scheduler("dpm++", pipe.scheduler.config), [0, 0, 2],
                       null_class_id=pipe.null_class_id, scaling_factor=pipe.config.scaling_factor, seeds=[0, 1, 2])
     result.images[0].save("face.png")
 
 One entry point (:func:`generate`) serves the CLI (``ldm sample``), the exported diffusers pipeline
-(:mod:`ldm.pipeline`), the app and the notebooks, so all of them give the same pixels for the same seed and settings.
+(:mod:`ldm.diffusion.pipeline`), the app and the notebooks, so all of them give the same pixels for the same seed and settings.
 The denoising loop is written out in full, diffusers-style: the scheduler owns the update rule, this module owns
 guidance, seeding, snapshots, progress and cancellation.
 """
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ldm.errors import UserError
 
-if TYPE_CHECKING:  # keep ``import ldm.sampler`` cheap: torch/diffusers load inside the functions
+if TYPE_CHECKING:  # keep ``import ldm.diffusion.sampling`` cheap: torch/diffusers load inside the functions
     import torch
     from PIL import Image
 
@@ -482,13 +482,13 @@ def find_pipeline_folder(path: str | Path) -> Path:
 
 
 def load_pipeline(path: str | Path, device: str | None = None, dtype: Any = None) -> Any:
-    """Load a :class:`~ldm.pipeline.ClassConditionalLatentDiffusionPipeline` from a run or pipeline folder.
+    """Load a :class:`~ldm.diffusion.pipeline.ClassConditionalLatentDiffusionPipeline` from a run or pipeline folder.
 
     ``device`` defaults to :func:`ldm.utils.default_device`; ``dtype`` to float32.
     """
     import torch
 
-    from ldm.pipeline import ClassConditionalLatentDiffusionPipeline
+    from ldm.diffusion.pipeline import ClassConditionalLatentDiffusionPipeline
     from ldm.utils import default_device
 
     folder = find_pipeline_folder(path)
@@ -533,7 +533,7 @@ def model_identity(pipe: Any, path: str | Path | None = None) -> dict[str, Any]:
 
     The hashes are computed once per pipeline object (weights do not change while sampling) and cached on it.
     """
-    from ldm.provenance import weights_hash
+    from ldm.diffusion.provenance import weights_hash
 
     cached = getattr(pipe, "_ldm_identity_hashes", None)
     if cached is None:
@@ -577,7 +577,7 @@ def sample_to_folder(
     ``snapshots.png`` (first image of each class) with ``snapshots=True``. Images are generated in batches of
     ``batch_size``; each PNG records its batch so :func:`regenerate` reproduces its exact pixels.
     """
-    from ldm.provenance import format_parameters, save_png_with_parameters
+    from ldm.diffusion.provenance import format_parameters, save_png_with_parameters
 
     if num_images < 1:
         raise UserError(f"num_images must be >= 1, got {num_images}")
@@ -714,7 +714,7 @@ def merge_snapshots(parts: Sequence[Snapshots]) -> Snapshots:
 
 
 def regenerate(params: dict[str, Any], pipe: Any) -> Image.Image:
-    """Recompute the image described by ``params`` (from :func:`ldm.provenance.read_parameters`) with ``pipe``.
+    """Recompute the image described by ``params`` (from :func:`ldm.diffusion.provenance.read_parameters`) with ``pipe``.
 
     The whole batch the image was generated in is recomputed, so on the same device and dtype the pixels are
     identical. Raises UserError when the record is not a single image's, or does not fit the model.

@@ -7,13 +7,13 @@ Layout of ``runs/<name>/`` (everything a reader needs is written atomically, so 
     metrics.jsonl               one JSON line every ``training.log_every`` steps
     loss.png                    raw and smoothed training loss, redrawn at each log
     samples/step-XXXXXX.png     fixed-noise sample grid, one row per class (EMA weights)
-    checkpoints/step-XXXXXX/    full training state (see ``ldm.trainer``); ``.tmp-*`` folders are incomplete
+    checkpoints/step-XXXXXX/    full training state (see ``ldm.training.trainer``); ``.tmp-*`` folders are incomplete
     checkpoints/latest          text file: the folder name of the newest complete checkpoint
     status.json                 state (running|finished|stopped|failed), step, max_steps, pid, message, updated, eta
     train.log                   the human log
     pipeline/                   the exported diffusers pipeline (EMA weights), refreshed at each checkpoint
 
-The functions here only read and write files; the training loop lives in :mod:`ldm.trainer`. The app and other
+The functions here only read and write files; the training loop lives in :mod:`ldm.training.trainer`. The app and other
 commands use the readers (:func:`read_status`, :func:`read_metrics`, :func:`latest_checkpoint`) to watch a run.
 """
 

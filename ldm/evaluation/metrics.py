@@ -1,6 +1,6 @@
 """Reconstruction metrics: PSNR and SSIM on images in [-1, 1] (computed on [0, 1], data range 1).
 
-    from ldm.metrics import psnr, ssim, reconstruction_metrics
+    from ldm.evaluation.metrics import psnr, ssim, reconstruction_metrics
     psnr(recon, images)                    # (B,) dB per image
     reconstruction_metrics(recon, images)  # {"psnr": mean dB, "ssim": mean SSIM, "num_images": B}
 

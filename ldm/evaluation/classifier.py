@@ -25,7 +25,7 @@ from ldm.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from ldm.data import FolderScan
+    from ldm.data.folders import FolderScan
 
 FORMAT_VERSION = 1
 CLASSIFIER_SIZE = 32  # images are resized to at most this side before the CNN: cheap, and enough for identity
@@ -231,7 +231,7 @@ def load_images(scan: FolderScan, image_size: int, channels: int) -> tuple[torch
     """All readable images of a scan: ``(N, channels, S, S)`` float in [-1, 1] and labels ``(N,)`` int64."""
     import torch
 
-    from ldm.data import load_image
+    from ldm.data.folders import load_image
 
     if not scan.samples:
         raise UserError(f"no readable images in {scan.root}")
@@ -267,13 +267,13 @@ def load_or_train_classifier(
 ) -> TrainedClassifier:
     """The classifier of a class-folder dataset, from ``<cache_dir>/classifiers/<fingerprint>/`` or trained now.
 
-    ``data`` is a dataset folder or a :class:`~ldm.data.FolderScan`; images are loaded at ``image_size`` with
+    ``data`` is a dataset folder or a :class:`~ldm.data.folders.FolderScan`; images are loaded at ``image_size`` with
     ``channels`` (the run's settings). ``cache_dir`` defaults to :func:`default_cache_dir`. ``log`` is an optional
     ``print``-like callable for progress messages.
     """
     from safetensors.torch import load_file, save_file
 
-    from ldm.data import holdout_split, scan_image_folder
+    from ldm.data.folders import holdout_split, scan_image_folder
     from ldm.utils import atomic_dir, atomic_write_json
 
     log = log or (lambda msg: None)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ldm.config import Config, to_dict
-from ldm.data import PREPROCESSING, FolderScan, ImageFolderDataset, list_class_files, scan_image_folder
+from ldm.data.folders import PREPROCESSING, FolderScan, ImageFolderDataset, list_class_files, scan_image_folder
 from ldm.errors import CacheMismatchError, DataError, UserError
 from ldm.utils import atomic_write_json, default_device, hash_folder
 
@@ -219,7 +219,7 @@ def prepare_latents(
     import torch
     from tqdm.auto import tqdm
 
-    from ldm import autoencoder as ae_lib
+    from ldm.models import autoencoder as ae_lib
 
     scan = scan_image_folder(data_dir)
     device = device or default_device()

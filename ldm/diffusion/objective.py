@@ -155,7 +155,7 @@ def resolve_mixed_precision(setting: str, device: str) -> str:
     ``"no"``; ``"no"`` on other devices (MPS). Measured on the 2-core AVX-512 development machine (AMD EPYC, no
     native bf16 instructions), seed preset, 16x16x4 latents, batch 64, CPU seconds per step on one thread (median
     of 5, machine shared, about +-10%): float32 1.46 s; bf16 autocast 0.89 s (with the attention fix in
-    :class:`ldm.unet.CPUFriendlyAttnProcessor`, else 1.44 s: the fused bf16 attention kernel eats the gain);
+    :class:`ldm.models.unet.CPUFriendlyAttnProcessor`, else 1.44 s: the fused bf16 attention kernel eats the gain);
     bf16 + channels-last 1.24 s (GroupNorm's channels-last kernels are slow). Whole steps from
     ``scripts/bench_train.py`` (img/s, median of 8, load average ~3): 1 thread: plain float32 loop 41.8, this
     step with fused AdamW + EMA 68.2 (1.63x); 2 threads: 87.3 vs 110.6 (1.27x; bf16 kernels scale worse to 2 threads).
@@ -208,7 +208,7 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 def prepare_unet_for_training(unet: Any, channels_last: bool = False, compile: bool = False) -> Any:
     """Put ``unet`` in train mode, channels-last if asked, and return the module to call (maybe compiled).
 
-    Also (re)installs :class:`ldm.unet.CPUFriendlyAttnProcessor` (``build_unet`` already does; a model loaded
+    Also (re)installs :class:`ldm.models.unet.CPUFriendlyAttnProcessor` (``build_unet`` already does; a model loaded
     with ``from_pretrained`` has diffusers' default processor). Channels-last is off by default: measured slower
     for these GroupNorm-heavy UNets on CPU (see :func:`resolve_mixed_precision`).
 
@@ -218,7 +218,7 @@ def prepare_unet_for_training(unet: Any, channels_last: bool = False, compile: b
     """
     import torch
 
-    from ldm.unet import set_attention_processor
+    from ldm.models.unet import set_attention_processor
 
     set_attention_processor(unet)
     unet.train()
@@ -234,7 +234,7 @@ def try_compile(module: Any) -> Any:
 
     Not used by default: on the 2-core development machine (shared, loaded) compiling the seed preset's training
     graph took 29 min wall / 151 CPU-s in the main process, and the compiled bf16 step (1.04 CPU-s) was no faster
-    than the eager bf16 step with :class:`ldm.unet.CPUFriendlyAttnProcessor` (0.89 CPU-s).
+    than the eager bf16 step with :class:`ldm.models.unet.CPUFriendlyAttnProcessor` (0.89 CPU-s).
     """
     import shutil
     import warnings

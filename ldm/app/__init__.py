@@ -1,0 +1,1 @@
+"""The Gradio app: blocks per tab, thin handlers into the library, settings, worker jobs, the workspace."""

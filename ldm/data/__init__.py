@@ -1,0 +1,1 @@
+"""Stage 1 of the flow: class-folder images (and synthetic demo faces) -> the latent cache."""
