@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from ldm.utils import set_runtime_defaults
+
 # subcommand name -> module in ldm.commands (kept in the order a user meets them)
 COMMANDS: dict[str, str] = {
     "quickstart": "quickstart",
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_runtime_defaults()  # before any subcommand imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

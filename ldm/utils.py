@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, hashing, device choice, seeding."""
+"""Small shared helpers: atomic writes, hashing, device choice, seeding, environment defaults of the entry points."""
 
 from __future__ import annotations
 
@@ -11,6 +11,21 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# Environment defaults of the entry points, read by native libraries when torch is first imported.
+# GOMP_SPINCOUNT: how long an idle OpenMP thread spin-waits for work before sleeping. libgomp's default makes two busy
+# processes on a 2-core machine slow each other down badly, while 0 makes a training step on an idle machine much
+# slower; 10000 keeps nearly all of the speed of spinning (numbers in docs/benchmarks.md). The tests set 0.
+RUNTIME_DEFAULTS: dict[str, str] = {"GOMP_SPINCOUNT": "10000"}
+
+
+def set_runtime_defaults() -> None:
+    """Set :data:`RUNTIME_DEFAULTS` in ``os.environ`` where the user has not set them (a user's own setting wins).
+
+    Call it first thing in an entry point: it only has an effect before torch is imported.
+    """
+    for name, value in RUNTIME_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -17,9 +17,9 @@ Prints, all measured in the same run:
     (``torch.utils.flop_counter.FlopCounterMode``) and the fraction of peak; and the ratio of (b) to (a).
 
 The variants run interleaved (one step of each in turn) so a load change on a shared machine hits them alike.
-``import ldm`` sets ``GOMP_SPINCOUNT=10000`` unless it is set (see ``ldm/__init__.py``): OpenMP threads spin
-briefly, then sleep. On a machine shared with other jobs spinning threads wait for each other at every parallel
-region (and oneDNN's bf16 kernels have their own spin barriers): wall-clock medians then swing by 10x;
+Like the ``ldm`` command, it sets ``GOMP_SPINCOUNT=10000`` unless it is set (``ldm.utils.set_runtime_defaults``):
+OpenMP threads spin briefly, then sleep. On a machine shared with other jobs spinning threads wait for each other at
+every parallel region (and oneDNN's bf16 kernels have their own spin barriers): wall-clock medians then swing by 10x;
 ``--spin-count 0`` or ``--threads 1`` give stable numbers (CPU seconds per step are the least noisy), and the
 best step shows what the code does when the cores are free.
 """
@@ -291,7 +291,9 @@ def main() -> int:
     if args.spin_count is not None:
         os.environ["GOMP_SPINCOUNT"] = str(args.spin_count)  # read when libgomp loads, i.e. at `import torch`
     sys.path.insert(0, str(ROOT))
-    import ldm  # noqa: F401, I001  (its GOMP_SPINCOUNT default applies, as in `ldm train`, before torch loads)
+    from ldm.utils import set_runtime_defaults
+
+    set_runtime_defaults()  # as in `ldm train`, before torch loads
     import torch
 
     if args.threads:

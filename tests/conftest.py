@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 # Tests start CLI subprocesses, app workers and browsers beside the pytest process: OpenMP threads that spin-wait
-# would steal the other core from them (see ldm/__init__.py). Set before anything imports torch.
+# would steal the other core from them (ldm.utils.set_runtime_defaults leaves this setting alone in the processes the
+# tests start). Set before anything imports torch.
 os.environ["GOMP_SPINCOUNT"] = "0"
 
 from pathlib import Path  # noqa: E402

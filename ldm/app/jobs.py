@@ -25,7 +25,7 @@ from typing import Any
 
 from ldm.app.workspace import Workspace, pid_alive, read_json
 from ldm.errors import UserError
-from ldm.utils import atomic_write_json
+from ldm.utils import atomic_write_json, set_runtime_defaults
 
 JOB_FILE = "job.json"
 
@@ -214,6 +214,7 @@ def run_worker(job_file: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_runtime_defaults()  # inherited by the phases it runs
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != "run":
         print("usage: python -m ldm.app.jobs run JOBFILE", file=sys.stderr)
