@@ -104,7 +104,7 @@ class TrainingConfig:
     ema_warmup: bool = True  # EMA warm-up (decay grows with the step)
     ema_power: float = 0.75  # warm-up decay 1 - (1 + step) ** -power (3/4: .999 at 10k steps)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, measured on CPU
-    channels_last: bool = False  # channels-last memory format (GroupNorm is 3-30x slower in it on CPU: measured)
+    channels_last: bool = False  # channels-last memory format (GroupNorm is much slower in it on CPU)
     log_every: int = 10  # steps between metrics.jsonl lines
     sample_every: int = 500  # steps between sample grids (0 = only at the end)
     sample_scheduler: Literal["ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "unipc"] = "dpm++"  # grid sampler

@@ -136,8 +136,8 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=learning_rate, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    # A 32x32 CNN at batch 32 is too small to gain from intra-op threads; on a busy CPU the thread synchronisation
-    # made it 5-10x slower than one thread (measured here). Restored afterwards.
+    # A 32x32 CNN at batch 32 is too small to gain from intra-op threads; on a busy CPU their synchronisation makes
+    # it several times slower than one thread (docs/benchmarks.md). Restored afterwards.
     threads = torch.get_num_threads()
     if str(device) == "cpu":
         torch.set_num_threads(1)

@@ -34,9 +34,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         attention_head_dim=8,
     ),
     # The demo default for 16x16 latents on a CPU: three levels (16, 8, 4), attention only at 8x8 and 4x4
-    # (attention at 16x16 costs the most and helps the least at this size). ~4.0 M parameters and 54 GFLOP per
-    # forward + backward at batch 64 (seed: 73, the first (64, 128, 256) draft: 151), so a 6-minute CPU budget
-    # buys more steps; widths and depth as the seed's first three levels.
+    # (attention at 16x16 costs the most and helps the least at this size). ~4.0 M parameters and fewer FLOPs per
+    # step than seed (docs/benchmarks.md), so a few CPU minutes buy more steps; widths and depth as the seed's first
+    # three levels.
     "small": dict(
         layers_per_block=2,
         block_out_channels=(32, 64, 128),
@@ -147,10 +147,10 @@ def build_unet(cfg: UNetConfig, sample_size: int, in_channels: int, num_classes:
 class CPUFriendlyAttnProcessor:
     """Attention that picks the fastest kernel per call: the same maths as diffusers' ``AttnProcessor2_0``.
 
-    On CPU under bfloat16 (autocast or bf16 tensors) PyTorch's fused SDPA kernel is slow for the small heads of
-    these UNets (head dim 8 in the seed preset: measured 85 ms vs 13 ms for the explicit softmax(QK^T)V of diffusers'
-    ``AttnProcessor`` on a 64x512x64x8 attention, forward + backward, one core), so that path uses ``AttnProcessor``
-    (softmax in float32, ``upcast_softmax``); everywhere else (float32, CUDA) it is ``AttnProcessor2_0``.
+    On CPU under bfloat16 (autocast or bf16 tensors) PyTorch's fused SDPA kernel is several times slower than the
+    explicit softmax(QK^T)V of diffusers' ``AttnProcessor`` for the small heads of these UNets (head dim 8 in the seed
+    preset; numbers in docs/benchmarks.md), so that path uses ``AttnProcessor`` (softmax in float32,
+    ``upcast_softmax``); everywhere else (float32, CUDA) it is ``AttnProcessor2_0``.
     Not saved with the model: ``save_pretrained`` folders are plain diffusers ones.
     """
 
