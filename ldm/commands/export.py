@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from ldm.choices import SCHEDULER_NAMES
+
 HELP = "export a run (its pipeline/ or a checkpoint's EMA weights) as a diffusers pipeline folder"
 
 
@@ -21,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--checkpoint", default=None, metavar="NAME",
         help="export this checkpoint (step-XXXXXX, 'latest', or a path) instead of the run's pipeline/",
     )  # fmt: skip
-    p.add_argument("--scheduler", default=None, help="default sampler of the exported pipeline (e.g. dpm++, ddim)")
+    p.add_argument(
+        "--scheduler", default=None, help=f"default sampler of the exported pipeline: {', '.join(SCHEDULER_NAMES)}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
