@@ -195,6 +195,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             for c in choices:
                 if str(c) == value:
                     return c
+        if isinstance(value, bool) and ("yes" if value else "no") in choices:
+            return "yes" if value else "no"  # YAML reads an unquoted no (yes) as a bool: training.mixed_precision=no
         raise bad
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
