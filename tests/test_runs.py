@@ -284,3 +284,55 @@ def test_the_layout_check_sees_a_spelled_name(tmp_path):
         'e = "see runs/x/vae/ and --resume latest"\n'
     )
     assert [line for line, _ in _layout_strings(module)] == [2, 3, 5]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a run records its inputs
+
+
+def test_a_run_records_its_inputs_and_exports_without_its_latent_cache(tmp_path):
+    """inputs.json is written before step 0; with it, a checkpoint becomes a pipeline after the cache is deleted."""
+    import platform
+    import shutil
+    from importlib.metadata import version
+
+    import torch
+    from fakes import write_tiny_latent_cache
+
+    from ldm.cli import main as ldm_main
+    from ldm.diffusion.sampling import load_pipeline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared 2-core machine
+    try:
+        cache = write_tiny_latent_cache(tmp_path / "vae", tmp_path / "latents", ["angry", "happy", "sad"])
+        run = RunFolder(tmp_path / "run")
+        tiny = ["unet.preset=tiny", "training.batch_size=4", "training.log_every=1", "training.sample_every=0"]
+        tiny += ["training.checkpoint_every=0", "training.channels_last=false"]
+        tiny += ["training.sample_num_inference_steps=2"]
+        argv = ["train", "--latents", str(cache), "--out", str(run.path), "--max-steps", "2", "--no-progress"]
+        assert ldm_main([*argv, "--device", "cpu", *tiny]) == 0
+
+        inputs = json.loads((run.path / "inputs.json").read_text())
+        assert inputs["latents"]["path"] == str(cache.resolve()) and inputs["latents"]["latent_shape"] == [4, 8, 8]
+        assert set(inputs["latents"]) >= {"data_fingerprint", "listing_fingerprint", "num_latents"}
+        assert inputs["autoencoder"]["source"] == str(tmp_path / "vae")
+        assert inputs["autoencoder"]["content_hash"] == "test"  # as the fake cache's manifest says
+        assert inputs["scaling_factor"] == 1.0 and inputs["mixed_precision"] in ("no", "bf16")
+        device = inputs["device"]
+        assert device["kind"] == "cpu" and device["name"] and isinstance(device["avx512_bf16"], bool)
+        assert inputs["versions"] == {
+            "python": platform.python_version(),
+            **{name: version(name) for name in ("torch", "diffusers", "accelerate")},
+        }
+
+        shutil.rmtree(cache)
+        for extra in ([], ["--checkpoint", "latest"]):  # the run's pipeline/, and one rebuilt from the checkpoint
+            out = tmp_path / f"export{len(extra)}"
+            assert ldm_main(["export", "--run", str(run.path), "--out", str(out), *extra]) == 0
+            pipe = load_pipeline(out, device="cpu")
+            assert pipe.class_names == ["angry", "happy", "sad"] and pipe.config.scaling_factor == 1.0
+            image = pipe(["happy"], num_inference_steps=2, seeds=[0], output_type="pt").images
+            assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
+    finally:
+        torch.set_num_threads(threads)
