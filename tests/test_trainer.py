@@ -415,7 +415,8 @@ def test_loss_png_redraws_are_throttled_but_the_last_is_forced(tmp_path, monkeyp
         clock[0] += 0.5  # this draw "took" 0.5 s: the next is allowed 15 s later
 
     monkeypatch.setattr(trainer_mod, "plot_loss", fake_plot)
-    fake = types.SimpleNamespace(out=tmp_path, _plot_at=-1e9, _plot_cost=0.0)  # as Trainer.__init__ sets them
+    # the attributes Trainer.__init__ sets that _plot reads
+    fake = types.SimpleNamespace(out=tmp_path, run_folder=RunFolder(tmp_path), _plot_at=-1e9, _plot_cost=0.0)
     records: list[dict] = []
     for step in range(1, 41):  # one log line per second of training
         records.append({"step": step, "loss": 1.0 / step})
