@@ -23,23 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ldm.choices import SCHEDULERS
 from ldm.errors import UserError
+from ldm.run_folder import RunFolder
 
 if TYPE_CHECKING:  # keep ``import ldm.diffusion.sampling`` cheap: torch/diffusers load inside the functions
     import torch
     from PIL import Image
 
-# scheduler name -> (diffusers class name, overrides applied on top of the training scheduler's config)
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {"set_alpha_to_one": True}),
-    # DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095): multistep second order in data (x0) prediction
-    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "euler": ("EulerDiscreteScheduler", {}),  # Karras et al. 2022 (EDM), Algorithm 1 without churn
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),  # ancestral Euler (k-diffusion), stochastic
-    "heun": ("HeunDiscreteScheduler", {}),  # Karras et al. 2022 (EDM), Algorithm 1: 2nd order, 2 evals per step
-    "unipc": ("UniPCMultistepScheduler", {"solver_order": 2}),  # Zhao et al. 2023 (arXiv:2302.04867)
-}
 
 # the original project's snapshot timesteps (columns of its figure)
 DEFAULT_SNAPSHOT_TIMESTEPS: tuple[int, ...] = (999, 700, 500, 200, 150, 120, 100, 80, 60, 40, 20, 0)
@@ -89,7 +80,7 @@ class SampleResult:
 def make_scheduler(name: str, train_scheduler_config: Any) -> Any:
     """Build the inference scheduler ``name`` from the training scheduler's config (a dict or FrozenDict).
 
-    Accepted names: ``ddpm``, ``ddim``, ``dpm++``, ``euler``, ``euler_a``, ``heun``, ``unipc``. The noise schedule
+    Accepted names: the keys of :data:`ldm.choices.SCHEDULERS`. The noise schedule
     (betas, number of training steps, prediction type) comes from the training config so sampling matches training.
     """
     import diffusers
@@ -464,21 +455,7 @@ def make_grid(
 
 def find_pipeline_folder(path: str | Path) -> Path:
     """The pipeline folder of a run folder (``<run>/pipeline``) or a pipeline folder itself."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"model folder not found: {p} (give a run folder runs/<name> or an exported pipeline folder)")
-    if (p / "model_index.json").is_file():
-        return p
-    if (p / "pipeline" / "model_index.json").is_file():
-        return p / "pipeline"
-    if p.is_dir() and (p / "checkpoints").is_dir():
-        raise UserError(
-            f"{p} is a run folder without an exported pipeline yet (no {p / 'pipeline' / 'model_index.json'}); "
-            f"wait for the first checkpoint, or run `ldm export --run {p} --out DIR`"
-        )
-    raise UserError(
-        f"{p} is neither a pipeline folder (with model_index.json) nor a run folder (with pipeline/model_index.json)"
-    )
+    return RunFolder.find_pipeline(path)
 
 
 def load_pipeline(path: str | Path, device: str | None = None, dtype: Any = None) -> Any:
@@ -548,7 +525,7 @@ def model_identity(pipe: Any, path: str | Path | None = None) -> dict[str, Any]:
     p = Path(path).resolve() if path else None
     name = None
     if p is not None:
-        name = p.parent.name if p.name == "pipeline" else p.name
+        name = RunFolder.display_name(p)
     return {"path": str(p) if p else None, "name": name, **cached, "class_names": pipe.class_names}
 
 
