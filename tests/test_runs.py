@@ -9,19 +9,17 @@ import pytest
 from PIL import Image
 
 from ldm.errors import UserError
+from ldm.figures import labelled_grid, plot_loss, smooth_ema
 from ldm.run_folder import (
     append_metrics,
     existing_run_problem,
-    labelled_grid,
     latest_checkpoint,
     list_checkpoints,
     mark_latest,
-    plot_loss,
     prune_checkpoints,
     read_metrics,
     read_status,
     resolve_resume,
-    smooth_ema,
     step_name,
     truncate_metrics,
     write_status,

@@ -155,7 +155,7 @@ class PipelineCache:
         return max((p.stat().st_mtime for p in files if p.exists()), default=0.0)
 
     def get(self, path: Path) -> Any:
-        from ldm.diffusion.sampling import find_pipeline_folder, load_pipeline
+        from ldm.diffusion.pipeline import find_pipeline_folder, load_pipeline
 
         folder = find_pipeline_folder(path).resolve()
         key, stamp = str(folder), self._stamp(folder)
@@ -203,7 +203,7 @@ class LdmApp:
 
     def class_names(self, model: str | None) -> list[str]:
         """Class names of a run or pipeline folder, read from its model_index.json (no weights loaded)."""
-        from ldm.diffusion.sampling import find_pipeline_folder
+        from ldm.diffusion.pipeline import find_pipeline_folder
 
         folder = find_pipeline_folder(self._model_path(model))
         index = read_json(folder / "model_index.json") or {}
@@ -262,7 +262,8 @@ class LdmApp:
 
         import torch
 
-        from ldm.diffusion.sampling import resolve_class, sample_to_folder
+        from ldm.diffusion.pipeline import resolve_class
+        from ldm.diffusion.sample_files import sample_to_folder
 
         path = self._model_path(model)
         names = self.class_names(str(path))
@@ -514,6 +515,6 @@ class LdmApp:
 
 
 def _slug(name: str) -> str:
-    from ldm.diffusion.sampling import slugify
+    from ldm.diffusion.sample_files import slugify
 
     return slugify(name)

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give --run RUN (a run folder or an exported pipeline folder), or --from-image PNG")
     if not args.classes:
         raise UserError("give at least one --class NAME")
-    from ldm.diffusion.sampling import find_pipeline_folder, load_pipeline, sample_to_folder
+    from ldm.diffusion.pipeline import find_pipeline_folder, load_pipeline
+    from ldm.diffusion.sample_files import sample_to_folder
 
     run_dir = Path(args.run)
     folder = find_pipeline_folder(run_dir)
@@ -102,8 +103,8 @@ def _from_image(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from ldm.diffusion.provenance import read_parameters, save_png_with_parameters
-    from ldm.diffusion.sampling import find_pipeline_folder, load_pipeline, model_identity, regenerate
+    from ldm.diffusion.pipeline import find_pipeline_folder, load_pipeline
+    from ldm.diffusion.sample_files import model_identity, read_parameters, regenerate, save_png_with_parameters
     from ldm.errors import UserError
 
     params = read_parameters(args.from_image)

@@ -1,0 +1,366 @@
+"""Sample folders: PNGs that carry their own recipe, written by ``ldm sample`` and the app, read back by
+``ldm sample --from-image``.
+
+    files = sample_to_folder(pipe, ["smiling", "sleepy"], "samples/", num_images=4, seed=0)
+    params = read_parameters("samples/smiling-seed3.png")   # the ``ldm`` dict
+    image = regenerate(params, pipe)                          # the same pixels on the same device and dtype
+
+Every PNG holds two ``iTXt`` chunks:
+
+- ``ldm``: JSON with everything needed to regenerate the image (class and id, seed, sampler, steps, guidance,
+  negative class, sizes, the batch it was generated in, model path and weights hash);
+- ``parameters``: the same in one human-readable line, like AUTOMATIC1111's web UI writes.
+
+The image's pixels depend (at the 1e-6 level, enough to flip a rounded pixel now and then) on its batch mates,
+because CPU kernels sum in batch-dependent order. So the metadata records the whole batch and regeneration
+recomputes it exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from ldm.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from ldm.diffusion.pipeline import ClassConditionalLatentDiffusionPipeline
+
+FORMAT_VERSION = 1
+JSON_KEY = "ldm"
+TEXT_KEY = "parameters"
+
+
+def weights_hash(*modules: torch.nn.Module | None) -> str:
+    """SHA-256 (hex) of the weights of ``modules``: parameter and buffer names, dtypes, shapes and bytes, in order.
+
+    Depends only on the weights, not on file format or the folder they were loaded from; ``None`` entries are
+    skipped. Identical weights give identical hashes on every device (tensors are hashed on CPU).
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for k, m in enumerate(modules):
+        if m is None:
+            continue
+        h.update(f"module{k}:{type(m).__name__}".encode())
+        for name, t in m.state_dict().items():
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hash its raw 16-bit words
+                t = t.view(torch.int16)
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def format_parameters(p: dict[str, Any]) -> str:
+    """One human-readable line of the main settings (the ``parameters`` chunk)."""
+    neg = p.get("negative_class")
+    parts = [
+        f"class: {p.get('class')} ({p.get('class_id')})",
+        f"negative class: {neg} ({p.get('negative_class_id')})" if neg is not None else "negative class: none",
+        f"seed: {p.get('seed')}",
+        f"sampler: {p.get('scheduler')}",
+        f"steps: {p.get('num_inference_steps')}",
+        f"guidance: {p.get('guidance_scale')}",
+        f"size: {p.get('width')}x{p.get('height')}",
+        f"model: {(p.get('model') or {}).get('path')}",
+        f"model hash: {str((p.get('model') or {}).get('weights_hash', ''))[:12]}",
+    ]
+    return ", ".join(parts)
+
+
+def png_bytes(image: Image.Image, params: dict[str, Any]) -> bytes:
+    """PNG bytes of ``image`` with ``params`` embedded (``ldm`` JSON chunk + ``parameters`` text chunk)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt(JSON_KEY, json.dumps(params, sort_keys=True))
+    info.add_itxt(TEXT_KEY, params.get("text") or format_parameters(params))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def save_png_with_parameters(image: Image.Image, path: str | Path, params: dict[str, Any]) -> Path:
+    """Write ``image`` to ``path`` (atomically) with ``params`` embedded; returns the path."""
+    from ldm.utils import atomic_write_bytes
+
+    path = Path(path)
+    atomic_write_bytes(path, png_bytes(image, params))
+    return path
+
+
+def read_parameters(png: str | Path | Image.Image) -> dict[str, Any]:
+    """The ``ldm`` parameters embedded in a PNG (path or PIL image). Raises UserError if there are none."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(png, (str, Path)):
+        p = Path(png)
+        if not p.is_file():
+            raise UserError(f"image not found: {p}")
+        try:
+            with Image.open(p) as im:
+                im.load()
+                text = dict(im.text) if hasattr(im, "text") else dict(im.info)
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"{p} is not a readable image: {e}") from None
+        where = str(p)
+    else:
+        text = dict(getattr(png, "text", None) or png.info)
+        where = "the image"
+    raw = text.get(JSON_KEY)
+    if raw is None:
+        raise UserError(
+            f"{where} carries no generation parameters (no '{JSON_KEY}' PNG text chunk); only PNGs written by "
+            "`ldm sample` (or the app) can be regenerated"
+        )
+    try:
+        params = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UserError(f"the '{JSON_KEY}' chunk of {where} is not valid JSON: {e}") from None
+    if not isinstance(params, dict) or params.get("format_version") is None:
+        raise UserError(f"the '{JSON_KEY}' chunk of {where} is not a generation record")
+    if params["format_version"] > FORMAT_VERSION:
+        raise UserError(
+            f"{where} was written by a newer version (parameters format {params['format_version']}, "
+            f"this version reads {FORMAT_VERSION})"
+        )
+    return params
+
+
+# ----------------------------------------------------------------------------------------------------
+# writing a sample folder
+
+
+@dataclass
+class SampleFiles:
+    """What :func:`sample_to_folder` wrote."""
+
+    images: list[Path]
+    grid: Optional[Path] = None
+    snapshots: Optional[Path] = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def slugify(name: str) -> str:
+    """A file-name-safe form of a class name (letters, digits, ``-`` and ``_``)."""
+    out = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(name).strip())
+    return "-".join(p for p in out.split("-") if p) or "class"
+
+
+def model_identity(pipe: ClassConditionalLatentDiffusionPipeline, path: str | Path | None = None) -> dict[str, Any]:
+    """``{"path", "name", "weights_hash", "unet_hash", "vae_hash", "class_names"}`` of a loaded pipeline.
+
+    The hashes are computed once per pipeline object (weights do not change while sampling) and cached on it.
+    """
+    cached = getattr(pipe, "_ldm_identity_hashes", None)
+    if cached is None:
+        cached = {
+            "weights_hash": weights_hash(pipe.unet, pipe.vae),
+            "unet_hash": weights_hash(pipe.unet),
+            "vae_hash": weights_hash(pipe.vae) if pipe.vae is not None else None,
+        }
+        pipe._ldm_identity_hashes = cached
+    if path is None:
+        path = getattr(pipe.config, "_name_or_path", None) or getattr(pipe, "name_or_path", None)
+    p = Path(path).resolve() if path else None
+    name = None
+    if p is not None:
+        name = p.parent.name if p.name == "pipeline" else p.name
+    return {"path": str(p) if p else None, "name": name, **cached, "class_names": pipe.class_names}
+
+
+def sample_to_folder(
+    pipe: ClassConditionalLatentDiffusionPipeline,
+    classes: Sequence[str | int],
+    out: str | Path,
+    *,
+    num_images: int = 4,
+    scheduler: str = "dpm++",
+    num_inference_steps: int = 25,
+    guidance_scale: float = 3.0,
+    negative_class: str | int | None = None,
+    seed: int = 0,
+    snapshots: bool = False,
+    snapshot_timesteps: Sequence[int] | None = None,
+    batch_size: int = 16,
+    model_path: str | Path | None = None,
+    callback: Callable[[int, int, torch.Tensor], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SampleFiles:
+    """Generate ``num_images`` images per class with ``pipe`` and write them into ``out`` as PNGs carrying their
+    parameters.
+
+    Image j of every class uses seed ``seed + j`` (columns of the grid share their starting noise). Writes
+    ``<class>-seed<S>.png`` per image, ``grid.png`` (one row per class) when there are several images, and
+    ``snapshots.png`` (first image of each class, at ``snapshot_timesteps``, default
+    :data:`~ldm.diffusion.pipeline.DEFAULT_SNAPSHOT_TIMESTEPS`) with ``snapshots=True``. Images are generated in
+    batches of ``batch_size``; each PNG records its batch so :func:`regenerate` reproduces its exact pixels.
+    ``callback`` and ``should_stop`` are passed to the pipeline (see its ``__call__``).
+    """
+    from ldm.diffusion.pipeline import DEFAULT_SNAPSHOT_TIMESTEPS, Snapshots, list_class_names, resolve_class
+    from ldm.diffusion.schedulers import make_scheduler
+    from ldm.figures import labelled_grid, snapshot_figure
+
+    if num_images < 1:
+        raise UserError(f"num_images must be >= 1, got {num_images}")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    if not classes:
+        raise UserError(f"give at least one class; known classes: {list_class_names(pipe.class_names)}")
+    names = pipe.class_names
+    ids: list[int] = []
+    for c in classes:  # resolve all names before any work, and drop repeats
+        k = resolve_class(c, names)
+        if k not in ids:
+            ids.append(k)
+    neg_id = resolve_class(negative_class, names) if negative_class not in (None, "") else None
+    make_scheduler(scheduler, pipe.scheduler.config)  # validate the name before loading anything else
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = model_identity(pipe, model_path)
+    scaling_factor = float(pipe.config.scaling_factor)
+
+    jobs = [(k, seed + j) for k in ids for j in range(num_images)]  # class-major: row k of the grid
+    images: list[Any] = []
+    paths: list[Path] = []
+    records: list[dict[str, Any]] = []
+    snaps: list[Snapshots] = []
+    total_steps = None
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        cids = [k for k, _ in chunk]
+        seeds = [s for _, s in chunk]
+        negs = [neg_id] * len(chunk) if neg_id is not None else None
+        first = [i for i, (_, s) in enumerate(chunk) if s == seed] if snapshots else None
+        result = pipe(
+            cids,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            negative_class_labels=negs,
+            seeds=seeds,
+            scheduler=scheduler,
+            callback=callback,
+            snapshot_timesteps=(snapshot_timesteps or DEFAULT_SNAPSHOT_TIMESTEPS) if first else None,
+            snapshot_image_indices=first,
+            should_stop=should_stop,
+        )
+        total_steps = len(result.timesteps)
+        if result.snapshots is not None:
+            snaps.append(result.snapshots)
+        for i, (k, s) in enumerate(chunk):
+            img = result.images[i]
+            rec = {
+                "format_version": FORMAT_VERSION,
+                "kind": "image",
+                "class": names[k],
+                "class_id": k,
+                "negative_class": names[neg_id] if neg_id is not None else None,
+                "negative_class_id": neg_id,
+                "seed": s,
+                "scheduler": scheduler,
+                "num_inference_steps": num_inference_steps,
+                "guidance_scale": guidance_scale,
+                "width": img.width,
+                "height": img.height,
+                "latent_shape": list(pipe.latent_shape),
+                "scaling_factor": scaling_factor,
+                "batch": {"class_ids": cids, "seeds": seeds, "negative_class_ids": negs, "index": i},
+                "device": str(pipe.unet.device),
+                "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+                "model": identity,
+            }
+            rec["text"] = format_parameters(rec)
+            path = save_png_with_parameters(img, out / f"{slugify(names[k])}-seed{s}.png", rec)
+            images.append(img)
+            paths.append(path)
+            records.append(rec)
+
+    summary = {
+        "format_version": FORMAT_VERSION,
+        "classes": [names[k] for k in ids],
+        "class_ids": ids,
+        "negative_class": names[neg_id] if neg_id is not None else None,
+        "seeds": [seed + j for j in range(num_images)],
+        "scheduler": scheduler,
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "model": identity,
+    }
+    files = SampleFiles(images=paths, records=records)
+    if len(jobs) > 1:
+        rows = [images[r * num_images : (r + 1) * num_images] for r in range(len(ids))]
+        grid = labelled_grid(rows, summary["classes"])
+        summary_text = (
+            f"grid: classes {', '.join(summary['classes'])}; seeds {seed}..{seed + num_images - 1}; "
+            f"{scheduler} {num_inference_steps} steps; guidance {guidance_scale:g}"
+            + (f"; negative class {summary['negative_class']}" if neg_id is not None else "")
+        )
+        files.grid = save_png_with_parameters(
+            grid, out / "grid.png", {**summary, "kind": "grid", "text": summary_text}
+        )
+    if snaps:
+        merged = Snapshots.concat(snaps)
+        fig = snapshot_figure(
+            merged,
+            list(range(len(merged.image_indices))),
+            labels=[f"{names[k]} seed {seed}" for k in ids],
+            title=f"{scheduler}, {total_steps} steps, guidance {guidance_scale:g}: decoded noisy latent, predicted x0",
+        )
+        files.snapshots = save_png_with_parameters(
+            fig,
+            out / "snapshots.png",
+            {**summary, "kind": "snapshots", "snapshot_timesteps": merged.timesteps, "text": "snapshots"},
+        )
+    return files
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading one back
+
+
+def regenerate(params: dict[str, Any], pipe: ClassConditionalLatentDiffusionPipeline) -> Image.Image:
+    """Recompute the image described by ``params`` (from :func:`read_parameters`) with ``pipe``.
+
+    The whole batch the image was generated in is recomputed, so on the same device and dtype the pixels are
+    identical. Raises UserError when the record is not a single image's, or does not fit the model.
+    """
+    if params.get("kind") != "image":
+        raise UserError(
+            f"this PNG is a {params.get('kind', 'unknown')} figure, not a single generated image; "
+            "give one of the <class>-seed<S>.png files"
+        )
+    batch = params.get("batch") or {
+        "class_ids": [params["class_id"]],
+        "seeds": [params["seed"]],
+        "negative_class_ids": None if params.get("negative_class_id") is None else [params["negative_class_id"]],
+        "index": 0,
+    }
+    names = pipe.class_names
+    for k in list(batch["class_ids"]) + list(batch.get("negative_class_ids") or []):
+        if not 0 <= int(k) < len(names):
+            raise UserError(f"the image was made with class id {k}, but this model has {len(names)} classes")
+    if params.get("class") is not None and names[int(params["class_id"])] != params["class"]:
+        raise UserError(
+            f"the image was made for class {params['class']!r} (id {params['class_id']}), but in this model "
+            f"id {params['class_id']} is {names[int(params['class_id'])]!r}"
+        )
+    negs = batch.get("negative_class_ids")
+    result = pipe(
+        [int(k) for k in batch["class_ids"]],
+        num_inference_steps=int(params["num_inference_steps"]),
+        guidance_scale=float(params["guidance_scale"]),
+        negative_class_labels=None if negs is None else [int(k) for k in negs],
+        seeds=[int(s) for s in batch["seeds"]],
+        scheduler=params["scheduler"],
+    )
+    return result.images[int(batch["index"])]
