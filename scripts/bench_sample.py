@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ldm.diffusion.pipeline import DEFAULT_SNAPSHOT_TIMESTEPS
+    from ldm.config import SamplingConfig
 
+    DEFAULT_SNAPSHOT_TIMESTEPS = SamplingConfig().snapshot_timesteps  # the original project's figure columns
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe, desc = build_models(args)

@@ -155,8 +155,8 @@ def test_memorisation_of_training_set_itself_is_total():
 def test_missing_eval_extra_names_it(monkeypatch):
     import importlib.util
 
-    from ldm import inception
     from ldm.errors import UserError
+    from ldm.evaluation import inception
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(

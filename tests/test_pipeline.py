@@ -1,4 +1,5 @@
-"""The diffusers pipeline: same images for names or ids, its own or a named scheduler, and as ldm sample; save/from_pretrained round trip, ldm export."""
+"""The diffusers pipeline: same images for names or ids, with its own or a named scheduler, and as ``ldm sample``;
+save/from_pretrained round trip; ``ldm export``."""
 
 from __future__ import annotations
 

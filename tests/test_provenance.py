@@ -47,25 +47,24 @@ def run_dir(tiny_vae_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="module")
 def sampled(run_dir, tmp_path_factory):
     """``ldm sample`` of 2 classes x 3 images in batches of 4 (so images sit in different batches), with snapshots."""
+    from ldm.config import SamplingConfig
     from ldm.diffusion.pipeline import load_pipeline
     from ldm.diffusion.sample_files import sample_to_folder
 
     pipe = load_pipeline(run_dir, device="cpu")
     out = tmp_path_factory.mktemp("samples")
-    files = sample_to_folder(
-        pipe,
-        ["smiling", "Sleepy"],
-        out,
-        num_images=3,
+    sampling = SamplingConfig(
         scheduler="euler_a",  # stochastic: the per-step noise must be reproduced too
         num_inference_steps=STEPS,
         guidance_scale=2.5,
-        negative_class="frowning",
+        num_images=3,
         seed=20,
-        snapshots=True,
         snapshot_timesteps=(999, 500, 0),
+        negative_class="frowning",
         batch_size=4,
-        model_path=run_dir / "pipeline",
+    )
+    files = sample_to_folder(
+        pipe, ["smiling", "Sleepy"], out, sampling, snapshots=True, model_path=run_dir / "pipeline"
     )
     return pipe, files, out
 

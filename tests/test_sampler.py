@@ -1,4 +1,5 @@
-"""The pipeline's sampling loop: determinism, batch independence, guidance, negative class, snapshots, schedulers, class names."""
+"""The pipeline's sampling loop: determinism, batch independence, guidance, negative class, snapshots, schedulers,
+class names."""
 
 from __future__ import annotations
 
@@ -245,7 +246,9 @@ def test_every_scheduler_samples_the_right_distribution(parts, name):
     train = DDPMScheduler.from_config(parts[2])
     oracle = GaussianOracle(train.alphas_cumprod, [1.0, -1.0, 0.0], 0.5)
     pipe = ClassConditionalLatentDiffusionPipeline(oracle, None, make_scheduler(name, parts[2]), scaling_factor=1.0)
-    res = pipe([0] * 4 + [1] * 4, num_inference_steps=25, guidance_scale=1.0, seeds=list(range(8)), output_type="latent")
+    res = pipe(
+        [0] * 4 + [1] * 4, num_inference_steps=25, guidance_scale=1.0, seeds=list(range(8)), output_type="latent"
+    )
     a, b = res.latents[:4], res.latents[4:]
     assert abs(a.mean() - 1) < 0.05 and abs(b.mean() + 1) < 0.05, (a.mean(), b.mean())
     assert abs(a.std() - 0.5) < 0.06 and abs(b.std() - 0.5) < 0.06, (a.std(), b.std())

@@ -262,6 +262,7 @@ class LdmApp:
 
         import torch
 
+        from ldm.config import SamplingConfig
         from ldm.diffusion.pipeline import resolve_class
         from ldm.diffusion.sample_files import sample_to_folder
 
@@ -286,23 +287,20 @@ class LdmApp:
             progress(min(1.0, done[0] / total), desc=f"denoising step {min(done[0], total)}/{total}")
 
         folder = self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(names[class_id])}-seed{seed}"
+        sampling = SamplingConfig(
+            scheduler=sampler,
+            num_inference_steps=steps,
+            guidance_scale=float(guidance),
+            num_images=n,
+            seed=seed,
+            negative_class=neg or "",
+            batch_size=batch_size,
+        )
         t0 = time.perf_counter()
         with torch.no_grad():
             # writes <class>-seed<S>.png carrying their parameters (ldm sample --from-image regenerates them)
             out = sample_to_folder(
-                pipe,
-                [class_id],
-                folder,
-                num_images=n,
-                scheduler=sampler,
-                num_inference_steps=steps,
-                guidance_scale=float(guidance),
-                negative_class=neg,
-                seed=seed,
-                snapshots=True,
-                batch_size=batch_size,
-                model_path=path,
-                callback=on_step,
+                pipe, [class_id], folder, sampling, snapshots=True, model_path=path, callback=on_step
             )
         seconds = time.perf_counter() - t0
         progress(1.0, desc="done")

@@ -11,6 +11,7 @@ Defaults (sampler, steps, guidance, images per class, seed) come from the run's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 HELP = "generate images by class name (CFG, negative class, seeds, snapshots) from a run or pipeline folder"
@@ -73,23 +74,12 @@ def run(args: argparse.Namespace) -> int:
     if scheduler.strip().lower() not in SCHEDULER_NAMES:
         raise UserError(f"unknown scheduler {scheduler!r}; accepted: {', '.join(SCHEDULER_NAMES)}")
     pipe = load_pipeline(folder, device=args.device)
-    files = sample_to_folder(
-        pipe,
-        args.classes,
-        args.out,
-        num_images=args.num_images if args.num_images is not None else sc.num_images,
-        scheduler=scheduler.strip().lower(),
-        num_inference_steps=args.num_inference_steps
-        if args.num_inference_steps is not None
-        else sc.num_inference_steps,
-        guidance_scale=args.guidance_scale if args.guidance_scale is not None else sc.guidance_scale,
-        negative_class=args.negative_class if args.negative_class is not None else (sc.negative_class or None),
-        seed=args.seed if args.seed is not None else sc.seed,
-        snapshots=args.snapshots,
-        snapshot_timesteps=tuple(args.snapshot_timesteps or sc.snapshot_timesteps),
-        batch_size=args.batch_size if args.batch_size is not None else sc.batch_size,
-        model_path=folder,
-    )
+    flags = ("num_images", "num_inference_steps", "guidance_scale", "negative_class", "seed", "batch_size")
+    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    if args.snapshot_timesteps:
+        given["snapshot_timesteps"] = tuple(args.snapshot_timesteps)
+    sampling = dataclasses.replace(sc, scheduler=scheduler.strip().lower(), **given)
+    files = sample_to_folder(pipe, args.classes, args.out, sampling, snapshots=args.snapshots, model_path=folder)
     for p in files.images:
         print(p)
     if files.grid:

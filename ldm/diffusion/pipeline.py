@@ -37,9 +37,6 @@ from ldm.diffusion.schedulers import make_scheduler
 from ldm.errors import UserError
 from ldm.figures import to_pil
 
-# the original project's snapshot timesteps (columns of its figure)
-DEFAULT_SNAPSHOT_TIMESTEPS: tuple[int, ...] = (999, 700, 500, 200, 150, 120, 100, 80, 60, 40, 20, 0)
-
 # The shim that lets plain diffusers load an exported folder:
 #   DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir, trust_remote_code=True)
 # (diffusers finds the DiffusionPipeline subclass defined outside diffusers in <dir>/pipeline.py).

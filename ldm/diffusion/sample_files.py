@@ -1,7 +1,7 @@
 """Sample folders: PNGs that carry their own recipe, written by ``ldm sample`` and the app, read back by
 ``ldm sample --from-image``.
 
-    files = sample_to_folder(pipe, ["smiling", "sleepy"], "samples/", num_images=4, seed=0)
+    files = sample_to_folder(pipe, ["smiling", "sleepy"], "samples/", SamplingConfig(num_images=4, seed=0))
     params = read_parameters("samples/smiling-seed3.png")   # the ``ldm`` dict
     image = regenerate(params, pipe)                          # the same pixels on the same device and dtype
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from ldm.config import SamplingConfig
     from ldm.diffusion.pipeline import ClassConditionalLatentDiffusionPipeline
 
 FORMAT_VERSION = 1
@@ -179,42 +180,60 @@ def model_identity(pipe: ClassConditionalLatentDiffusionPipeline, path: str | Pa
     return {"path": str(p) if p else None, "name": name, **cached, "class_names": pipe.class_names}
 
 
+def _sample_batch(
+    pipe: ClassConditionalLatentDiffusionPipeline,
+    class_ids: list[int],
+    seeds: list[int],
+    negative_class_ids: list[int] | None,
+    sampling: SamplingConfig,
+    **kwargs: Any,
+) -> Any:
+    """One batch as :func:`sample_to_folder` generates it and :func:`regenerate` recomputes it (``kwargs``: the
+    pipeline's callback, snapshot and cancellation arguments)."""
+    return pipe(
+        class_ids,
+        num_inference_steps=sampling.num_inference_steps,
+        guidance_scale=sampling.guidance_scale,
+        negative_class_labels=negative_class_ids,
+        seeds=seeds,
+        scheduler=sampling.scheduler,
+        **kwargs,
+    )
+
+
 def sample_to_folder(
     pipe: ClassConditionalLatentDiffusionPipeline,
     classes: Sequence[str | int],
     out: str | Path,
+    sampling: SamplingConfig | None = None,
     *,
-    num_images: int = 4,
-    scheduler: str = "dpm++",
-    num_inference_steps: int = 25,
-    guidance_scale: float = 3.0,
-    negative_class: str | int | None = None,
-    seed: int = 0,
     snapshots: bool = False,
-    snapshot_timesteps: Sequence[int] | None = None,
-    batch_size: int = 16,
     model_path: str | Path | None = None,
     callback: Callable[[int, int, torch.Tensor], Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SampleFiles:
-    """Generate ``num_images`` images per class with ``pipe`` and write them into ``out`` as PNGs carrying their
-    parameters.
+    """Generate ``sampling.num_images`` images per class with ``pipe`` and write them into ``out`` as PNGs carrying
+    their parameters.
 
-    Image j of every class uses seed ``seed + j`` (columns of the grid share their starting noise). Writes
-    ``<class>-seed<S>.png`` per image, ``grid.png`` (one row per class) when there are several images, and
-    ``snapshots.png`` (first image of each class, at ``snapshot_timesteps``, default
-    :data:`~ldm.diffusion.pipeline.DEFAULT_SNAPSHOT_TIMESTEPS`) with ``snapshots=True``. Images are generated in
-    batches of ``batch_size``; each PNG records its batch so :func:`regenerate` reproduces its exact pixels.
-    ``callback`` and ``should_stop`` are passed to the pipeline (see its ``__call__``).
+    ``sampling`` (default :class:`ldm.config.SamplingConfig`) gives the sampler, steps, guidance, negative class,
+    seed, images per class, batch size and snapshot timesteps. Image j of every class uses seed ``seed + j`` (columns
+    of the grid share their starting noise). Writes ``<class>-seed<S>.png`` per image, ``grid.png`` (one row per
+    class) when there are several images, and ``snapshots.png`` (first image of each class) with ``snapshots=True``.
+    Images are generated in batches of ``sampling.batch_size``; each PNG records its batch so :func:`regenerate`
+    reproduces its exact pixels. ``callback`` and ``should_stop`` are passed to the pipeline (see its ``__call__``).
     """
-    from ldm.diffusion.pipeline import DEFAULT_SNAPSHOT_TIMESTEPS, Snapshots, list_class_names, resolve_class
+    from ldm.config import SamplingConfig
+    from ldm.diffusion.pipeline import Snapshots, list_class_names, resolve_class
     from ldm.diffusion.schedulers import make_scheduler
     from ldm.figures import labelled_grid, snapshot_figure
 
+    sampling = sampling or SamplingConfig()
+    scheduler, num_images, seed = sampling.scheduler, sampling.num_images, sampling.seed
+    num_inference_steps, guidance_scale = sampling.num_inference_steps, sampling.guidance_scale
     if num_images < 1:
         raise UserError(f"num_images must be >= 1, got {num_images}")
-    if batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    if sampling.batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {sampling.batch_size}")
     if not classes:
         raise UserError(f"give at least one class; known classes: {list_class_names(pipe.class_names)}")
     names = pipe.class_names
@@ -223,7 +242,7 @@ def sample_to_folder(
         k = resolve_class(c, names)
         if k not in ids:
             ids.append(k)
-    neg_id = resolve_class(negative_class, names) if negative_class not in (None, "") else None
+    neg_id = resolve_class(sampling.negative_class, names) if sampling.negative_class not in (None, "") else None
     make_scheduler(scheduler, pipe.scheduler.config)  # validate the name before loading anything else
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,21 +255,20 @@ def sample_to_folder(
     records: list[dict[str, Any]] = []
     snaps: list[Snapshots] = []
     total_steps = None
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
+    for start in range(0, len(jobs), sampling.batch_size):
+        chunk = jobs[start : start + sampling.batch_size]
         cids = [k for k, _ in chunk]
         seeds = [s for _, s in chunk]
         negs = [neg_id] * len(chunk) if neg_id is not None else None
         first = [i for i, (_, s) in enumerate(chunk) if s == seed] if snapshots else None
-        result = pipe(
+        result = _sample_batch(
+            pipe,
             cids,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            negative_class_labels=negs,
-            seeds=seeds,
-            scheduler=scheduler,
+            seeds,
+            negs,
+            sampling,
             callback=callback,
-            snapshot_timesteps=(snapshot_timesteps or DEFAULT_SNAPSHOT_TIMESTEPS) if first else None,
+            snapshot_timesteps=sampling.snapshot_timesteps if first else None,
             snapshot_image_indices=first,
             should_stop=should_stop,
         )
@@ -354,13 +372,14 @@ def regenerate(params: dict[str, Any], pipe: ClassConditionalLatentDiffusionPipe
             f"the image was made for class {params['class']!r} (id {params['class_id']}), but in this model "
             f"id {params['class_id']} is {names[int(params['class_id'])]!r}"
         )
+    from ldm.config import SamplingConfig
+
     negs = batch.get("negative_class_ids")
-    result = pipe(
-        [int(k) for k in batch["class_ids"]],
+    sampling = SamplingConfig(
+        scheduler=params["scheduler"],
         num_inference_steps=int(params["num_inference_steps"]),
         guidance_scale=float(params["guidance_scale"]),
-        negative_class_labels=None if negs is None else [int(k) for k in negs],
-        seeds=[int(s) for s in batch["seeds"]],
-        scheduler=params["scheduler"],
     )
+    class_ids, seeds = [int(k) for k in batch["class_ids"]], [int(s) for s in batch["seeds"]]
+    result = _sample_batch(pipe, class_ids, seeds, None if negs is None else [int(k) for k in negs], sampling)
     return result.images[int(batch["index"])]
