@@ -285,6 +285,37 @@ class ClassConditionalLatentDiffusionPipeline(DiffusionPipeline):
         if neg is not None and len(neg) != b:
             raise UserError(f"negative_class_labels: give 1 or {b}, got {len(neg)}")
 
+    def _decode_snapshots(
+        self,
+        snap_map: dict[int, list[int]],
+        timesteps: list[float],
+        noisy: list[torch.Tensor],
+        pred_x0: list[torch.Tensor],
+        image_indices: list[int],
+    ) -> Snapshots:
+        """Decode the snapshotted latents (per step ``(n, c, h, w)``) in one VAE batch."""
+        s, n = len(noisy), len(image_indices)
+        dec = self.decode_latents(torch.cat([torch.cat(noisy), torch.cat(pred_x0)]))
+        dec = dec.view(2, s, n, *dec.shape[1:])
+        steps = list(snap_map)
+        return Snapshots(
+            timesteps=[int(round(float(timesteps[k]))) for k in steps],
+            step_indices=steps,
+            requested=[snap_map[k] for k in steps],
+            noisy=dec[0],
+            pred_x0=dec[1],
+            image_indices=image_indices,
+        )
+
+    @staticmethod
+    def _postprocess(pixels: torch.Tensor, output_type: str) -> Any:
+        """Decoded images ``(B, C, H, W)`` in [-1, 1] -> PIL images, or ``np`` / ``pt`` arrays in [0, 1]."""
+        if output_type == "pil":
+            return to_pil(pixels)
+        if output_type == "pt":
+            return (pixels + 1) / 2
+        return ((pixels + 1) / 2).permute(0, 2, 3, 1).numpy()
+
     @torch.no_grad()
     def __call__(
         self,
@@ -390,27 +421,8 @@ class ClassConditionalLatentDiffusionPipeline(DiffusionPipeline):
         pixels = None if output_type == "latent" else self.decode_latents(latents)
         snapshots = None
         if snap_map:
-            # one VAE batch for every snapshot
-            s, n = len(snap_noisy), len(snap_idx)
-            dec = self.decode_latents(torch.cat([torch.cat(snap_noisy), torch.cat(snap_x0)]))
-            dec = dec.view(2, s, n, *dec.shape[1:])
-            steps = list(snap_map)
-            snapshots = Snapshots(
-                timesteps=[int(round(float(timesteps[k]))) for k in steps],
-                step_indices=steps,
-                requested=[snap_map[k] for k in steps],
-                noisy=dec[0],
-                pred_x0=dec[1],
-                image_indices=snap_idx,
-            )
-        if pixels is None:
-            images: Any = latents.cpu()
-        elif output_type == "pil":
-            images = to_pil(pixels)
-        elif output_type == "pt":
-            images = (pixels + 1) / 2
-        else:
-            images = ((pixels + 1) / 2).permute(0, 2, 3, 1).numpy()
+            snapshots = self._decode_snapshots(snap_map, timesteps.tolist(), snap_noisy, snap_x0, snap_idx)
+        images = latents.cpu() if pixels is None else self._postprocess(pixels, output_type)
         if not return_dict:
             return (images,)
         return ClassConditionalPipelineOutput(
