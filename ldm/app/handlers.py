@@ -33,9 +33,10 @@ from ldm.app.settings import (
     plan_resume_run,
     save_settings,
 )
-from ldm.app.workspace import Workspace, read_json, read_metrics, tail
+from ldm.app.workspace import Workspace, read_json, tail
 from ldm.config import ConfigError
 from ldm.errors import UserError
+from ldm.run_folder import RunFolder
 
 NO_NEGATIVE = "(none)"
 NO_MODEL_HELP = (
@@ -155,9 +156,9 @@ class PipelineCache:
         return max((p.stat().st_mtime for p in files if p.exists()), default=0.0)
 
     def get(self, path: Path) -> Any:
-        from ldm.diffusion.pipeline import find_pipeline_folder, load_pipeline
+        from ldm.diffusion.pipeline import load_pipeline
 
-        folder = find_pipeline_folder(path).resolve()
+        folder = RunFolder.find_pipeline(path).resolve()
         key, stamp = str(folder), self._stamp(folder)
         with self._lock:
             hit = self._items.get(key)
@@ -203,9 +204,7 @@ class LdmApp:
 
     def class_names(self, model: str | None) -> list[str]:
         """Class names of a run or pipeline folder, read from its model_index.json (no weights loaded)."""
-        from ldm.diffusion.pipeline import find_pipeline_folder
-
-        folder = find_pipeline_folder(self._model_path(model))
+        folder = RunFolder.find_pipeline(self._model_path(model))
         index = read_json(folder / "model_index.json") or {}
         id2label = index.get("id2label")
         if not isinstance(id2label, dict):
@@ -404,17 +403,17 @@ class LdmApp:
             # before training: the autoencoder's own metrics and reconstruction grids show that work is moving
             phases = job.get("phases") or []
             index = int(job.get("phase_index") or 0)
-            folder = Path((phases[index] if index < len(phases) else {}).get("folder") or run)
-            metrics = read_metrics(folder / "metrics.jsonl")
+            folder = RunFolder((phases[index] if index < len(phases) else {}).get("folder") or run)
+            metrics = folder.read_metrics()
             last = metrics[-1] if metrics else {}
             detail = f"step {last['step']}, {last.get('seconds', 0):.0f} s" if "step" in last else ""
-            recon = sorted((folder / "recon").glob("step-*.png")) if (folder / "recon").is_dir() else []
+            recon = folder.recon_grids()
             return progress_html(job, None, detail), None, _open_image(recon[-1] if recon else None), log, timer
-        status = read_json(run / "status.json")
+        status = RunFolder(run).read_status()
         info = self.ws.run_info(run) if run.exists() else None
         return (
             progress_html(job, status),
-            _plot_value(loss_frame(read_metrics(run / "metrics.jsonl"))),
+            _plot_value(loss_frame(RunFolder(run).read_metrics())),
             _open_image(info.newest_sample if info else None),
             log,
             timer,
@@ -490,13 +489,13 @@ class LdmApp:
             f"{html.escape(r.message)}  \nnewest sample grid: {sample} · "
             f"model for inference: {'yes' if r.has_pipeline else 'not exported yet'}"
         )
-        return md, _open_image(r.newest_sample), _plot_value(loss_frame(read_metrics(path / "metrics.jsonl")))
+        return md, _open_image(r.newest_sample), _plot_value(loss_frame(RunFolder(path).read_metrics()))
 
     def use_for_inference(self, run: str | None) -> tuple[Any, Any, str, Any]:
         """Make ``run`` the Inference tab's model and switch to that tab: (model picker, tabs, message, notice)."""
         try:
             path = self.ws.resolve(run, what="run folder")
-            if not (path / "pipeline" / "model_index.json").is_file():
+            if not RunFolder(path).has_pipeline:
                 raise UserError(
                     f"{self.ws.rel(path)} has no exported model yet (it appears at the first checkpoint or when "
                     "training ends); pick another run or wait"

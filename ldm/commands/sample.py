@@ -45,11 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_defaults(run: Path | None):  # -> SamplingConfig
-    from ldm.config import ConfigError, SamplingConfig, load_config
+    from ldm.config import ConfigError, SamplingConfig
+    from ldm.run_folder import RunFolder
 
-    if run is not None and (run / "config.yaml").is_file():
+    if run is not None and RunFolder(run).config_path.is_file():
         try:
-            return load_config(run / "config.yaml").sampling
+            return RunFolder(run).read_config().sampling
         except ConfigError:
             pass  # an older or foreign config: fall back to the defaults rather than refuse to sample
     return SamplingConfig()
@@ -64,11 +65,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give --run RUN (a run folder or an exported pipeline folder), or --from-image PNG")
     if not args.classes:
         raise UserError("give at least one --class NAME")
-    from ldm.diffusion.pipeline import find_pipeline_folder, load_pipeline
+    from ldm.diffusion.pipeline import load_pipeline
     from ldm.diffusion.sample_files import sample_to_folder
+    from ldm.run_folder import RunFolder
 
     run_dir = Path(args.run)
-    folder = find_pipeline_folder(run_dir)
+    folder = RunFolder.find_pipeline(run_dir)
     sc = _sampling_defaults(run_dir if folder != run_dir else None)
     scheduler = args.scheduler or sc.scheduler
     if scheduler.strip().lower() not in SCHEDULER_NAMES:
@@ -93,9 +95,10 @@ def _from_image(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from ldm.diffusion.pipeline import find_pipeline_folder, load_pipeline
+    from ldm.diffusion.pipeline import load_pipeline
     from ldm.diffusion.sample_files import model_identity, read_parameters, regenerate, save_png_with_parameters
     from ldm.errors import UserError
+    from ldm.run_folder import RunFolder
 
     params = read_parameters(args.from_image)
     if params.get("kind") != "image":
@@ -104,7 +107,7 @@ def _from_image(args: argparse.Namespace) -> int:
     source = args.run or model.get("path")
     if not source:
         raise UserError(f"{args.from_image} names no model path; give --run RUN")
-    folder = find_pipeline_folder(source)
+    folder = RunFolder.find_pipeline(source)
     # Pixel-identical results need the device and dtype of the original (CPU float32 by default).
     device = args.device or "cpu"
     pipe = load_pipeline(folder, device=device)

@@ -36,6 +36,7 @@ from diffusers.utils import BaseOutput
 from ldm.diffusion.schedulers import make_scheduler
 from ldm.errors import UserError
 from ldm.figures import to_pil
+from ldm.run_folder import RunFolder
 
 # The shim that lets plain diffusers load an exported folder:
 #   DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir, trust_remote_code=True)
@@ -461,25 +462,6 @@ def build_pipeline(
     )
 
 
-def find_pipeline_folder(path: str | Path) -> Path:
-    """The pipeline folder of a run folder (``<run>/pipeline``) or a pipeline folder itself."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"model folder not found: {p} (give a run folder runs/<name> or an exported pipeline folder)")
-    if (p / "model_index.json").is_file():
-        return p
-    if (p / "pipeline" / "model_index.json").is_file():
-        return p / "pipeline"
-    if p.is_dir() and (p / "checkpoints").is_dir():
-        raise UserError(
-            f"{p} is a run folder without an exported pipeline yet (no {p / 'pipeline' / 'model_index.json'}); "
-            f"wait for the first checkpoint, or run `ldm export --run {p} --out DIR`"
-        )
-    raise UserError(
-        f"{p} is neither a pipeline folder (with model_index.json) nor a run folder (with pipeline/model_index.json)"
-    )
-
-
 def load_pipeline(
     path: str | Path, device: str | None = None, dtype: Any = None
 ) -> ClassConditionalLatentDiffusionPipeline:
@@ -491,7 +473,7 @@ def load_pipeline(
 
     from ldm.utils import default_device
 
-    folder = find_pipeline_folder(path)
+    folder = RunFolder.find_pipeline(path)
     bar = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar in CLI output
     try:
@@ -511,46 +493,49 @@ def pipeline_from_checkpoint(
 ) -> ClassConditionalLatentDiffusionPipeline:
     """Assemble a pipeline from a training checkpoint of ``run`` (default: the latest), using its EMA weights.
 
-    The VAE and scaling factor come from the latent cache the run was trained on (its ``manifest.json``), the noise
-    schedule from the run's ``config.yaml``, class names from ``classes.json`` (or the checkpoint's state).
+    The VAE and scaling factor come from the run's recorded inputs (or, for runs from before those were recorded, the
+    manifest of the latent cache it was trained on), the noise schedule from the run's config, class names from the
+    run's class list (or the checkpoint's state).
     """
     import json
 
     from diffusers import UNet2DModel
 
-    from ldm.config import load_config
     from ldm.diffusion.objective import make_train_scheduler
-    from ldm.run_folder import CHECKPOINT_STATE_FILE, latest_checkpoint
 
-    run = Path(run)
+    folder = RunFolder(run)
+    run = folder.path
     if checkpoint is None:
-        ckpt = latest_checkpoint(run)
+        ckpt = folder.latest_checkpoint()
         if ckpt is None:
-            raise UserError(f"{run} has no complete checkpoint (checkpoints/step-*/{CHECKPOINT_STATE_FILE})")
+            pattern = RunFolder.checkpoint_state_path(Path(RunFolder.CHECKPOINTS, "step-*"))
+            raise UserError(f"{run} has no complete checkpoint ({pattern})")
     else:
         ckpt = Path(checkpoint)
         if not ckpt.is_absolute() and not ckpt.exists():
-            ckpt = run / "checkpoints" / str(checkpoint)
-        if not (ckpt / CHECKPOINT_STATE_FILE).is_file():
-            raise UserError(f"{ckpt} is not a complete checkpoint (no {CHECKPOINT_STATE_FILE})")
-    state = json.loads((ckpt / CHECKPOINT_STATE_FILE).read_text())
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"{run} has no config.yaml: cannot rebuild its noise schedule")
-    cfg = load_config(run / "config.yaml")
-    classes_file = run / "classes.json"
-    classes = json.loads(classes_file.read_text()) if classes_file.is_file() else state.get("classes")
+            ckpt = folder.checkpoint_dir(str(checkpoint))
+        if not RunFolder.is_checkpoint(ckpt):
+            raise UserError(f"{ckpt} is not a complete checkpoint (no {RunFolder.checkpoint_state_path(ckpt).name})")
+    state = RunFolder.read_checkpoint_state(ckpt)
+    if not folder.config_path.is_file():
+        raise UserError(f"{run} has no {folder.config_path.name}: cannot rebuild its noise schedule")
+    cfg = folder.read_config()
+    classes = folder.read_classes() or state.get("classes")
     if not classes:
-        raise UserError(f"{run} has no classes.json and the checkpoint names no classes")
+        raise UserError(f"{run} has no {folder.classes_path.name} and the checkpoint names no classes")
     weights = ckpt / "unet_ema" if (ckpt / "unet_ema").is_dir() else ckpt / "unet"
     unet = UNet2DModel.from_pretrained(weights).eval().requires_grad_(False)
-    latents = Path(state.get("latents") or "")
-    manifest_file = latents / "manifest.json"
-    if not manifest_file.is_file():
-        raise UserError(
-            f"the latent cache the run was trained on ({latents}) is gone (no manifest.json): "
-            "its autoencoder and scaling factor are unknown"
-        )
-    manifest = json.loads(manifest_file.read_text())
+    manifest = folder.read_inputs()  # the same keys as the cache manifest has for these two
+    manifest_file = folder.inputs_path
+    if manifest is None:  # a run from before the inputs were recorded: ask the latent cache
+        latents = Path(state.get("latents") or "")
+        manifest_file = latents / "manifest.json"
+        if not manifest_file.is_file():
+            raise UserError(
+                f"the latent cache the run was trained on ({latents}) is gone (no manifest.json): "
+                "its autoencoder and scaling factor are unknown"
+            )
+        manifest = json.loads(manifest_file.read_text())
     source = (manifest.get("autoencoder") or {}).get("source")
     if not source:
         raise UserError(f"{manifest_file} names no autoencoder source")
@@ -583,18 +568,19 @@ def export_pipeline(
     if not run.exists():
         raise UserError(f"run folder not found: {run}")
     out = Path(out)
-    if out.resolve() in (run.resolve(), (run / "pipeline").resolve()):
+    if out.resolve() in (run.resolve(), RunFolder(run).pipeline_dir.resolve()):
         raise UserError(f"--out {out} is the source itself; choose another folder")
-    has_pipe = (run / "model_index.json").is_file() or (run / "pipeline" / "model_index.json").is_file()
-    if checkpoint is None and has_pipe:
-        folder = run if (run / "model_index.json").is_file() else run / "pipeline"
+    folder = RunFolder.pipeline_of(run)
+    if checkpoint is None and folder is not None:
         pipe = ClassConditionalLatentDiffusionPipeline.from_pretrained(folder)
         if scheduler:
             pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-    elif (run / "checkpoints").is_dir():
+    elif RunFolder(run).checkpoints_dir.is_dir():
         pipe = pipeline_from_checkpoint(run, checkpoint, scheduler=scheduler)
     else:
-        raise UserError(f"{run} has neither pipeline/model_index.json nor checkpoints/: nothing to export")
+        raise UserError(
+            f"{run} has neither {RunFolder.PIPELINE}/model_index.json nor {RunFolder.CHECKPOINTS}/: nothing to export"
+        )
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     return out, pipe

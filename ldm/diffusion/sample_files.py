@@ -163,6 +163,8 @@ def model_identity(pipe: ClassConditionalLatentDiffusionPipeline, path: str | Pa
 
     The hashes are computed once per pipeline object (weights do not change while sampling) and cached on it.
     """
+    from ldm.run_folder import RunFolder
+
     cached = getattr(pipe, "_ldm_identity_hashes", None)
     if cached is None:
         cached = {
@@ -176,7 +178,7 @@ def model_identity(pipe: ClassConditionalLatentDiffusionPipeline, path: str | Pa
     p = Path(path).resolve() if path else None
     name = None
     if p is not None:
-        name = p.parent.name if p.name == "pipeline" else p.name
+        name = RunFolder.display_name(p)
     return {"path": str(p) if p else None, "name": name, **cached, "class_names": pipe.class_names}
 
 

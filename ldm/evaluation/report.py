@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ldm.errors import UserError
+from ldm.run_folder import RunFolder
 
 if TYPE_CHECKING:
     import torch
@@ -460,7 +461,7 @@ def _run_settings(run: Path) -> tuple[Path, Any]:
     """(output folder, run Config or None): a run folder writes into itself, a bare pipeline folder into itself."""
     from ldm.config import load_config
 
-    cfg_path = run / "config.yaml"
+    cfg_path = RunFolder(run).config_path
     cfg = None
     if cfg_path.is_file():
         try:
@@ -497,7 +498,7 @@ def evaluate_run(
     ``guidance_scale`` defaults to the run's ``sampling.guidance_scale`` (3.0 without a run config).
     """
     from ldm.data.folders import scan_image_folder
-    from ldm.diffusion.pipeline import find_pipeline_folder, load_pipeline
+    from ldm.diffusion.pipeline import load_pipeline
     from ldm.evaluation.classifier import TRAIN_STEPS, load_or_train_classifier
     from ldm.evaluation.inception import load_inception
     from ldm.figures import memorisation_figure
@@ -509,7 +510,7 @@ def evaluate_run(
     if num_samples < 2:
         raise UserError(f"--num-samples must be at least 2 (FID/KID need two images), got {num_samples}")
     extractor = load_inception(device=device or "cpu")  # fails early, naming the extra, before any generation
-    folder = find_pipeline_folder(run)
+    folder = RunFolder.find_pipeline(run)
     out_dir, cfg = _run_settings(run if run.is_dir() else folder)
     if guidance_scale is None:
         guidance_scale = float(cfg.sampling.guidance_scale) if cfg is not None else 3.0
@@ -562,7 +563,7 @@ def evaluate_run(
     acc["counts"] = {k: v for k, v in acc["counts"].items() if k in model_classes}
 
     mem = memorisation(fake_feats, real_feats)
-    fig_path = out_dir / "memorisation.png"
+    fig_path = RunFolder(out_dir).memorisation_plot_path
     captions = [model_classes[c] for c in class_ids]
     shown = (
         memorisation_figure(fake, realset.images, mem, fig_path, num_pairs, captions)
@@ -627,9 +628,10 @@ def evaluate_run(
         "seconds": {"generation": round(gen_seconds, 1), "total": round(time.time() - t_start, 1)},
     }
     if write:
-        atomic_write_json(out_dir / "eval.json", _json_safe(result))
-        atomic_write_text(out_dir / "eval.md", eval_markdown(result))
-        log(f"wrote {out_dir / 'eval.json'}, {out_dir / 'eval.md'} and {fig_path}")
+        written = RunFolder(out_dir)
+        atomic_write_json(written.eval_path, _json_safe(result))
+        atomic_write_text(written.eval_report_path, eval_markdown(result))
+        log(f"wrote {written.eval_path}, {written.eval_report_path} and {fig_path}")
     return result
 
 
