@@ -471,6 +471,29 @@ def _run_settings(run: Path) -> tuple[Path, Any]:
     return run, cfg
 
 
+def _load_classifier(
+    scan: FolderScan,
+    image_size: int,
+    channels: int,
+    cache_dir: str | Path | None,
+    steps: int | None,
+    device: str,
+    log: Callable[[str], Any] | None,
+) -> Any:
+    """The class classifier of the real data at this image size (trained on first use, then cached)."""
+    from ldm.evaluation.classifier import TRAIN_STEPS, load_or_train_classifier
+
+    return load_or_train_classifier(
+        scan,
+        image_size=image_size,
+        channels=channels,
+        cache_dir=cache_dir,
+        steps=steps or TRAIN_STEPS,
+        device=device,
+        log=log,
+    )
+
+
 def evaluate_run(
     run: str | Path,
     real: str | Path,
@@ -499,7 +522,6 @@ def evaluate_run(
     """
     from ldm.data.folders import scan_image_folder
     from ldm.diffusion.pipeline import load_pipeline
-    from ldm.evaluation.classifier import TRAIN_STEPS, load_or_train_classifier
     from ldm.evaluation.inception import load_inception
     from ldm.figures import memorisation_figure
     from ldm.utils import atomic_write_json, atomic_write_text, default_device
@@ -548,15 +570,7 @@ def evaluate_run(
     )
     per_class = {k: v for k, v in per_class.items() if k in model_classes}
 
-    clf = load_or_train_classifier(
-        scan,
-        image_size=image_size,
-        channels=channels,
-        cache_dir=cache_dir,
-        steps=classifier_steps or TRAIN_STEPS,
-        device=device,
-        log=log,
-    )
+    clf = _load_classifier(scan, image_size, channels, cache_dir, classifier_steps, device, log)
     predicted = clf.predict(fake).numpy()
     acc = class_accuracy(predicted, fake_labels, scan.classes)
     acc["per_class"] = {k: v for k, v in acc["per_class"].items() if k in model_classes}
@@ -676,7 +690,6 @@ class QuickEvaluator:
         log: Callable[[str], Any] | None = None,
     ) -> None:
         from ldm.data.folders import scan_image_folder
-        from ldm.evaluation.classifier import TRAIN_STEPS, load_or_train_classifier
         from ldm.evaluation.inception import load_inception
 
         if num_samples < 2:
@@ -690,15 +703,7 @@ class QuickEvaluator:
         self.extractor = load_inception(device=device)
         scan = scan_image_folder(real)
         self.real = load_real_set(scan, image_size, channels, self.extractor, cache_dir, log)
-        self.classifier = load_or_train_classifier(
-            scan,
-            image_size=image_size,
-            channels=channels,
-            cache_dir=cache_dir,
-            steps=classifier_steps or TRAIN_STEPS,
-            device=device,
-            log=log,
-        )
+        self.classifier = _load_classifier(scan, image_size, channels, cache_dir, classifier_steps, device, log)
 
     def __call__(self, pipe: Any) -> dict[str, Any]:
         """Generate with ``pipe`` (its UNet's ``training`` flag is restored), then ``{"eval_kid", "eval_kid_std",
