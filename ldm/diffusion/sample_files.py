@@ -203,6 +203,66 @@ def _sample_batch(
     )
 
 
+def _resolve_request(
+    pipe: ClassConditionalLatentDiffusionPipeline, classes: Sequence[str | int], sampling: SamplingConfig
+) -> tuple[list[int], int | None]:
+    """Class ids (repeats dropped) and negative class id of a request, checked before any work."""
+    from ldm.diffusion.pipeline import list_class_names, resolve_class
+    from ldm.diffusion.schedulers import make_scheduler
+
+    if sampling.num_images < 1:
+        raise UserError(f"num_images must be >= 1, got {sampling.num_images}")
+    if sampling.batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {sampling.batch_size}")
+    names = pipe.class_names
+    if not classes:
+        raise UserError(f"give at least one class; known classes: {list_class_names(names)}")
+    ids: list[int] = []
+    for c in classes:
+        k = resolve_class(c, names)
+        if k not in ids:
+            ids.append(k)
+    neg_id = resolve_class(sampling.negative_class, names) if sampling.negative_class not in (None, "") else None
+    make_scheduler(sampling.scheduler, pipe.scheduler.config)  # an unknown sampler fails before any image
+    return ids, neg_id
+
+
+def _image_record(
+    pipe: ClassConditionalLatentDiffusionPipeline,
+    sampling: SamplingConfig,
+    class_id: int,
+    negative_class_id: int | None,
+    seed: int,
+    image: Image.Image,
+    batch: dict[str, Any],
+    identity: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``ldm`` record of one generated image (with its ``text`` line)."""
+    names = pipe.class_names
+    rec = {
+        "format_version": FORMAT_VERSION,
+        "kind": "image",
+        "class": names[class_id],
+        "class_id": class_id,
+        "negative_class": names[negative_class_id] if negative_class_id is not None else None,
+        "negative_class_id": negative_class_id,
+        "seed": seed,
+        "scheduler": sampling.scheduler,
+        "num_inference_steps": sampling.num_inference_steps,
+        "guidance_scale": sampling.guidance_scale,
+        "width": image.width,
+        "height": image.height,
+        "latent_shape": list(pipe.latent_shape),
+        "scaling_factor": float(pipe.config.scaling_factor),
+        "batch": batch,
+        "device": str(pipe.unet.device),
+        "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+        "model": identity,
+    }
+    rec["text"] = format_parameters(rec)
+    return rec
+
+
 def sample_to_folder(
     pipe: ClassConditionalLatentDiffusionPipeline,
     classes: Sequence[str | int],
@@ -225,38 +285,19 @@ def sample_to_folder(
     reproduces its exact pixels. ``callback`` and ``should_stop`` are passed to the pipeline (see its ``__call__``).
     """
     from ldm.config import SamplingConfig
-    from ldm.diffusion.pipeline import Snapshots, list_class_names, resolve_class
-    from ldm.diffusion.schedulers import make_scheduler
-    from ldm.figures import labelled_grid, snapshot_figure
+    from ldm.diffusion.pipeline import Snapshots
 
     sampling = sampling or SamplingConfig()
-    scheduler, num_images, seed = sampling.scheduler, sampling.num_images, sampling.seed
-    num_inference_steps, guidance_scale = sampling.num_inference_steps, sampling.guidance_scale
-    if num_images < 1:
-        raise UserError(f"num_images must be >= 1, got {num_images}")
-    if sampling.batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {sampling.batch_size}")
-    if not classes:
-        raise UserError(f"give at least one class; known classes: {list_class_names(pipe.class_names)}")
-    names = pipe.class_names
-    ids: list[int] = []
-    for c in classes:  # resolve all names before any work, and drop repeats
-        k = resolve_class(c, names)
-        if k not in ids:
-            ids.append(k)
-    neg_id = resolve_class(sampling.negative_class, names) if sampling.negative_class not in (None, "") else None
-    make_scheduler(scheduler, pipe.scheduler.config)  # validate the name before loading anything else
+    ids, neg_id = _resolve_request(pipe, classes, sampling)
+    names, seed = pipe.class_names, sampling.seed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = model_identity(pipe, model_path)
-    scaling_factor = float(pipe.config.scaling_factor)
 
-    jobs = [(k, seed + j) for k in ids for j in range(num_images)]  # class-major: row k of the grid
-    images: list[Any] = []
-    paths: list[Path] = []
-    records: list[dict[str, Any]] = []
+    jobs = [(k, seed + j) for k in ids for j in range(sampling.num_images)]  # class-major: row k of the grid
+    images: list[Image.Image] = []
+    files = SampleFiles(images=[])
     snaps: list[Snapshots] = []
-    total_steps = None
     for start in range(0, len(jobs), sampling.batch_size):
         chunk = jobs[start : start + sampling.batch_size]
         cids = [k for k, _ in chunk]
@@ -274,74 +315,67 @@ def sample_to_folder(
             snapshot_image_indices=first,
             should_stop=should_stop,
         )
-        total_steps = len(result.timesteps)
         if result.snapshots is not None:
             snaps.append(result.snapshots)
         for i, (k, s) in enumerate(chunk):
-            img = result.images[i]
-            rec = {
-                "format_version": FORMAT_VERSION,
-                "kind": "image",
-                "class": names[k],
-                "class_id": k,
-                "negative_class": names[neg_id] if neg_id is not None else None,
-                "negative_class_id": neg_id,
-                "seed": s,
-                "scheduler": scheduler,
-                "num_inference_steps": num_inference_steps,
-                "guidance_scale": guidance_scale,
-                "width": img.width,
-                "height": img.height,
-                "latent_shape": list(pipe.latent_shape),
-                "scaling_factor": scaling_factor,
-                "batch": {"class_ids": cids, "seeds": seeds, "negative_class_ids": negs, "index": i},
-                "device": str(pipe.unet.device),
-                "dtype": str(pipe.unet.dtype).replace("torch.", ""),
-                "model": identity,
-            }
-            rec["text"] = format_parameters(rec)
-            path = save_png_with_parameters(img, out / f"{slugify(names[k])}-seed{s}.png", rec)
-            images.append(img)
-            paths.append(path)
-            records.append(rec)
+            batch = {"class_ids": cids, "seeds": seeds, "negative_class_ids": negs, "index": i}
+            rec = _image_record(pipe, sampling, k, neg_id, s, result.images[i], batch, identity)
+            files.images.append(
+                save_png_with_parameters(result.images[i], out / f"{slugify(names[k])}-seed{s}.png", rec)
+            )
+            files.records.append(rec)
+            images.append(result.images[i])
 
     summary = {
         "format_version": FORMAT_VERSION,
         "classes": [names[k] for k in ids],
         "class_ids": ids,
         "negative_class": names[neg_id] if neg_id is not None else None,
-        "seeds": [seed + j for j in range(num_images)],
-        "scheduler": scheduler,
-        "num_inference_steps": num_inference_steps,
-        "guidance_scale": guidance_scale,
+        "seeds": [seed + j for j in range(sampling.num_images)],
+        "scheduler": sampling.scheduler,
+        "num_inference_steps": sampling.num_inference_steps,
+        "guidance_scale": sampling.guidance_scale,
         "model": identity,
     }
-    files = SampleFiles(images=paths, records=records)
     if len(jobs) > 1:
-        rows = [images[r * num_images : (r + 1) * num_images] for r in range(len(ids))]
-        grid = labelled_grid(rows, summary["classes"])
-        summary_text = (
-            f"grid: classes {', '.join(summary['classes'])}; seeds {seed}..{seed + num_images - 1}; "
-            f"{scheduler} {num_inference_steps} steps; guidance {guidance_scale:g}"
-            + (f"; negative class {summary['negative_class']}" if neg_id is not None else "")
-        )
-        files.grid = save_png_with_parameters(
-            grid, out / "grid.png", {**summary, "kind": "grid", "text": summary_text}
-        )
+        files.grid = _write_grid(out / "grid.png", images, summary, sampling)
     if snaps:
-        merged = Snapshots.concat(snaps)
-        fig = snapshot_figure(
-            merged,
-            list(range(len(merged.image_indices))),
-            labels=[f"{names[k]} seed {seed}" for k in ids],
-            title=f"{scheduler}, {total_steps} steps, guidance {guidance_scale:g}: decoded noisy latent, predicted x0",
-        )
-        files.snapshots = save_png_with_parameters(
-            fig,
-            out / "snapshots.png",
-            {**summary, "kind": "snapshots", "snapshot_timesteps": merged.timesteps, "text": "snapshots"},
-        )
+        steps = len(result.timesteps)
+        files.snapshots = _write_snapshots(out / "snapshots.png", Snapshots.concat(snaps), summary, sampling, steps)
     return files
+
+
+def _write_grid(path: Path, images: list[Image.Image], summary: dict[str, Any], sampling: SamplingConfig) -> Path:
+    """``grid.png``: one row per class, one column per seed, carrying the request's summary."""
+    from ldm.figures import labelled_grid
+
+    n, first = sampling.num_images, sampling.seed
+    rows = [images[r * n : (r + 1) * n] for r in range(len(summary["classes"]))]
+    text = (
+        f"grid: classes {', '.join(summary['classes'])}; seeds {first}..{first + n - 1}; "
+        f"{sampling.scheduler} {sampling.num_inference_steps} steps; guidance {sampling.guidance_scale:g}"
+        + (f"; negative class {summary['negative_class']}" if summary["negative_class"] is not None else "")
+    )
+    return save_png_with_parameters(
+        labelled_grid(rows, summary["classes"]), path, {**summary, "kind": "grid", "text": text}
+    )
+
+
+def _write_snapshots(
+    path: Path, snapshots: Any, summary: dict[str, Any], sampling: SamplingConfig, total_steps: int
+) -> Path:
+    """``snapshots.png``: the first image of each class at the snapshot timesteps (noisy latent and predicted x0)."""
+    from ldm.figures import snapshot_figure
+
+    fig = snapshot_figure(
+        snapshots,
+        list(range(len(snapshots.image_indices))),
+        labels=[f"{c} seed {sampling.seed}" for c in summary["classes"]],
+        title=f"{sampling.scheduler}, {total_steps} steps, guidance {sampling.guidance_scale:g}: "
+        "decoded noisy latent, predicted x0",
+    )
+    record = {**summary, "kind": "snapshots", "snapshot_timesteps": snapshots.timesteps, "text": "snapshots"}
+    return save_png_with_parameters(fig, path, record)
 
 
 # ----------------------------------------------------------------------------------------------------
