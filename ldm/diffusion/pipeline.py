@@ -354,7 +354,7 @@ class ClassConditionalLatentDiffusionPipeline(DiffusionPipeline):
                 ``callback_kwargs`` holds ``latents``.
             seeds: one seed per image (default ``0..B-1``); image i draws all its noise (start and per-step) from a
                 CPU ``torch.Generator`` seeded ``seeds[i]``, so it does not depend on its batch mates or the device.
-            scheduler: sampler name (``ddpm``, ``ddim``, ``dpm++``, ...: :data:`ldm.diffusion.schedulers.SCHEDULERS`)
+            scheduler: sampler name (``ddpm``, ``ddim``, ``dpm++``, ...: :data:`ldm.choices.SCHEDULERS`)
                 built fresh from the pipeline's schedule for this call; None uses ``self.scheduler``.
             snapshot_timesteps: timesteps (0..num_train_timesteps-1) to snapshot, mapped to the nearest sampler step;
                 all snapshots are decoded in one VAE batch after sampling (``output.snapshots``).

@@ -10,26 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from ldm.choices import SCHEDULERS
 from ldm.errors import UserError
-
-# scheduler name -> (diffusers class name, overrides applied on top of the training scheduler's config)
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {"set_alpha_to_one": True}),
-    # DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095): multistep second order in data (x0) prediction
-    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "euler": ("EulerDiscreteScheduler", {}),  # Karras et al. 2022 (EDM), Algorithm 1 without churn
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),  # ancestral Euler (k-diffusion), stochastic
-    "heun": ("HeunDiscreteScheduler", {}),  # Karras et al. 2022 (EDM), Algorithm 1: 2nd order, 2 evals per step
-    "unipc": ("UniPCMultistepScheduler", {"solver_order": 2}),  # Zhao et al. 2023 (arXiv:2302.04867)
-}
 
 
 def make_scheduler(name: str, train_scheduler_config: Any) -> Any:
     """Build the inference scheduler ``name`` from the training scheduler's config (a dict or FrozenDict).
 
-    Accepted names: the keys of :data:`SCHEDULERS`. The noise schedule (betas, number of training steps, prediction
-    type) comes from the training config so sampling matches training.
+    Accepted names: the keys of :data:`ldm.choices.SCHEDULERS` (the one table of sampler names and their diffusers
+    classes). The noise schedule (betas, number of training steps, prediction type) comes from the training config so
+    sampling matches training.
     """
     import diffusers
 
