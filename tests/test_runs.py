@@ -337,3 +337,20 @@ def test_a_run_records_its_inputs_and_exports_without_its_latent_cache(tmp_path)
             assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_atomic_writes_give_ordinary_permissions(tmp_path):
+    """Files and folders written atomically are readable by others like any new file (not mkstemp's 0600)."""
+    import os
+
+    from ldm.utils import atomic_dir, atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "status.json", "{}")
+        with atomic_dir(tmp_path / "pipeline") as d:
+            (d / "x").write_text("1")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "status.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "pipeline").stat().st_mode & 0o777 == 0o755
