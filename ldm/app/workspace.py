@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ldm.data.manifest import MANIFEST
 from ldm.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp")
 # folders discovery never enters: environments, caches, VCS metadata
 SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "test-artifacts"}
 # files that mark a folder as something other than a class folder of images
-MARKERS = ("status.json", "config.yaml", "config.json", "manifest.json", "model_index.json", "metrics.jsonl")
+MARKERS = ("status.json", "config.yaml", "config.json", MANIFEST, "model_index.json", "metrics.jsonl")
 MAX_DEPTH = 4  # levels below the root searched for datasets, caches, runs and pipelines
 APP_DIR = ".ldm-app"  # the app's own state inside the workspace (job file, generated images, settings)
 
@@ -52,7 +53,7 @@ class Discovery:
     """Everything found in one walk of the workspace, paths absolute."""
 
     datasets: list[Path] = field(default_factory=list)  # folders of class subfolders of images
-    caches: list[Path] = field(default_factory=list)  # latent caches (manifest.json)
+    caches: list[Path] = field(default_factory=list)  # latent caches (with a manifest)
     runs: list[Path] = field(default_factory=list)  # diffusion run folders
     vae_runs: list[Path] = field(default_factory=list)  # ldm train-vae run folders (vae/config.json)
     autoencoders: list[Path] = field(default_factory=list)  # standalone diffusers autoencoder folders
@@ -226,7 +227,7 @@ class Workspace:
                 if "model_index.json" in names:
                     found.pipelines.append(d)
                     return
-                if "manifest.json" in names:
+                if MANIFEST in names:
                     found.caches.append(d)
                     return
                 if "classes.json" in names or "status.json" in names or (d / "checkpoints").is_dir():

@@ -208,7 +208,7 @@ def pipeline_from_checkpoint(
 ) -> ClassConditionalLatentDiffusionPipeline:
     """Assemble a pipeline from a training checkpoint of ``run`` (default: the latest), using its EMA weights.
 
-    The VAE and scaling factor come from the latent cache the run was trained on (its ``manifest.json``), the noise
+    The VAE and scaling factor come from the latent cache the run was trained on (its manifest), the noise
     schedule from the run's ``config.yaml``, class names from ``classes.json`` (or the checkpoint's state).
     """
     import json
@@ -240,18 +240,19 @@ def pipeline_from_checkpoint(
         raise UserError(f"{run} has no classes.json and the checkpoint names no classes")
     weights = ckpt / "unet_ema" if (ckpt / "unet_ema").is_dir() else ckpt / "unet"
     unet = UNet2DModel.from_pretrained(weights).eval().requires_grad_(False)
+    from ldm.data.manifest import MANIFEST, Manifest
+    from ldm.models.autoencoder import load_autoencoder
+
     latents = Path(state.get("latents") or "")
-    manifest_file = latents / "manifest.json"
-    if not manifest_file.is_file():
+    if not Manifest.exists(latents):
         raise UserError(
-            f"the latent cache the run was trained on ({latents}) is gone (no manifest.json): "
+            f"the latent cache the run was trained on ({latents}) is gone (no {MANIFEST}): "
             "its autoencoder and scaling factor are unknown"
         )
-    manifest = json.loads(manifest_file.read_text())
-    source = (manifest.get("autoencoder") or {}).get("source")
+    manifest = Manifest.load(latents)
+    source = manifest.autoencoder.source
     if not source:
-        raise UserError(f"{manifest_file} names no autoencoder source")
-    from ldm.models.autoencoder import load_autoencoder
+        raise UserError(f"{Manifest.path(latents)} names no autoencoder source")
 
     vae = load_autoencoder(source, device="cpu").model
     pipe = build_pipeline(
@@ -259,7 +260,7 @@ def pipeline_from_checkpoint(
         vae,
         make_train_scheduler(cfg.diffusion).config,
         classes,
-        float(manifest["scaling_factor"]),
+        float(manifest.scaling_factor),
         scheduler=scheduler or cfg.sampling.scheduler,
     )
     return pipe.to(device)

@@ -503,7 +503,7 @@ class Trainer:
         if self.vae is None:
             from ldm.models.autoencoder import load_autoencoder
 
-            source = self.cache.manifest.get("autoencoder", {}).get("source")
+            source = self.cache.manifest.autoencoder.source
             if not source:
                 raise UserError(f"the latent cache manifest {self.latents_path} names no autoencoder source")
             self.vae = load_autoencoder(source, device=self.device).model
@@ -515,18 +515,18 @@ class Trainer:
         from ldm.evaluation.report import QuickEvaluator
 
         tc, m = self.tc, self.cache.manifest
-        real = tc.eval_data or m.get("data_dir") or ""
+        real = tc.eval_data or m.data_dir or ""
         if not real or not Path(real).is_dir():
             raise UserError(
                 f"training.eval_every={tc.eval_every} needs the real images: training.eval_data="
-                f"{tc.eval_data!r} and the latent cache's data_dir={m.get('data_dir')!r} is not a folder; set "
+                f"{tc.eval_data!r} and the latent cache's data_dir={m.data_dir!r} is not a folder; set "
                 "training.eval_data=DIR (one subfolder per class) or training.eval_every=0"
             )
         self.log(f"quick evaluation every {tc.eval_every} steps: {tc.eval_num_samples} samples against {real}")
         return QuickEvaluator(
             real,
-            image_size=int(m.get("image_size") or self.cfg.data.image_size),
-            channels=int(m.get("channels") or self.cfg.data.channels),
+            image_size=int(m.image_size or self.cfg.data.image_size),
+            channels=int(m.channels or self.cfg.data.channels),
             num_samples=tc.eval_num_samples,
             scheduler=tc.sample_scheduler,
             num_inference_steps=tc.sample_num_inference_steps,
