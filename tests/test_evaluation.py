@@ -155,7 +155,7 @@ def test_memorisation_of_training_set_itself_is_total():
 def test_missing_eval_extra_names_it(monkeypatch):
     import importlib.util
 
-    from ldm import inception
+    from ldm.evaluation import inception
     from ldm.errors import UserError
 
     real_find_spec = importlib.util.find_spec
