@@ -212,9 +212,9 @@ def prepare_latents(
         return old
 
     import torch
-    from tqdm.auto import tqdm
 
     from ldm.models import autoencoder as ae_lib
+    from ldm.progress import progress_bar
 
     scan = scan_image_folder(data_dir)
     device = device or default_device()
@@ -274,7 +274,7 @@ def prepare_latents(
     t0 = time.perf_counter()
     with (
         torch.inference_mode(),
-        tqdm(total=len(ds), desc="encoding", unit="img", disable=not progress, dynamic_ncols=True) as bar,
+        progress_bar(total=len(ds), desc="encoding", unit="img", disable=not progress, dynamic_ncols=True) as bar,
     ):
         for images, _ in loader:
             z = ae_lib.encode(ae, images.to(device))
