@@ -37,6 +37,18 @@ def test_not_a_terminal_prints_a_line_every_interval():
     assert "0/40" in lines[0] and "40/40" in lines[-1] and "100%|##########|" in lines[-1]  # plain ASCII
 
 
+def test_not_a_terminal_limits_asked_for_redraws_too():
+    """A caller that sets a postfix at every step (the trainers do) still gets a line per interval, not per step."""
+    out = io.StringIO()
+    with progress_bar(total=40, desc="training", file=out, mininterval=0.1) as bar:
+        for step in range(40):
+            time.sleep(0.01)
+            bar.n = step + 1  # train-vae moves the bar itself and relies on the postfix to redraw it
+            bar.set_postfix_str(f"step {step + 1}")
+    lines = _lines(out.getvalue())
+    assert 2 <= len(lines) <= 8 and "40/40" in lines[-1] and "step 40" in lines[-1]
+
+
 def test_not_a_terminal_default_is_start_and_end_for_a_quick_loop():
     assert LOG_INTERVAL >= 2
     out = io.StringIO()
