@@ -111,3 +111,30 @@ def test_missing_and_broken_manifests(tmp_path):
     (tmp_path / MANIFEST).write_text("[1, 2]")
     with pytest.raises(UserError, match="not a latent cache manifest"):
         Manifest.load(tmp_path)
+
+
+def test_no_other_module_spells_the_manifest_file():
+    """Code outside ldm/data/manifest.py goes through Manifest (docstrings may name the file)."""
+    import ast
+    from pathlib import Path
+
+    import ldm
+
+    root = Path(ldm.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path == root / "data" / "manifest.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(getattr(node, "body", None), list) and node.body and isinstance(node.body[0], ast.Expr)
+        }
+        offenders += [
+            f"{path.relative_to(root)}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            if MANIFEST in node.value
+        ]
+    assert not offenders, f"use ldm.data.manifest.Manifest instead of spelling {MANIFEST}: {offenders}"

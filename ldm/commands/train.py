@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from ldm.commands._common import add_config_arguments, dry_run, resolve_config
+from ldm.run_folder import RunFolder
 
 HELP = "train the diffusion model on a latent cache (resumable, safe to stop with Ctrl-C)"
 
@@ -39,10 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="latest|PATH",
         help="continue from the newest checkpoint of --out ('latest'), a run folder or a checkpoint folder; "
-        "without --config the run's own config.yaml is used",
+        f"without --config the run's own {RunFolder.CONFIG} is used",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: accelerate's choice)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (the log still goes to train.log)")
+    p.add_argument(
+        "--no-progress", action="store_true", help=f"no progress bar (the log still goes to {RunFolder.LOG})"
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -97,14 +100,12 @@ def run(args: argparse.Namespace) -> int:
     recorded = None
     if args.resume is not None:
         # Continuing a run means continuing its recipe: start from its own resolved config, on its own cache.
-        from ldm.run_folder import checkpoint_latents, resolve_resume
-
-        ckpt = resolve_resume(args.out, args.resume)
-        run_config = ckpt.parent.parent / "config.yaml"
+        ckpt = RunFolder(args.out).resolve_resume(args.resume)
+        run_config = RunFolder.of_checkpoint(ckpt).config_path
         if args.config is None and run_config.is_file():
             args.config = str(run_config)
         if args.latents is None:
-            recorded = checkpoint_latents(ckpt)
+            recorded = RunFolder.checkpoint_latents(ckpt)
             if recorded is None:
                 raise UserError(f"--resume: checkpoint {ckpt} does not record its latent cache; pass --latents CACHE")
             args.latents = str(recorded)

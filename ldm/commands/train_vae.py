@@ -16,6 +16,7 @@ import sys
 import threading
 
 from ldm.commands._common import add_config_arguments, dry_run, resolve_config
+from ldm.run_folder import RunFolder
 
 HELP = "train an autoencoder (diffusers AutoencoderKL) from scratch on a folder of class folders"
 
@@ -82,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
     with _StopFlag() as stop:
         result = train_vae(cfg, args.data, args.out, progress=not args.no_progress, should_stop=stop)
     how = "stopped early" if result["stopped_early"] else "finished"
+    run = RunFolder(args.out)
     print(
         f"{how} after {result['steps']} steps ({result['train_seconds']:.0f} s): "
         f"held-out PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} on {result['num_holdout']} images; "
         f"latent {tuple(result['latent_shape'])}, scaling_factor {result['scaling_factor']:.4f}\n"
-        f"autoencoder saved in {args.out}/vae (use --vae {args.out}); reconstructions in {args.out}/recon/"
+        f"autoencoder saved in {run.vae_dir} (use --vae {args.out}); reconstructions in {run.recon_dir}/"
     )
     return 0

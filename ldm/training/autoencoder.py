@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ldm.errors import UserError
 from ldm.models.autoencoder import PatchDiscriminator, build_autoencoder_kl, decode, encode
+from ldm.run_folder import RunFolder
 
 if TYPE_CHECKING:
     import torch
@@ -121,15 +122,15 @@ def train_vae(
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from ldm.config import save_config
     from ldm.evaluation.metrics import psnr as psnr_fn
     from ldm.evaluation.metrics import ssim as ssim_fn
     from ldm.utils import atomic_dir, atomic_write_json, default_device, seed_everything
 
     ac, dc = cfg.autoencoder, cfg.data
     out = Path(out_dir)
+    run = RunFolder(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    run.write_config(cfg)
     if ac.batch_size < 1 or ac.max_steps < 1:
         raise UserError("autoencoder.batch_size and autoencoder.max_steps must be at least 1")
     if not 0.0 <= ac.ema_decay < 1.0:
@@ -177,8 +178,8 @@ def train_vae(
     # the images shown in every grid: spread over the held-out set (so over its classes), else over the training set
     show_from = hold_x if len(hold_x) else train_x
     show = show_from[torch.linspace(0, len(show_from) - 1, min(8, len(show_from))).long()]
-    (out / "recon").mkdir(exist_ok=True)
-    metrics_f = open(out / "metrics.jsonl", "a")
+    run.recon_dir.mkdir(exist_ok=True)
+    metrics_f = open(run.metrics_path, "a")
 
     def log(rec: dict) -> None:
         metrics_f.write(json.dumps(rec) + "\n")
@@ -195,7 +196,7 @@ def train_vae(
         m = ema if ema is not None else model
         m.eval()
         rec = decode(m, encode(m, show.to(device))).cpu()
-        path = out / "recon" / f"step-{step:06d}.png"
+        path = run.recon_grid_path(step)
         recon_grid(show, rec, per_row=8).save(path)
         return path
 
@@ -331,7 +332,7 @@ def train_vae(
     scaling = 1.0 / std if std > 0 else 1.0
     final = final.to(memory_format=torch.contiguous_format).float().cpu()
     final.register_to_config(scaling_factor=scaling)
-    with atomic_dir(out / "vae") as tmp:
+    with atomic_dir(run.vae_dir) as tmp:
         final.save_pretrained(tmp, safe_serialization=True)
     result.update(
         scaling_factor=scaling,
@@ -339,9 +340,9 @@ def train_vae(
         latent_shape=list(z.shape[1:]),
         classes=scan.classes,
         recon_grid=str(grid_path.relative_to(out)),
-        vae_dir="vae",
+        vae_dir=run.vae_dir.name,
     )
     log({"step": step, "seconds": round(train_seconds, 2), "final": True, "holdout": held})
     metrics_f.close()
-    atomic_write_json(out / "eval.json", result)
+    atomic_write_json(run.eval_path, result)
     return result

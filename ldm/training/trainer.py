@@ -38,23 +38,7 @@ import torch
 
 from ldm.config import Config, TrainingConfig, to_dict
 from ldm.errors import UserError
-from ldm.run_folder import (
-    CHECKPOINT_STATE_FILE,
-    RunLog,
-    append_metrics,
-    existing_run_problem,
-    labelled_grid,
-    list_checkpoints,
-    mark_latest,
-    plot_loss,
-    prune_checkpoints,
-    read_metrics,
-    resolve_resume,
-    save_png,
-    step_name,
-    truncate_metrics,
-    write_status,
-)
+from ldm.run_folder import RunFolder, labelled_grid, plot_loss, save_png
 from ldm.utils import atomic_dir, atomic_write_json
 
 CHECKPOINT_FORMAT = 1
@@ -247,6 +231,7 @@ class Trainer:
     ):
         self.cfg, self.tc = cfg, cfg.training
         self.out = Path(out)
+        self.run_folder = RunFolder(self.out)
         self.should_stop = should_stop or (lambda: False)
         self.progress, self.on_log = progress, on_log
         check_training_config(self.tc)
@@ -254,8 +239,8 @@ class Trainer:
         # Refuse before touching anything: a run folder with checkpoints is only continued on request.
         self.resume_from: Path | None = None
         if resume is not None:
-            self.resume_from = resolve_resume(self.out, resume)
-        elif (problem := existing_run_problem(self.out)) is not None:
+            self.resume_from = self.run_folder.resolve_resume(resume)
+        elif (problem := self.run_folder.existing_run_problem()) is not None:
             raise UserError(problem)
 
         from accelerate import Accelerator
@@ -282,7 +267,7 @@ class Trainer:
         self.latents_per_step = self.tc.batch_size * self.tc.gradient_accumulation_steps * self.world
         self.horizon = step_horizon(self.tc, n, self.latents_per_step)
 
-        self.log = RunLog(self.out / "train.log", echo=self._echo if self.main else None)
+        self.log = self.run_folder.log(echo=self._echo if self.main else None)
         self.bar = None
         self._plot_at, self._plot_cost = -1e9, 0.0  # time and cost of the last loss.png redraw (see _plot)
 
@@ -307,12 +292,11 @@ class Trainer:
         tc = self.tc
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            from ldm.config import save_config
-
-            # Recorded before the first step, so a run folder always says how it was made.
-            save_config(self.cfg, self.out / "config.yaml")
-            atomic_write_json(self.out / "classes.json", self.classes)
-            (self.out / "samples").mkdir(exist_ok=True)
+            # Recorded before the first step, so a run folder always says how it was made and from what.
+            self.run_folder.write_config(self.cfg)
+            self.run_folder.write_classes(self.classes)
+            self.run_folder.write_inputs(self._inputs())
+            self.run_folder.samples_dir.mkdir(exist_ok=True)
         self.acc.wait_for_everyone()
 
         torch.manual_seed(tc.seed)  # weight initialisation
@@ -381,7 +365,7 @@ class Trainer:
         from safetensors.torch import load_file
 
         ckpt = self.resume_from
-        state = json.loads((ckpt / CHECKPOINT_STATE_FILE).read_text())
+        state = RunFolder.read_checkpoint_state(ckpt)
         if state.get("classes") != self.classes:
             raise UserError(
                 f"cannot resume from {ckpt}: it was trained on classes {state.get('classes')}, "
@@ -394,7 +378,7 @@ class Trainer:
         if state.get("unet") != to_dict(self.cfg.unet):
             raise UserError(
                 f"cannot resume from {ckpt}: its unet config {state.get('unet')} differs from this config's "
-                f"{to_dict(self.cfg.unet)}; resume with the run's own config.yaml"
+                f"{to_dict(self.cfg.unet)}; resume with the run's own {self.run_folder.CONFIG}"
             )
         weights = load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors"))
         unet.load_state_dict(weights)
@@ -499,6 +483,28 @@ class Trainer:
             self._eval.load_state_dict(self.raw_unet.state_dict())
         return self._eval
 
+    def _inputs(self) -> dict[str, Any]:
+        """What this run trains on (``inputs.json``): enough to export and inspect it without its latent cache."""
+        from ldm.utils import describe_device, library_versions
+
+        m = self.cache.manifest
+        return {
+            "latents": {
+                "path": str(self.latents_path.resolve()),
+                "data_dir": m.data_dir,
+                "data_fingerprint": m.data_fingerprint,
+                "listing_fingerprint": m.listing_fingerprint,
+                "num_latents": len(self.cache.latents),
+                "latent_shape": list(self.latent_shape),
+            },
+            "autoencoder": {k: getattr(m.autoencoder, k) for k in ("source", "class_name", "content_hash", "folder")},
+            "scaling_factor": float(self.cache.scaling_factor),
+            "mixed_precision": self.mixed_precision,
+            "device": describe_device(self.device),
+            "num_processes": self.world,
+            "versions": library_versions(),
+        }
+
     def _vae(self) -> Any:
         if self.vae is None:
             from ldm.models.autoencoder import load_autoencoder
@@ -576,7 +582,7 @@ class Trainer:
             f"{tc.sample_num_inference_steps} steps, guidance {tc.sample_guidance_scale:g}, "
             f"seeds {tc.sample_seed}..{tc.sample_seed + cols - 1}"
         )
-        path = self.out / "samples" / f"{step_name(self.step_count)}.png"
+        path = self.run_folder.sample_grid_path(self.step_count)
         save_png(labelled_grid(rows, self.classes, title=title), path)
         return path
 
@@ -592,7 +598,7 @@ class Trainer:
             float(self.cache.scaling_factor),
             scheduler=self.cfg.sampling.scheduler,
         )
-        final = self.out / "pipeline"
+        final = self.run_folder.pipeline_dir
         with atomic_dir(final) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
         return final
@@ -604,7 +610,7 @@ class Trainer:
             from accelerate.utils import gather_object
 
             rng = {"per_process": gather_object([_rng_state(self.noise)])}
-        final = self.out / "checkpoints" / step_name(self.step_count)
+        final = self.run_folder.checkpoint_dir(self.step_count)
         if self.main:
             with atomic_dir(final) as tmp:
                 self.raw_unet.save_pretrained(tmp / "unet", safe_serialization=True)
@@ -632,9 +638,9 @@ class Trainer:
                     "unet": to_dict(self.cfg.unet),
                     "mixed_precision": self.mixed_precision,
                 }
-                atomic_write_json(tmp / CHECKPOINT_STATE_FILE, state)
-            mark_latest(self.out, final)
-            prune_checkpoints(self.out, self.tc.keep_checkpoints)
+                atomic_write_json(RunFolder.checkpoint_state_path(tmp), state)
+            self.run_folder.mark_latest(final)
+            self.run_folder.prune_checkpoints(self.tc.keep_checkpoints)
         self.acc.wait_for_everyone()
         return final
 
@@ -654,7 +660,7 @@ class Trainer:
         now = time.monotonic()
         if not force and now - self._plot_at < max(10.0, 30 * self._plot_cost):
             return
-        plot_loss(records, self.out / "loss.png", title=self.out.name)
+        plot_loss(records, self.run_folder.loss_plot_path, title=self.out.name)
         self._plot_at = time.monotonic()
         self._plot_cost = self._plot_at - now
 
@@ -662,8 +668,7 @@ class Trainer:
 
     def status(self, state: str, message: str = "", loss: float | None = None) -> None:
         if self.main:
-            write_status(
-                self.out,
+            self.run_folder.write_status(
                 state,
                 step=self.step_count,
                 max_steps=self.horizon,
@@ -684,11 +689,11 @@ class Trainer:
 
         if self.main:
             if self.resume_from is not None:
-                truncate_metrics(self.out, self.step_count)
+                self.run_folder.truncate_metrics(self.step_count)
                 self.log(f"resuming from {self.resume_from} (step {self.step_count})")
-            elif (self.out / "metrics.jsonl").exists():
+            elif self.run_folder.metrics_path.exists():
                 # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
-                truncate_metrics(self.out, 0)
+                self.run_folder.truncate_metrics(0)
                 self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
             self.log(
                 f"training on {len(self.cache.latents)} latents {self.latent_shape} x {self.num_classes} classes "
@@ -713,18 +718,18 @@ class Trainer:
         t_window, images_window = time.monotonic(), 0
         stop_message, state = None, "finished"
         last_ckpt, last_grid, last_sample_step, last_ckpt_step = None, None, -1, -1
-        records = read_metrics(self.out) if self.main else []
+        records = self.run_folder.read_metrics() if self.main else []
         # A resumed run may already be done (e.g. `--resume latest` on a finished run): no step past the budget.
         done_already = self._stop_reason() if self.resume_from is not None else None
         if done_already is not None:
             stop_message = f"already {done_already}"
-            if self.resume_from.parent.parent.resolve() == self.out.resolve():
+            if RunFolder.of_checkpoint(self.resume_from).path.resolve() == self.out.resolve():
                 last_ckpt, last_ckpt_step = self.resume_from, self.step_count
         try:
             while done_already is None:
                 loss, grad_norm, lr = self.step()
                 if not math.isfinite(loss):
-                    good = list_checkpoints(self.out)
+                    good = self.run_folder.checkpoints()
                     msg = (
                         f"loss is {loss} at step {self.step_count + 1}: training diverged; nothing was saved after "
                         f"the last good checkpoint ({good[-1].name if good else 'none'}). Try a lower "
@@ -769,7 +774,7 @@ class Trainer:
                             + (f" eta {eta / 60:.1f} min" if eta is not None else ""),
                             echo=self.bar is None,  # the bar shows it already
                         )
-                        append_metrics(self.out, record)
+                        self.run_folder.append_metrics(record)
                         records.append(record)
                         self._plot(records, force=at_end)
                         self.status("running", "training", loss=record["loss"])
@@ -793,13 +798,14 @@ class Trainer:
 
                     t_eval = time.monotonic()
                     row = self.quick_eval()
-                    append_metrics(self.out, row)
+                    self.run_folder.append_metrics(row)
                     records.append(row)
-                    plot_eval_metrics(records, self.out / "eval.png")
+                    plot_eval_metrics(records, self.run_folder.eval_plot_path)
                     self.log(
                         f"step {self.step_count}: KID {row['eval_kid']:.4f} +- {row['eval_kid_std']:.4f}, class "
                         f"accuracy {row['eval_class_accuracy']:.2f} ({row['eval_num_samples']} samples, "
-                        f"{row['eval_seconds']:.0f} s, not counted in max_minutes) -> eval.png"
+                        f"{row['eval_seconds']:.0f} s, not counted in max_minutes) -> "
+                        f"{self.run_folder.eval_plot_path.name}"
                     )
                     self.t0 += time.monotonic() - t_eval  # the time budget is for training
                 if tc.checkpoint_every > 0 and self.step_count % tc.checkpoint_every == 0 and not at_end:
