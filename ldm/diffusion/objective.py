@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ldm.choices import BETA_SCHEDULES, LOSSES, MIXED_PRECISION, PREDICTION_TYPES
 from ldm.errors import UserError
 
 if TYPE_CHECKING:
@@ -22,10 +23,6 @@ if TYPE_CHECKING:
     from diffusers import DDPMScheduler
 
     from ldm.config import DiffusionConfig
-
-LOSSES = ("mse", "l1", "huber")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def make_train_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
@@ -162,9 +159,8 @@ def resolve_mixed_precision(setting: str, device: str) -> str:
     A CPU without AVX-512 falls back to float32. An explicit setting is returned as is, except fp16 off CUDA
     (CPU fp16 autocast is slow and unsupported for many ops), which is a :class:`UserError`.
     """
-    accepted = ("auto", "no", "bf16", "fp16")
-    if setting not in accepted:
-        raise UserError(f"training.mixed_precision {setting!r}; accepted: {', '.join(accepted)}")
+    if setting not in MIXED_PRECISION:
+        raise UserError(f"training.mixed_precision {setting!r}; accepted: {', '.join(MIXED_PRECISION)}")
     dev = str(device).split(":")[0]
     if setting == "auto":
         if dev == "cuda":

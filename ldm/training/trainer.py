@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ldm.choices import OPTIMIZERS
 from ldm.config import Config, TrainingConfig, to_dict
 from ldm.errors import UserError
 from ldm.run_folder import RunFolder, labelled_grid, plot_loss, save_png
@@ -183,7 +184,7 @@ def make_optimizer(params: Any, tc: TrainingConfig, device: str = "cpu") -> torc
         )
     if tc.optimizer == "sgd":
         return torch.optim.SGD(params, lr=tc.learning_rate, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    raise UserError(f"training.optimizer: unknown {tc.optimizer!r}; accepted: adamw, adam, sgd")
+    raise UserError(f"training.optimizer: unknown {tc.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
 
 
 def _rng_state(noise: torch.Generator) -> dict[str, Any]:
