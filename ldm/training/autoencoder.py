@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ldm.errors import UserError
+from ldm.figures import recon_grid
 from ldm.models.autoencoder import PatchDiscriminator, build_autoencoder_kl, decode, encode
 from ldm.run_folder import RunFolder
 
@@ -70,34 +71,6 @@ def _cpu_has_native_bf16() -> bool:
     except OSError:
         pass
     return False
-
-
-def recon_grid(originals: torch.Tensor, recons: torch.Tensor, per_row: int = 8, pad: int = 2) -> Any:
-    """A PIL image: originals in the top row(s), their reconstructions in as many rows below, a grey gap between.
-
-    ``originals``, ``recons``: ``(B, C, H, W)`` in [-1, 1], C = 1 or 3.
-    """
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    b, c, h, w = originals.shape
-    rows = math.ceil(b / per_row)
-    cols = min(b, per_row)
-    canvas = torch.full((3, 2 * rows * (h + pad) + pad + pad, cols * (w + pad) + pad), 0.5)
-    for block, imgs in enumerate((originals, recons)):
-        imgs = (
-            ((imgs.detach().float().cpu().clamp(-1, 1) + 1) / 2).expand(-1, 3, -1, -1)
-            if c == 1
-            else ((imgs.detach().float().cpu().clamp(-1, 1) + 1) / 2)
-        )
-        for i in range(b):
-            r, col = divmod(i, per_row)
-            y = pad + (block * rows + r) * (h + pad) + block * pad  # an extra gap between the two blocks
-            x = pad + col * (w + pad)
-            canvas[:, y : y + h, x : x + w] = imgs[i]
-    arr = (canvas.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
 
 
 def train_vae(
