@@ -212,10 +212,7 @@ def prepare_latents(
         print(f"latent cache {out} is up to date ({old.num_images} latents); nothing to do")
         return old
 
-    import torch
-
     from ldm.models import autoencoder as ae_lib
-    from ldm.progress import progress_bar
 
     scan = scan_image_folder(data_dir)
     device = device or default_device()
@@ -267,34 +264,69 @@ def prepare_latents(
     _start_writing(out, overwrite)
 
     # encode everything first (unscaled): the "auto" scaling factor needs the statistics of the whole dataset
-    ds = ImageFolderDataset(scan, image_size, channels)
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=cfg.data.num_workers, drop_last=False
-    )
-    chunks = []
     t0 = time.perf_counter()
+    ds = ImageFolderDataset(scan, image_size, channels)
+    z = _encode_all(ae, ds, device, batch_size, cfg.data.num_workers, progress)
+    seconds = time.perf_counter() - t0
+    std = float(z.std(dtype=np.float64))
+    scale = _scaling_factor(setting, z, ae.scaling_factor)
+    z *= np.float32(scale)
+    manifest.files = _write_latents(out, z, scan, pack)
+    manifest.latent_stats = LatentStats(  # of the unscaled latents
+        mean=float(z.mean(dtype=np.float64) / scale),
+        std=std,
+        channel_mean=(z.mean(axis=(0, 2, 3), dtype=np.float64) / scale).tolist(),
+        channel_std=(z.std(axis=(0, 2, 3), dtype=np.float64) / scale).tolist(),
+    )
+    manifest.latent_shape = list(z.shape[1:])
+    manifest.scaling_factor = scale
+    manifest.packed = ["latents.npy", "labels.npy"] if pack else []
+    manifest.skipped = [[p.relative_to(scan.root).as_posix(), reason] for p, reason in scan.skipped]
+    manifest.config = to_dict(cfg.data)
+    manifest.device = str(device)
+    manifest.encode_seconds = round(seconds, 3)
+    manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    manifest.save(out)  # last: from now on the cache is complete
+    (out / MARKER).unlink(missing_ok=True)
+    return manifest
+
+
+def _encode_all(
+    ae: Any, ds: ImageFolderDataset, device: str, batch_size: int, num_workers: int, progress: bool
+) -> np.ndarray:
+    """Unscaled posterior means of every image of ``ds``, in order: float32 ``(N, C, H, W)``."""
+    import torch
+
+    from ldm.models.autoencoder import encode
+    from ldm.progress import progress_bar
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    chunks = []
     with (
         torch.inference_mode(),
         progress_bar(total=len(ds), desc="encoding", unit="img", disable=not progress, dynamic_ncols=True) as bar,
     ):
         for images, _ in loader:
-            z = ae_lib.encode(ae, images.to(device))
-            chunks.append(z.float().cpu().numpy())
+            chunks.append(encode(ae, images.to(device)).float().cpu().numpy())
             bar.update(len(images))
-    z = np.concatenate(chunks)  # (N, C, H, W) unscaled
-    seconds = time.perf_counter() - t0
-    std = float(z.std(dtype=np.float64))
-    if setting == "auto" or (setting == "config" and ae.scaling_factor is None):
+    return np.concatenate(chunks)
+
+
+def _scaling_factor(setting: str, z: np.ndarray, config_scaling_factor: float | None) -> float:
+    """The factor latents are multiplied by: 1/std for "auto" (or "config" without one), the autoencoder's
+    ``scaling_factor`` for "config", else the number given."""
+    if setting == "auto" or (setting == "config" and config_scaling_factor is None):
+        std = float(z.std(dtype=np.float64))
         if not std > 0:
             raise UserError("all latents are identical (std 0): cannot scale them to unit variance")
-        scale = 1.0 / std
-    elif setting == "config":
-        scale = float(ae.scaling_factor)
-    else:
-        scale = float(setting)
-    z *= np.float32(scale)
-    labels = np.array([label for _, label in scan.samples], dtype=np.int64)
+        return 1.0 / std
+    if setting == "config":
+        return float(config_scaling_factor)
+    return float(setting)
 
+
+def _write_latents(out: Path, z: np.ndarray, scan: FolderScan, pack: bool) -> list[dict[str, Any]]:
+    """``out/<class>/<n>.npy`` per image (and the packed arrays); returns the manifest's ``files`` entries."""
     files = []
     index = {name: 0 for name in scan.classes}
     for i, (path, label) in enumerate(scan.samples):
@@ -306,26 +338,8 @@ def prepare_latents(
         files.append({"latent": rel, "image": path.relative_to(scan.root).as_posix(), "label": int(label)})
     if pack:
         _save_npy(out / "latents.npy", z)
-        _save_npy(out / "labels.npy", labels)
-
-    manifest.latent_shape = list(z.shape[1:])
-    manifest.scaling_factor = scale
-    manifest.latent_stats = LatentStats(  # of the unscaled latents
-        mean=float(z.mean(dtype=np.float64) / scale),
-        std=std,
-        channel_mean=(z.mean(axis=(0, 2, 3), dtype=np.float64) / scale).tolist(),
-        channel_std=(z.std(axis=(0, 2, 3), dtype=np.float64) / scale).tolist(),
-    )
-    manifest.packed = ["latents.npy", "labels.npy"] if pack else []
-    manifest.files = files
-    manifest.skipped = [[p.relative_to(scan.root).as_posix(), reason] for p, reason in scan.skipped]
-    manifest.config = to_dict(cfg.data)
-    manifest.device = str(device)
-    manifest.encode_seconds = round(seconds, 3)
-    manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    manifest.save(out)  # last: from now on the cache is complete
-    (out / MARKER).unlink(missing_ok=True)
-    return manifest
+        _save_npy(out / "labels.npy", np.array([label for _, label in scan.samples], dtype=np.int64))
+    return files
 
 
 def load_latent_cache(path: str | Path) -> LatentCache:
