@@ -414,19 +414,18 @@ def eval_markdown(result: dict[str, Any]) -> str:
 # reconstruction
 
 
-def reconstruction_metrics(
+def heldout_reconstruction(
     model_folder: str | Path, real: RealSet, fraction: float, seed: int, device: str = "cpu", batch_size: int = 16
 ) -> dict[str, Any]:
-    """Autoencoder PSNR/SSIM (``ldm.evaluation.metrics``) on the held-out real images (``holdout_split(fraction, seed)``, the
-    split ``ldm train-vae`` uses with the run's ``data.holdout_fraction`` and ``autoencoder.seed``)."""
-    import torch
-
+    """:func:`ldm.evaluation.metrics.reconstruction_metrics` of the pipeline's autoencoder on the held-out real
+    images (``holdout_split(fraction, seed)``, the split ``ldm train-vae`` uses with the run's
+    ``data.holdout_fraction`` and ``autoencoder.seed``), plus the split and the autoencoder's source."""
     try:
-        from ldm.evaluation.metrics import psnr, ssim
         from ldm.models.autoencoder import decode, encode, load_autoencoder
     except ImportError as e:  # the autoencoder module is another stage; eval still reports the rest
         return {"psnr": None, "ssim": None, "skipped": f"autoencoder modules unavailable ({e})"}
     from ldm.data.folders import holdout_split
+    from ldm.evaluation.metrics import reconstruction_metrics
 
     _, hold = holdout_split(real.scan.samples, fraction, seed)
     if not hold:
@@ -437,17 +436,10 @@ def reconstruction_metrics(
         from ldm.evaluation.classifier import match_channels
 
         images = match_channels(images, ae.in_channels)
-    p, s = [], []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].to(device)
-            y = decode(ae, encode(ae, x)).float().cpu()
-            p.append(psnr(y, x.cpu()).reshape(-1))
-            s.append(ssim(y, x.cpu()).reshape(-1))
+    images = images.cpu()
+    recon = decode(ae, encode(ae, images, batch_size), batch_size)  # batches go to ``device`` and back
     return {
-        "psnr": float(torch.cat(p).mean()),
-        "ssim": float(torch.cat(s).mean()),
-        "num_images": len(hold),
+        **reconstruction_metrics(recon, images),
         "holdout": {"fraction": fraction, "seed": seed},
         "autoencoder": ae.source,
     }
@@ -523,7 +515,6 @@ def evaluate_run(
     from ldm.data.folders import scan_image_folder
     from ldm.diffusion.pipeline import load_pipeline
     from ldm.evaluation.inception import load_inception
-    from ldm.figures import memorisation_figure
     from ldm.utils import atomic_write_json, atomic_write_text, default_device
 
     log = log or (lambda m: None)
@@ -576,30 +567,16 @@ def evaluate_run(
     acc["per_class"] = {k: v for k, v in acc["per_class"].items() if k in model_classes}
     acc["counts"] = {k: v for k, v in acc["counts"].items() if k in model_classes}
 
-    mem = memorisation(fake_feats, real_feats)
     fig_path = RunFolder(out_dir).memorisation_plot_path
     captions = [model_classes[c] for c in class_ids]
-    shown = (
-        memorisation_figure(fake, realset.images, mem, fig_path, num_pairs, captions)
-        if write
-        else [int(i) for i in np.argsort(mem["nn_distance"])[:num_pairs]]
+    memorised = memorisation_report(
+        fake, fake_feats, realset, scan, captions, seed, num_pairs, fig_path if write else None
     )
-    pairs = [
-        {
-            "generated_index": i,
-            "class": captions[i],
-            "seed": seed + i,
-            "training_image": str(Path(scan.samples[mem["nn_index"][i]][0]).relative_to(scan.root)),
-            "distance": mem["nn_distance"][i],
-            "ratio": mem["nn_distance"][i] / mem["threshold"] if mem["threshold"] > 0 else None,
-        }
-        for i in shown
-    ]
 
     fraction = float(cfg.data.holdout_fraction) if cfg is not None else 0.1
     ae_seed = int(cfg.autoencoder.seed) if cfg is not None else 0
     log("autoencoder reconstruction on held-out real images")
-    recon = reconstruction_metrics(folder, realset, fraction, ae_seed, device=device, batch_size=batch_size)
+    recon = heldout_reconstruction(folder, realset, fraction, ae_seed, device=device, batch_size=batch_size)
 
     result = {
         "model": str(run),
@@ -630,15 +607,7 @@ def evaluate_run(
         "class_accuracy": acc,
         "classifier": clf.summary(),
         "reconstruction": recon,
-        "memorisation": {
-            "feature_space": "L2-normalised Inception pool3 features",
-            "threshold": mem["threshold"],
-            "threshold_definition": "median over real images of the distance to their nearest other real image",
-            "share_below_threshold": mem["share_below_threshold"],
-            "median_ratio": mem["median_ratio"],
-            "figure": fig_path.name,
-            "closest_pairs": pairs,
-        },
+        "memorisation": memorised,
         "seconds": {"generation": round(gen_seconds, 1), "total": round(time.time() - t_start, 1)},
     }
     if write:
@@ -647,6 +616,49 @@ def evaluate_run(
         atomic_write_text(written.eval_report_path, eval_markdown(result))
         log(f"wrote {written.eval_path}, {written.eval_report_path} and {fig_path}")
     return result
+
+
+def memorisation_report(
+    fake: torch.Tensor,
+    fake_feats: np.ndarray,
+    realset: Any,
+    scan: FolderScan,
+    captions: list[str],
+    seed: int,
+    num_pairs: int,
+    figure: Path | None,
+) -> dict[str, Any]:
+    """The ``memorisation`` section of ``eval.json``: how close generated images come to their nearest training
+    image in Inception space, the ``num_pairs`` closest pairs (image i was generated with seed ``seed + i``), and
+    their side-by-side figure written to ``figure`` (None: no figure)."""
+    from ldm.figures import memorisation_figure
+
+    mem = memorisation(fake_feats, realset.features)
+    shown = (
+        memorisation_figure(fake, realset.images, mem, figure, num_pairs, captions)
+        if figure is not None
+        else [int(i) for i in np.argsort(mem["nn_distance"])[:num_pairs]]
+    )
+    pairs = [
+        {
+            "generated_index": i,
+            "class": captions[i],
+            "seed": seed + i,
+            "training_image": str(Path(scan.samples[mem["nn_index"][i]][0]).relative_to(scan.root)),
+            "distance": mem["nn_distance"][i],
+            "ratio": mem["nn_distance"][i] / mem["threshold"] if mem["threshold"] > 0 else None,
+        }
+        for i in shown
+    ]
+    return {
+        "feature_space": "L2-normalised Inception pool3 features",
+        "threshold": mem["threshold"],
+        "threshold_definition": "median over real images of the distance to their nearest other real image",
+        "share_below_threshold": mem["share_below_threshold"],
+        "median_ratio": mem["median_ratio"],
+        "figure": RunFolder.MEMORISATION_PLOT,
+        "closest_pairs": pairs,
+    }
 
 
 def _json_safe(x: Any) -> Any:
