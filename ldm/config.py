@@ -58,7 +58,7 @@ class AutoencoderConfig:
     disc_adaptive: bool = True  # VQGAN adaptive discriminator weight (balances gradients); False = fixed disc_weight
     sample_every: int = 200  # steps between reconstruction grids and held-out PSNR lines (0 = only at the end)
     log_every: int = 10  # steps between metrics.jsonl lines
-    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast; auto: bf16 on CUDA and bf16 CPUs
+    mixed_precision: Literal["auto", "no", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, bf16 CPUs; fp32 = no
     channels_last: bool = False  # channels-last memory format for the convolutions
     device: str = "auto"  # "auto" (cuda, mps, else cpu), or a torch device string
     seed: int = 0  # seed of weights, data order and held-out split
@@ -103,7 +103,7 @@ class TrainingConfig:
     ema_decay: float = 0.999  # EMA decay ceiling
     ema_warmup: bool = True  # EMA warm-up (decay grows with the step)
     ema_power: float = 0.75  # warm-up decay 1 - (1 + step) ** -power (3/4: .999 at 10k steps)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, measured on CPU
+    mixed_precision: Literal["auto", "no", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16/fp16 on CUDA, measured on CPU
     channels_last: bool = False  # channels-last memory format (GroupNorm is 3-30x slower in it on CPU: measured)
     log_every: int = 10  # steps between metrics.jsonl lines
     sample_every: int = 500  # steps between sample grids (0 = only at the end)

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, hashing, device choice, seeding."""
+"""Small shared helpers: atomic writes, hashing, seeding."""
 
 from __future__ import annotations
 
@@ -78,16 +78,6 @@ def hash_folder(folder: str | Path, patterns: tuple[str, ...] = ("*.safetensors"
         h.update(str(p.relative_to(folder)).encode())
         h.update(sha256_file(p).encode())
     return h.hexdigest()
-
-
-def default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def seed_everything(seed: int) -> None:

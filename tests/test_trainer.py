@@ -423,3 +423,45 @@ def test_loss_png_redraws_are_throttled_but_the_last_is_forced(tmp_path, monkeyp
         clock[0] += 1.0
     # first log draws at once; then every ~15.5 s (30 x 0.5 s draw); the last one is forced
     assert drawn == [1, 16, 31, 40]
+
+
+# The learning rate of both stages, at a few steps and time shares: values computed from the code before the two
+# schedules became one helper (the diffusion trainer's lr_factor, the autoencoder's _cosine_lr).
+DIFFUSION_LR = {  # (schedule, warmup_steps): factors at steps 0, 4, 9, 10, 11, 50, 99, 100, 150 with horizon 100
+    ("cosine", 0): [1.0, 0.996057350657239, 0.9801468428384715, 0.9755282581475768, 0.9704403844771128, 0.5,
+                    0.0002467198171342, 0.0, 0.0],
+    ("cosine", 10): [0.1, 0.5, 1.0, 1.0, 0.9996954135095479, 0.5868240888334653, 0.00030458649045211894, 0.0, 0.0],
+    ("constant", 10): [0.1, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+}  # fmt: skip
+# time budget only: factors at (step, time share) (0, .5) (5, .3) (10, 0) (20, .25) (30, .5) (40, 1.2)
+DIFFUSION_LR_TIME = {
+    ("cosine", 0): [0.5, 0.7938926261462366, 1.0, 0.8535533905932737, 0.5, 0.0],
+    ("cosine", 10): [0.1, 0.6, 1.0, 0.8535533905932737, 0.5, 0.0],
+    ("constant", 10): [0.1, 0.6, 1.0, 1.0, 1.0, 1.0],
+}
+AUTOENCODER_LR = {  # warmup_steps: lr at peak 2e-3, max_steps 100, (step, time share) as below
+    0: [0.002, 0.001992114701314478, 0.0015877852522924731, 0.0019510565162951536, 0.001, 4.934396342684e-07, 0.0],
+    10: [0.0002, 0.000996057350657239, 0.0015877852522924731, 0.0019510565162951536, 0.001, 4.934396342684e-07, 0.0],
+}
+AUTOENCODER_AT = [(0, 0.0), (4, 0.0), (9, 0.3), (10, 0.1), (50, 0.0), (99, 0.0), (100, 0.0)]
+
+
+def test_learning_rate_schedules_of_both_stages_keep_their_values():
+    from ldm.training.optim import lr_factor
+
+    for (schedule, warmup), want in DIFFUSION_LR.items():
+        got = [lr_factor(s, warmup, schedule, horizon=100) for s in (0, 4, 9, 10, 11, 50, 99, 100, 150)]
+        assert got == want, (schedule, warmup)
+    for (schedule, warmup), want in DIFFUSION_LR_TIME.items():
+        at = ((0, 0.5), (5, 0.3), (10, 0.0), (20, 0.25), (30, 0.5), (40, 1.2))
+        got = [lr_factor(s, warmup, schedule, horizon=None, time_fraction=f) for s, f in at]
+        assert got == want, (schedule, warmup)
+    for warmup, want in AUTOENCODER_LR.items():
+        got = [
+            2e-3 * lr_factor(s, warmup, horizon=100, time_fraction=f, decay_during_warmup=True)
+            for s, f in AUTOENCODER_AT
+        ]
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-18), warmup
+    # the cosine reaches 0 at the horizon and the warm-up rises linearly
+    assert lr_factor(99, 0, horizon=100) > 0 and lr_factor(100, 0, horizon=100) == 0.0
+    assert [lr_factor(s, 4, "constant") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]

@@ -32,8 +32,9 @@ import numpy as np
 
 from ldm.config import Config, to_dict
 from ldm.data.folders import PREPROCESSING, FolderScan, ImageFolderDataset, list_class_files, scan_image_folder
+from ldm.device import default_device
 from ldm.errors import CacheMismatchError, DataError, UserError
-from ldm.utils import atomic_write_json, default_device, hash_folder
+from ldm.utils import atomic_write_json, hash_folder
 
 if TYPE_CHECKING:
     import torch

@@ -484,12 +484,12 @@ def find_pipeline_folder(path: str | Path) -> Path:
 def load_pipeline(path: str | Path, device: str | None = None, dtype: Any = None) -> Any:
     """Load a :class:`~ldm.diffusion.pipeline.ClassConditionalLatentDiffusionPipeline` from a run or pipeline folder.
 
-    ``device`` defaults to :func:`ldm.utils.default_device`; ``dtype`` to float32.
+    ``device`` defaults to :func:`ldm.device.default_device`; ``dtype`` to float32.
     """
     import torch
 
+    from ldm.device import default_device
     from ldm.diffusion.pipeline import ClassConditionalLatentDiffusionPipeline
-    from ldm.utils import default_device
 
     folder = find_pipeline_folder(path)
     from diffusers.utils import logging as diffusers_logging

@@ -55,6 +55,7 @@ from ldm.run_folder import (
     truncate_metrics,
     write_status,
 )
+from ldm.training.optim import lr_factor, make_optimizer
 from ldm.utils import atomic_dir, atomic_write_json
 
 CHECKPOINT_FORMAT = 1
@@ -131,25 +132,6 @@ class BatchStream:
         self.epoch, self.offset, self._perm = int(d["epoch"]), int(d["offset"]), None
 
 
-def lr_factor(step: int, tc: TrainingConfig, horizon: int | None, time_fraction: float = 0.0) -> float:
-    """Learning-rate multiplier for optimiser step ``step`` (0-based): linear warm-up over ``tc.warmup_steps``, then
-    constant or a cosine decay to 0 at ``horizon`` steps (Loshchilov & Hutter 2017, https://arxiv.org/abs/1608.03983).
-
-    When no step horizon is known (only ``max_minutes`` is set), the cosine follows ``time_fraction`` (elapsed share of
-    the time budget) instead, so a time-budgeted run still ends at a low learning rate.
-    """
-    if tc.warmup_steps > 0 and step < tc.warmup_steps:
-        return (step + 1) / tc.warmup_steps
-    if tc.lr_schedule == "constant":
-        return 1.0
-    if horizon is not None:
-        span = max(1, horizon - tc.warmup_steps)
-        progress = min(1.0, (step - tc.warmup_steps) / span)
-    else:
-        progress = min(1.0, max(0.0, time_fraction))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def step_horizon(tc: TrainingConfig, num_latents: int, latents_per_step: int) -> int | None:
     """Optimiser steps until ``max_steps`` or ``epochs`` ends the run (whichever first); None if only time is set."""
     limits = []
@@ -180,26 +162,6 @@ def check_training_config(tc: TrainingConfig) -> None:
         raise UserError(f"training.eval_num_samples must be >= 2 when eval_every is set, got {tc.eval_num_samples}")
     if tc.max_grad_norm < 0:
         raise UserError(f"training.max_grad_norm must be >= 0 (0 = no clipping), got {tc.max_grad_norm}")
-
-
-def make_optimizer(params: Any, tc: TrainingConfig, device: str = "cpu") -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay), Adam (L2 weight decay) or SGD with momentum, at ``tc.learning_rate``.
-
-    Adam/AdamW use torch's fused kernel where available (same maths, one kernel for all parameters)."""
-    from ldm.diffusion.objective import optimizer_kwargs
-
-    fused = optimizer_kwargs(device)
-    if tc.optimizer == "adamw":
-        return torch.optim.AdamW(
-            params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay, **fused
-        )
-    if tc.optimizer == "adam":
-        return torch.optim.Adam(
-            params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay, **fused
-        )
-    if tc.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=tc.learning_rate, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    raise UserError(f"training.optimizer: unknown {tc.optimizer!r}; accepted: adamw, adam, sgd")
 
 
 def _rng_state(noise: torch.Generator) -> dict[str, Any]:
@@ -261,7 +223,7 @@ class Trainer:
         from accelerate import Accelerator
 
         from ldm.data.latents import load_latent_cache
-        from ldm.diffusion.objective import resolve_mixed_precision
+        from ldm.device import resolve_mixed_precision
 
         self.cache = load_latent_cache(latents)
         self.latents_path = Path(latents)
@@ -421,7 +383,11 @@ class Trainer:
         from ldm.diffusion.objective import diffusion_loss
 
         tc = self.tc
-        lr = tc.learning_rate * lr_factor(self.step_count, tc, self.horizon, self._time_fraction())
+        # the step horizon, when known, drives the cosine alone (the time share differs between runs and resumes)
+        time_fraction = self._time_fraction() if self.horizon is None else 0.0
+        lr = tc.learning_rate * lr_factor(
+            self.step_count, tc.warmup_steps, tc.lr_schedule, self.horizon, time_fraction
+        )
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.unet.train()
