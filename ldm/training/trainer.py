@@ -24,7 +24,6 @@ uninterrupted run. The exported model (the EMA weights as a diffusers pipeline) 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -39,30 +38,19 @@ import torch
 from ldm.config import Config, TrainingConfig, to_dict
 from ldm.errors import UserError
 from ldm.run_folder import (
-    CHECKPOINT_STATE_FILE,
-    RunLog,
     append_metrics,
-    existing_run_problem,
     labelled_grid,
-    list_checkpoints,
-    mark_latest,
     plot_loss,
-    prune_checkpoints,
     read_metrics,
-    resolve_resume,
     save_png,
     step_name,
     truncate_metrics,
-    write_status,
 )
+from ldm.training.loop import TrainingDiverged, TrainingLoop, load_ema, make_ema
 from ldm.training.optim import lr_factor, make_optimizer
 from ldm.utils import atomic_dir, atomic_write_json
 
-CHECKPOINT_FORMAT = 1
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+__all__ = ["BatchStream", "TrainResult", "Trainer", "TrainingDiverged", "train"]
 
 
 @dataclass
@@ -164,37 +152,25 @@ def check_training_config(tc: TrainingConfig) -> None:
         raise UserError(f"training.max_grad_norm must be >= 0 (0 = no clipping), got {tc.max_grad_norm}")
 
 
-def _rng_state(noise: torch.Generator) -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "noise": noise.get_state(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any], noise: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    noise.set_state(state["noise"])
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # the trainer
 
 
-class Trainer:
-    """The state of one training run. :func:`train` is the usual entry point; the class is public so that
+class Trainer(TrainingLoop):
+    """The state of one diffusion training run. :func:`train` is the usual entry point; the class is public so that
     benchmarks time exactly this step::
 
         t = Trainer(cfg, "data/latents/demo", "/tmp/bench-run", device="cpu")
         t.setup()                       # writes config.yaml and classes.json into the run folder
         loss, grad_norm, lr = t.step()  # one optimiser step (all micro-batches), as in training
+
+    Arguments as :func:`train`'s.
     """
+
+    kind = "diffusion"
+    divergence_hint = (
+        "Try a lower training.learning_rate, training.max_grad_norm=1, or training.mixed_precision=no, then"
+    )
 
     def __init__(
         self,
@@ -208,22 +184,19 @@ class Trainer:
         device: str | None = None,
     ):
         self.cfg, self.tc = cfg, cfg.training
-        self.out = Path(out)
-        self.should_stop = should_stop or (lambda: False)
-        self.progress, self.on_log = progress, on_log
         check_training_config(self.tc)
-
-        # Refuse before touching anything: a run folder with checkpoints is only continued on request.
-        self.resume_from: Path | None = None
-        if resume is not None:
-            self.resume_from = resolve_resume(self.out, resume)
-        elif (problem := existing_run_problem(self.out)) is not None:
-            raise UserError(problem)
-
-        from accelerate import Accelerator
-
+        super().__init__(
+            out,
+            resume=resume,
+            should_stop=should_stop,
+            progress=progress,
+            on_log=on_log,
+            device=device,
+            mixed_precision=self.tc.mixed_precision,
+            precision_key="training.mixed_precision",
+            keep_checkpoints=self.tc.keep_checkpoints,
+        )
         from ldm.data.latents import load_latent_cache
-        from ldm.device import resolve_mixed_precision
 
         self.cache = load_latent_cache(latents)
         self.latents_path = Path(latents)
@@ -233,36 +206,14 @@ class Trainer:
         if h != w:
             raise UserError(f"the latent cache holds non-square latents {h}x{w}; the UNet needs square ones")
         self.latent_shape = (c, h, w)
-
-        want_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
-        probe = "cpu" if want_cpu else (device or "cuda")
-        self.mixed_precision = resolve_mixed_precision(self.tc.mixed_precision, probe)
-        self.acc = Accelerator(mixed_precision=self.mixed_precision, cpu=want_cpu)
-        self.main = self.acc.is_main_process
-        self.device = self.acc.device
-        self.world = self.acc.num_processes
         self.latents_per_step = self.tc.batch_size * self.tc.gradient_accumulation_steps * self.world
+        self.max_steps, self.max_minutes = self.tc.max_steps, self.tc.max_minutes
         self.horizon = step_horizon(self.tc, n, self.latents_per_step)
-
-        self.log = RunLog(self.out / "train.log", echo=self._echo if self.main else None)
-        self.bar = None
         self._plot_at, self._plot_cost = -1e9, 0.0  # time and cost of the last loss.png redraw (see _plot)
-
-    # -- output helpers -----------------------------------------------------------------------------------------------
-
-    def _echo(self, msg: str) -> None:
-        if self.bar is not None:
-            from tqdm.auto import tqdm
-
-            tqdm.write(msg)
-        elif self.progress:
-            print(msg, flush=True)
 
     # -- setup ------------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from diffusers.training_utils import EMAModel
-
         from ldm.diffusion.objective import make_train_scheduler
         from ldm.models.unet import build_unet
 
@@ -282,24 +233,10 @@ class Trainer:
         unet = build_unet(self.cfg.unet, sample_size=h, in_channels=c, num_classes=self.num_classes)
         self.null_class_id = self.num_classes
         self.scheduler = make_train_scheduler(self.cfg.diffusion)
-        self.ema = None
-        if tc.ema:
-            self.ema = EMAModel(
-                unet.parameters(),
-                decay=tc.ema_decay,
-                use_ema_warmup=tc.ema_warmup,
-                inv_gamma=1.0,
-                power=tc.ema_power,
-                foreach=True,  # one multi-tensor update instead of a Python loop over ~300 tensors
-                model_cls=type(unet),
-                model_config=unet.config,
-            )
+        self.ema = make_ema(unet, tc.ema_decay, tc.ema_warmup, tc.ema_power) if tc.ema else None
         self.stream = BatchStream(len(self.cache.latents), tc.seed)
-        self.step_count = 0
-        self.elapsed_before = 0.0  # training seconds spent before this process (resume)
-        rng_state = None
         if self.resume_from is not None:
-            rng_state = self._load_checkpoint(unet)
+            self._load_checkpoint(unet)
         else:
             random.seed(tc.seed)
             np.random.seed(tc.seed % 2**32)
@@ -313,20 +250,13 @@ class Trainer:
             self.ema.to(self.device)
 
         # The noise generator lives on the training device; every process has its own seed and saved state.
-        self.noise = torch.Generator(device=self.device).manual_seed(tc.seed * 7919 + 1 + self.acc.process_index)
+        rank = self.acc.process_index
+        self.generator = torch.Generator(device=self.device).manual_seed(tc.seed * 7919 + 1 + rank)
         if self.resume_from is not None:
             self.optimizer.load_state_dict(
                 torch.load(self.resume_from / "optimizer.pt", map_location="cpu", weights_only=False)
             )
-            states = rng_state["per_process"]
-            if len(states) == self.world:
-                _set_rng_state(states[self.acc.process_index], self.noise)
-            else:
-                self.log(
-                    f"warning: the checkpoint was written by {len(states)} process(es), this run has {self.world}; "
-                    "noise generators reseeded from (seed, step), so the continuation is not bit-identical"
-                )
-                self.noise.manual_seed(tc.seed * 7919 + 1 + self.acc.process_index + 104_729 * self.step_count)
+            self.restore_rng(lambda: self.generator.manual_seed(tc.seed * 7919 + 1 + rank + 104_729 * self.step_count))
 
         self.latents = self.cache.latents.to(self.device)
         self.labels = self.cache.labels.to(self.device)
@@ -338,12 +268,12 @@ class Trainer:
                 self.evaluator = self._make_evaluator()  # likewise a missing .[eval] extra or real-image folder
         self.t0 = time.monotonic()  # reset by run(); set here so step() works on its own (benchmarks)
 
-    def _load_checkpoint(self, unet: torch.nn.Module) -> dict[str, Any]:
+    def _load_checkpoint(self, unet: torch.nn.Module) -> None:
         """Load model, EMA, data position and step from ``self.resume_from`` into the fresh objects."""
         from safetensors.torch import load_file
 
         ckpt = self.resume_from
-        state = json.loads((ckpt / CHECKPOINT_STATE_FILE).read_text())
+        state = self.read_checkpoint_state()
         if state.get("classes") != self.classes:
             raise UserError(
                 f"cannot resume from {ckpt}: it was trained on classes {state.get('classes')}, "
@@ -358,23 +288,32 @@ class Trainer:
                 f"cannot resume from {ckpt}: its unet config {state.get('unet')} differs from this config's "
                 f"{to_dict(self.cfg.unet)}; resume with the run's own config.yaml"
             )
-        weights = load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors"))
-        unet.load_state_dict(weights)
+        unet.load_state_dict(load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors")))
         if self.ema is not None:
-            ema_dir = ckpt / "unet_ema"
-            if ema_dir.is_dir():
-                # Read the EMA folder directly (EMAModel.from_pretrained warns about its own config keys).
-                ema_weights = load_file(str(ema_dir / "diffusion_pytorch_model.safetensors"))
-                self.ema.shadow_params = [ema_weights[name].clone() for name, _ in unet.named_parameters()]
-                ema_config = json.loads((ema_dir / "config.json").read_text())
-                self.ema.optimization_step = int(ema_config["optimization_step"])
-            else:  # the checkpoint was trained without EMA: start the average from the current weights
-                self.ema.shadow_params = [p.detach().clone() for p in unet.parameters()]
+            load_ema(self.ema, ckpt / "unet_ema", unet)
         self.stream.load_state_dict(state["data"])
-        self.step_count = int(state["step"])
-        self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
-        self.last_loss = state.get("loss")
-        return torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=False)
+
+    def save_state(self, folder: Path) -> dict[str, Any]:
+        self.raw_unet.save_pretrained(folder / "unet", safe_serialization=True)
+        if self.ema is not None:
+            self.ema.save_pretrained(str(folder / "unet_ema"))
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        return {
+            "epoch": self._epoch(),
+            "data": self.stream.state_dict(),
+            "lr_schedule": {
+                "kind": self.tc.lr_schedule,
+                "warmup_steps": self.tc.warmup_steps,
+                "horizon": self.horizon,
+                "peak": self.tc.learning_rate,
+            },
+            "classes": self.classes,
+            "latent_shape": list(self.latent_shape),
+            "latents": str(self.latents_path.resolve()),
+            "unet": to_dict(self.cfg.unet),
+        }
+
+    # -- one optimiser step -------------------------------------------------------------------------------------------
 
     # -- one optimiser step -------------------------------------------------------------------------------------------
 
@@ -402,7 +341,7 @@ class Trainer:
             last = micro == tc.gradient_accumulation_steps - 1
             with self.acc.no_sync(self.unet) if not last else contextlib.nullcontext(), self.acc.autocast():
                 loss = diffusion_loss(
-                    self.unet, self.scheduler, x, y, self.cfg.diffusion, self.null_class_id, self.noise
+                    self.unet, self.scheduler, x, y, self.cfg.diffusion, self.null_class_id, self.generator
                 )
             self.acc.backward(loss / tc.gradient_accumulation_steps)
             total += loss.detach().float()
@@ -420,37 +359,175 @@ class Trainer:
         self.step_count += 1
         return mean_loss, grad_norm, lr
 
-    # -- timing -----------------------------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        loss, grad_norm, lr = self.step()
+        self._window.append((loss, grad_norm))
+        self._images_window += self.latents_per_step
+        self._lr = lr
+        return loss
 
-    def _elapsed(self) -> float:
-        return self.elapsed_before + (time.monotonic() - self.t0)
+    def _epoch(self) -> float:
+        return self.stream.images_seen / self.stream.n
 
-    def _time_fraction(self) -> float:
-        if self.tc.max_minutes <= 0:
-            return 0.0
-        return self._elapsed() / (60.0 * self.tc.max_minutes)
-
-    def _eta(self) -> float | None:
-        done = self.step_count - self.start_step
-        if done <= 0:
-            return None
-        per_step = (time.monotonic() - self.t0) / done
-        etas = []
-        if self.horizon is not None:
-            etas.append(max(0, self.horizon - self.step_count) * per_step)
-        if self.tc.max_minutes > 0:
-            etas.append(max(0.0, 60.0 * self.tc.max_minutes - self._elapsed()))
-        return min(etas) if etas else None
-
-    def _stop_reason(self) -> str | None:
-        tc = self.tc
-        if tc.max_steps > 0 and self.step_count >= tc.max_steps:
-            return f"reached max_steps={tc.max_steps}"
-        if tc.epochs > 0 and self.stream.images_seen >= tc.epochs * self.stream.n:
-            return f"reached epochs={tc.epochs}"
-        if tc.max_minutes > 0 and self._elapsed() >= 60.0 * tc.max_minutes:
-            return f"reached max_minutes={tc.max_minutes:g}"
+    def extra_stop_reason(self) -> str | None:
+        if self.tc.epochs > 0 and self.stream.images_seen >= self.tc.epochs * self.stream.n:
+            return f"reached epochs={self.tc.epochs}"
         return None
+
+    def status_extra(self) -> dict[str, Any]:
+        return {"epoch": round(self._epoch(), 4)}
+
+    # -- the periodic work after a step: log, sample grid, quick evaluation, checkpoint ----------------------------
+
+    def begin(self) -> None:
+        from ldm.models.unet import describe_unet
+
+        tc = self.tc
+        if self.main:
+            if self.resume_from is not None:
+                truncate_metrics(self.out, self.step_count)
+                self.log(f"resuming from {self.resume_from} (step {self.step_count})")
+            elif (self.out / "metrics.jsonl").exists():
+                # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
+                truncate_metrics(self.out, 0)
+                self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
+            self.log(
+                f"training on {len(self.cache.latents)} latents {self.latent_shape} x {self.num_classes} classes "
+                f"({', '.join(self.classes[:8])}{', ...' if self.num_classes > 8 else ''}) from {self.latents_path}"
+            )
+            self.log(describe_unet(self.raw_unet))
+            budget = [f"{k}={getattr(tc, k)}" for k in ("max_steps", "epochs", "max_minutes") if getattr(tc, k)]
+            self.log(
+                f"device {self.device} x {self.world} process(es), mixed precision {self.mixed_precision}; "
+                f"{self.latents_per_step} latents per optimiser step; stop at {' or '.join(budget)}"
+                + (f" (~{self.horizon} steps)" if self.horizon else "")
+            )
+        self._window: list[tuple[float, float | None]] = []
+        self._t_window = time.monotonic()
+        self._images_window = 0
+        self.records = read_metrics(self.out) if self.main else []
+        self.last_grid: Path | None = None
+        self.last_ckpt: Path | None = None
+        self.last_sample_step, self.last_ckpt_step = -1, -1
+        if self.resume_from is not None and self.resume_from.parent.parent.resolve() == self.out.resolve():
+            self.last_ckpt, self.last_ckpt_step = self.resume_from, self.step_count
+
+    def after_step(self, at_end: bool) -> None:
+        tc = self.tc
+        if at_end or (tc.log_every > 0 and self.step_count % tc.log_every == 0):
+            self.log_window(force_plot=at_end)
+        if tc.sample_every > 0 and self.step_count % tc.sample_every == 0 and not at_end:
+            self.save_samples()
+        if self.evaluator is not None and self.step_count % tc.eval_every == 0:
+            self.evaluate()
+        if tc.checkpoint_every > 0 and self.step_count % tc.checkpoint_every == 0 and not at_end:
+            self.checkpoint_and_export()
+
+    def log_window(self, force_plot: bool = False) -> None:
+        """One metrics record: the means over the steps since the last one; the log line, loss.png, status.json."""
+        now = time.monotonic()
+        window, lr = self._window, self._lr
+        norms = [g for _, g in window if g is not None]
+        record = {
+            "step": self.step_count,
+            "epoch": round(self._epoch(), 4),
+            "loss": sum(v for v, _ in window) / len(window),
+            "lr": lr,
+            "grad_norm": sum(norms) / len(norms) if norms else None,
+            "images_per_sec": round(self._images_window / max(now - self._t_window, 1e-9), 2),
+            "elapsed": round(self._elapsed(), 2),
+        }
+        self.last_loss = record["loss"]
+        self._window, self._t_window, self._images_window = [], now, 0
+        if self.main:
+            eta = self._eta()
+            self.log(
+                f"step {record['step']} epoch {record['epoch']:.2f} loss {record['loss']:.4f} "
+                f"lr {lr:.2e} grad_norm {record['grad_norm'] or 0:.3f} "
+                f"{record['images_per_sec']:.1f} img/s elapsed {record['elapsed'] / 60:.1f} min"
+                + (f" eta {eta / 60:.1f} min" if eta is not None else ""),
+                echo=self.bar is None,  # the bar shows it already
+            )
+            append_metrics(self.out, record)
+            self.records.append(record)
+            self._plot(self.records, force=force_plot)
+            self.status("running", "training", loss=record["loss"])
+            self.bar_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+        if self.on_log is not None:
+            self.on_log(record)
+
+    def save_samples(self) -> None:
+        if self.main:
+            self.last_grid = self.sample_grid()
+            self.last_sample_step = self.step_count
+            self.log(f"step {self.step_count}: samples -> {self.last_grid}")
+        self.acc.wait_for_everyone()
+
+    def evaluate(self) -> None:
+        from ldm.evaluation.report import plot_eval_metrics
+
+        t_eval = time.monotonic()
+        row = self.quick_eval()
+        append_metrics(self.out, row)
+        self.records.append(row)
+        plot_eval_metrics(self.records, self.out / "eval.png")
+        self.log(
+            f"step {self.step_count}: KID {row['eval_kid']:.4f} +- {row['eval_kid_std']:.4f}, class "
+            f"accuracy {row['eval_class_accuracy']:.2f} ({row['eval_num_samples']} samples, "
+            f"{row['eval_seconds']:.0f} s, not counted in max_minutes) -> eval.png"
+        )
+        self.t0 += time.monotonic() - t_eval  # the time budget is for training
+
+    def checkpoint_and_export(self) -> None:
+        self.last_ckpt = self.save_checkpoint()
+        self.last_ckpt_step = self.step_count
+        if self.main:
+            self.export()
+            self.log(f"step {self.step_count}: checkpoint -> {self.last_ckpt}, pipeline exported")
+
+    def finish(self, state: str, reason: str) -> TrainResult:
+        """The end, whatever ended it: a final checkpoint, a final grid, the export."""
+        if self.last_ckpt_step != self.step_count:
+            self.last_ckpt = self.save_checkpoint()
+        pipeline_dir = None
+        if self.main:
+            if self.last_sample_step != self.step_count:
+                self.last_grid = self.sample_grid()
+            pipeline_dir = self.export()
+            msg = (
+                f"{state} at step {self.step_count} ({reason}) after {self._elapsed() / 60:.1f} min; "
+                f"checkpoint {self.last_ckpt}, samples {self.last_grid}, pipeline {pipeline_dir}"
+            )
+            self.log(msg)
+        else:
+            msg = f"{state} at step {self.step_count}"
+        self.acc.wait_for_everyone()
+        self.status(state, msg, loss=self.last_loss)
+        return TrainResult(
+            run_dir=self.out,
+            state=state,
+            step=self.step_count,
+            epoch=self._epoch(),
+            loss=self.last_loss,
+            elapsed_seconds=self._elapsed(),
+            checkpoint=self.last_ckpt,
+            pipeline_dir=pipeline_dir,
+            sample_grid=self.last_grid,
+            message=msg,
+        )
+
+    def _plot(self, records: list[dict[str, Any]], force: bool = False) -> None:
+        """Redraw loss.png; between forced redraws, at most once per max(10 s, 30x the last draw's duration), so
+        plotting costs at most ~3% of the run even with log_every=1. (A redraw takes 0.3-0.4 s on a 2-core CPU: the
+        earlier 2 s / 10x rule spent ~10% of a 5-minute run on it. The app draws its own curve from metrics.jsonl.)"""
+        now = time.monotonic()
+        if not force and now - self._plot_at < max(10.0, 30 * self._plot_cost):
+            return
+        plot_loss(records, self.out / "loss.png", title=self.out.name)
+        self._plot_at = time.monotonic()
+        self._plot_cost = self._plot_at - now
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
 
     # -- EMA model, samples, checkpoints, export ----------------------------------------------------------------------
 
@@ -563,275 +640,8 @@ class Trainer:
             pipe.save_pretrained(tmp, safe_serialization=True)
         return final
 
-    def save_checkpoint(self, loss: float | None) -> Path:
-        """Write ``checkpoints/step-XXXXXX/`` atomically (state.json last), point ``latest`` at it, prune old ones."""
-        rng = {"per_process": [_rng_state(self.noise)]}
-        if self.world > 1:
-            from accelerate.utils import gather_object
 
-            rng = {"per_process": gather_object([_rng_state(self.noise)])}
-        final = self.out / "checkpoints" / step_name(self.step_count)
-        if self.main:
-            with atomic_dir(final) as tmp:
-                self.raw_unet.save_pretrained(tmp / "unet", safe_serialization=True)
-                if self.ema is not None:
-                    self.ema.save_pretrained(str(tmp / "unet_ema"))
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(rng, tmp / "rng.pt")
-                state = {
-                    "format_version": CHECKPOINT_FORMAT,
-                    "step": self.step_count,
-                    "epoch": self.stream.images_seen / self.stream.n,
-                    "data": self.stream.state_dict(),
-                    "elapsed_seconds": self._elapsed(),
-                    "loss": loss,
-                    "lr_schedule": {
-                        "kind": self.tc.lr_schedule,
-                        "warmup_steps": self.tc.warmup_steps,
-                        "horizon": self.horizon,
-                        "peak": self.tc.learning_rate,
-                    },
-                    "num_processes": self.world,
-                    "classes": self.classes,
-                    "latent_shape": list(self.latent_shape),
-                    "latents": str(self.latents_path.resolve()),
-                    "unet": to_dict(self.cfg.unet),
-                    "mixed_precision": self.mixed_precision,
-                }
-                atomic_write_json(tmp / CHECKPOINT_STATE_FILE, state)
-            mark_latest(self.out, final)
-            prune_checkpoints(self.out, self.tc.keep_checkpoints)
-        self.acc.wait_for_everyone()
-        return final
-
-    def _agree_on_stop(self, reason: str | None, state: str) -> tuple[str | None, str]:
-        """Several processes: stop all of them if any wants to (clocks and signals differ per process; a process
-        leaving the loop alone would hang the others in the next gradient all-reduce)."""
-        flags = torch.tensor([float(reason is not None), float(state == "stopped")], device=self.device)
-        flags = self.acc.reduce(flags, "sum")
-        if flags[0] > 0 and reason is None:
-            reason = "stop requested" if flags[1] > 0 else "another process reached the budget"
-        return reason, "stopped" if flags[1] > 0 else state
-
-    def _plot(self, records: list[dict[str, Any]], force: bool = False) -> None:
-        """Redraw loss.png; between forced redraws, at most once per max(10 s, 30x the last draw's duration), so
-        plotting costs at most ~3% of the run even with log_every=1. (A redraw takes 0.3-0.4 s on a 2-core CPU: the
-        earlier 2 s / 10x rule spent ~10% of a 5-minute run on it. The app draws its own curve from metrics.jsonl.)"""
-        now = time.monotonic()
-        if not force and now - self._plot_at < max(10.0, 30 * self._plot_cost):
-            return
-        plot_loss(records, self.out / "loss.png", title=self.out.name)
-        self._plot_at = time.monotonic()
-        self._plot_cost = self._plot_at - now
-
-    # -- the loop ---------------------------------------------------------------------------------------------------
-
-    def status(self, state: str, message: str = "", loss: float | None = None) -> None:
-        if self.main:
-            write_status(
-                self.out,
-                state,
-                step=self.step_count,
-                max_steps=self.horizon,
-                message=message,
-                eta_seconds=self._eta() if state == "running" else 0.0 if state == "finished" else None,
-                epoch=round(self.stream.images_seen / self.stream.n, 4),
-                loss=loss,
-                elapsed_seconds=round(self._elapsed(), 1),
-                max_minutes=self.tc.max_minutes or None,
-            )
-
-    def run(self) -> TrainResult:
-        tc = self.tc
-        self.t0 = time.monotonic()
-        self.start_step = self.step_count
-        self.last_loss = getattr(self, "last_loss", None)
-        from ldm.models.unet import describe_unet
-
-        if self.main:
-            if self.resume_from is not None:
-                truncate_metrics(self.out, self.step_count)
-                self.log(f"resuming from {self.resume_from} (step {self.step_count})")
-            elif (self.out / "metrics.jsonl").exists():
-                # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
-                truncate_metrics(self.out, 0)
-                self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
-            self.log(
-                f"training on {len(self.cache.latents)} latents {self.latent_shape} x {self.num_classes} classes "
-                f"({', '.join(self.classes[:8])}{', ...' if self.num_classes > 8 else ''}) from {self.latents_path}"
-            )
-            self.log(describe_unet(self.raw_unet))
-            budget = [f"{k}={getattr(tc, k)}" for k in ("max_steps", "epochs", "max_minutes") if getattr(tc, k)]
-            self.log(
-                f"device {self.device} x {self.world} process(es), mixed precision {self.mixed_precision}; "
-                f"{self.latents_per_step} latents per optimiser step; stop at {' or '.join(budget)}"
-                + (f" (~{self.horizon} steps)" if self.horizon else "")
-            )
-        self.status("running", "starting")
-
-        self.bar = None
-        if self.main and self.progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.horizon, initial=self.step_count, unit="step", dynamic_ncols=True)
-
-        window: list[tuple[float, float | None]] = []
-        t_window, images_window = time.monotonic(), 0
-        stop_message, state = None, "finished"
-        last_ckpt, last_grid, last_sample_step, last_ckpt_step = None, None, -1, -1
-        records = read_metrics(self.out) if self.main else []
-        # A resumed run may already be done (e.g. `--resume latest` on a finished run): no step past the budget.
-        done_already = self._stop_reason() if self.resume_from is not None else None
-        if done_already is not None:
-            stop_message = f"already {done_already}"
-            if self.resume_from.parent.parent.resolve() == self.out.resolve():
-                last_ckpt, last_ckpt_step = self.resume_from, self.step_count
-        try:
-            while done_already is None:
-                loss, grad_norm, lr = self.step()
-                if not math.isfinite(loss):
-                    good = list_checkpoints(self.out)
-                    msg = (
-                        f"loss is {loss} at step {self.step_count + 1}: training diverged; nothing was saved after "
-                        f"the last good checkpoint ({good[-1].name if good else 'none'}). Try a lower "
-                        "training.learning_rate, training.max_grad_norm=1, or training.mixed_precision=no, then "
-                        "--resume latest"
-                    )
-                    self.log(msg)
-                    self.status("failed", msg, loss=self.last_loss)
-                    raise TrainingDiverged(msg)
-                window.append((loss, grad_norm))
-                images_window += self.latents_per_step
-                if self.bar is not None:
-                    self.bar.update(1)
-
-                reason = self._stop_reason()
-                if reason is None and self.should_stop():
-                    reason, state = "stop requested", "stopped"
-                if self.world > 1:
-                    reason, state = self._agree_on_stop(reason, state)
-                at_end = reason is not None
-
-                if at_end or (tc.log_every > 0 and self.step_count % tc.log_every == 0):
-                    now = time.monotonic()
-                    norms = [g for _, g in window if g is not None]
-                    record = {
-                        "step": self.step_count,
-                        "epoch": round(self.stream.images_seen / self.stream.n, 4),
-                        "loss": sum(v for v, _ in window) / len(window),
-                        "lr": lr,
-                        "grad_norm": sum(norms) / len(norms) if norms else None,
-                        "images_per_sec": round(images_window / max(now - t_window, 1e-9), 2),
-                        "elapsed": round(self._elapsed(), 2),
-                    }
-                    self.last_loss = record["loss"]
-                    window, t_window, images_window = [], now, 0
-                    if self.main:
-                        eta = self._eta()
-                        self.log(
-                            f"step {record['step']} epoch {record['epoch']:.2f} loss {record['loss']:.4f} "
-                            f"lr {lr:.2e} grad_norm {record['grad_norm'] or 0:.3f} "
-                            f"{record['images_per_sec']:.1f} img/s elapsed {record['elapsed'] / 60:.1f} min"
-                            + (f" eta {eta / 60:.1f} min" if eta is not None else ""),
-                            echo=self.bar is None,  # the bar shows it already
-                        )
-                        append_metrics(self.out, record)
-                        records.append(record)
-                        self._plot(records, force=at_end)
-                        self.status("running", "training", loss=record["loss"])
-                        if self.bar is not None:
-                            post = {"loss": f"{record['loss']:.4f}", "lr": f"{lr:.2e}"}
-                            eta = self._eta()
-                            if self.horizon is None and eta is not None:  # time budget only: the bar has no total
-                                post["left"] = time.strftime("%M:%S", time.gmtime(eta))
-                            self.bar.set_postfix(post)
-                    if self.on_log is not None:
-                        self.on_log(record)
-
-                if tc.sample_every > 0 and self.step_count % tc.sample_every == 0 and not at_end:
-                    if self.main:
-                        last_grid = self.sample_grid()
-                        last_sample_step = self.step_count
-                        self.log(f"step {self.step_count}: samples -> {last_grid}")
-                    self.acc.wait_for_everyone()
-                if self.evaluator is not None and self.step_count % tc.eval_every == 0:
-                    from ldm.evaluation.report import plot_eval_metrics
-
-                    t_eval = time.monotonic()
-                    row = self.quick_eval()
-                    append_metrics(self.out, row)
-                    records.append(row)
-                    plot_eval_metrics(records, self.out / "eval.png")
-                    self.log(
-                        f"step {self.step_count}: KID {row['eval_kid']:.4f} +- {row['eval_kid_std']:.4f}, class "
-                        f"accuracy {row['eval_class_accuracy']:.2f} ({row['eval_num_samples']} samples, "
-                        f"{row['eval_seconds']:.0f} s, not counted in max_minutes) -> eval.png"
-                    )
-                    self.t0 += time.monotonic() - t_eval  # the time budget is for training
-                if tc.checkpoint_every > 0 and self.step_count % tc.checkpoint_every == 0 and not at_end:
-                    last_ckpt = self.save_checkpoint(self.last_loss)
-                    last_ckpt_step = self.step_count
-                    if self.main:
-                        self.export()
-                        self.log(f"step {self.step_count}: checkpoint -> {last_ckpt}, pipeline exported")
-                if at_end:
-                    stop_message = reason
-                    break
-        except TrainingDiverged:
-            raise
-        except BaseException as e:
-            # Anything else (a bug, KeyboardInterrupt, out of memory): say so in status.json, keep the checkpoints.
-            self.status("failed", f"{type(e).__name__}: {e}", loss=self.last_loss)
-            if self.main:
-                self.log(f"failed at step {self.step_count}: {type(e).__name__}: {e}")
-            raise
-        finally:
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-        # The end, whatever ended it: a final checkpoint, a final grid, the export.
-        self.status("running", f"{stop_message}: saving", loss=self.last_loss)
-        if last_ckpt_step != self.step_count:
-            last_ckpt = self.save_checkpoint(self.last_loss)
-        pipeline_dir = None
-        if self.main:
-            if last_sample_step != self.step_count:
-                last_grid = self.sample_grid()
-            pipeline_dir = self.export()
-            msg = (
-                f"{state} at step {self.step_count} ({stop_message}) after {self._elapsed() / 60:.1f} min; "
-                f"checkpoint {last_ckpt}, samples {last_grid}, pipeline {pipeline_dir}"
-            )
-            self.log(msg)
-        else:
-            msg = f"{state} at step {self.step_count}"
-        self.acc.wait_for_everyone()
-        self.status(state, msg, loss=self.last_loss)
-        return TrainResult(
-            run_dir=self.out,
-            state=state,
-            step=self.step_count,
-            epoch=self.stream.images_seen / self.stream.n,
-            loss=self.last_loss,
-            elapsed_seconds=self._elapsed(),
-            checkpoint=last_ckpt,
-            pipeline_dir=pipeline_dir,
-            sample_grid=last_grid,
-            message=msg,
-        )
-
-
-def train(
-    cfg: Config,
-    latents: str | Path,
-    out: str | Path,
-    resume: str | Path | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    progress: bool = True,
-    on_log: Callable[[dict[str, Any]], None] | None = None,
-    device: str | None = None,
-) -> TrainResult:
+def train(cfg: Config, latents: str | Path, out: str | Path, **options: Any) -> TrainResult:
     """Train a class-conditional UNet on the latent cache ``latents``, writing the run folder ``out``.
 
     Args:
@@ -839,18 +649,20 @@ def train(
         latents: a latent cache folder (``ldm prepare``); its manifest gives the class names (any number) and the
             autoencoder used to decode sample grids and exported with the model.
         out: the run folder (see :mod:`ldm.run_folder`). If it already holds checkpoints, ``resume`` is required.
-        resume: ``"latest"`` (newest complete checkpoint of ``out``), a checkpoint folder or another run folder.
-            The continuation is exact: same next loss as the uninterrupted run with the same config.
-        should_stop: polled after every step; when it returns True the run finishes the step, saves a checkpoint
-            and the export, and returns with ``state="stopped"`` (the CLI wires SIGINT/SIGTERM to it).
-        progress: show a tqdm bar and echo the log.
-        on_log: called with every metrics record (``step, epoch, loss, lr, grad_norm, images_per_sec, elapsed``).
-        device: ``"cpu"`` forces the CPU; None lets accelerate pick (CUDA when present).
+        options: keyword arguments of :class:`Trainer`:
+            ``resume``: ``"latest"`` (newest complete checkpoint of ``out``), a checkpoint folder or another run
+            folder. The continuation is exact: same next loss as the uninterrupted run with the same config.
+            ``should_stop``: polled after every step; when it returns True the run finishes the step, saves a
+            checkpoint and the export, and returns with ``state="stopped"`` (the CLI wires SIGINT/SIGTERM to it).
+            ``progress``: show a progress bar and echo the log (default True).
+            ``on_log``: called with every metrics record (``step, epoch, loss, lr, grad_norm, images_per_sec,
+            elapsed``).
+            ``device``: ``"cpu"`` forces the CPU; None lets accelerate pick (CUDA when present).
 
     Raises:
         UserError: bad config, existing run without ``resume``, a checkpoint that does not fit the cache.
         TrainingDiverged: the loss became NaN/inf (status "failed"; the last good checkpoint is kept).
     """
-    trainer = Trainer(cfg, latents, out, resume, should_stop, progress, on_log, device)
+    trainer = Trainer(cfg, latents, out, **options)
     trainer.setup()
     return trainer.run()
