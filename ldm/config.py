@@ -58,6 +58,8 @@ class AutoencoderConfig:
     disc_adaptive: bool = True  # VQGAN adaptive discriminator weight (balances gradients); False = fixed disc_weight
     sample_every: int = 200  # steps between reconstruction grids and held-out PSNR lines (0 = only at the end)
     log_every: int = 10  # steps between metrics.jsonl lines
+    checkpoint_every: int = 1000  # steps between checkpoints, for --resume (0 = only at the end)
+    keep_checkpoints: int = 2  # keep the newest K checkpoints
     mixed_precision: Literal["auto", "no", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, bf16 CPUs; fp32 = no
     channels_last: bool = False  # channels-last memory format for the convolutions
     device: str = "auto"  # "auto" (cuda, mps, else cpu), or a torch device string

@@ -1,9 +1,13 @@
-"""Arguments shared by the subcommands that take a config: ``--config FILE``, overrides, ``--dry-run``."""
+"""What the subcommands share: ``--config FILE``, overrides, ``--dry-run``; the training commands' flags, resume and
+safe stop on Ctrl-C/SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from ldm.config import Config, load_config, to_yaml
 
@@ -25,3 +29,61 @@ def dry_run(args: argparse.Namespace, cfg: Config) -> bool:
         sys.stdout.write(to_yaml(cfg))
         return True
     return False
+
+
+def flag_overrides(section: str, **flags: object) -> list[str]:
+    """Overrides ``section.key=value`` for the dedicated flags that were given (None = not given)."""
+    return [f"{section}.{key}={value}" for key, value in flags.items() if value is not None]
+
+
+def resume_with_run_config(args: argparse.Namespace) -> Path:
+    """``--resume``: the checkpoint meant, and (without ``--config``) the run's own resolved config as the base, so
+    that continuing a run continues its recipe."""
+    from ldm.run_folder import resolve_resume
+
+    ckpt = resolve_resume(args.out, args.resume)
+    run_config = ckpt.parent.parent / "config.yaml"
+    if args.config is None and run_config.is_file():
+        args.config = str(run_config)
+    return ckpt
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads N``: torch's CPU threads (0 or None: torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM -> a stop request polled by the trainer after each step; a second SIGINT raises
+    KeyboardInterrupt (the newest checkpoint stays usable)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.event.set()
+        name = signal.Signals(signum).name
+        print(
+            f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again to abort without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def __call__(self) -> bool:
+        return self.event.is_set()

@@ -11,12 +11,18 @@ Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and the
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 
-from ldm.commands._common import add_config_arguments, dry_run, resolve_config
+from ldm.commands._common import (
+    StopFlag,
+    add_config_arguments,
+    dry_run,
+    flag_overrides,
+    resolve_config,
+    resume_with_run_config,
+    set_threads,
+)
 
 HELP = "train the diffusion model on a latent cache (resumable, safe to stop with Ctrl-C)"
 
@@ -52,57 +58,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM -> a stop request polled by the trainer; a second SIGINT raises KeyboardInterrupt."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._old: dict[int, object] = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.event.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.event.set()
-        name = signal.Signals(signum).name
-        print(
-            f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again to abort without saving)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-    def __call__(self) -> bool:
-        return self.event.is_set()
-
-
 def run(args: argparse.Namespace) -> int:
-    extra = []
-    if args.max_steps is not None:
-        extra.append(f"training.max_steps={args.max_steps}")
-    if args.epochs is not None:
-        extra.append(f"training.epochs={args.epochs}")
-    if args.max_minutes is not None:
-        extra.append(f"training.max_minutes={args.max_minutes}")
+    extra = flag_overrides("training", max_steps=args.max_steps, epochs=args.epochs, max_minutes=args.max_minutes)
     from ldm.errors import UserError
 
     recorded = None
     if args.resume is not None:
         # Continuing a run means continuing its recipe: start from its own resolved config, on its own cache.
-        from ldm.run_folder import checkpoint_latents, resolve_resume
+        from ldm.run_folder import checkpoint_latents
 
-        ckpt = resolve_resume(args.out, args.resume)
-        run_config = ckpt.parent.parent / "config.yaml"
-        if args.config is None and run_config.is_file():
-            args.config = str(run_config)
+        ckpt = resume_with_run_config(args)
         if args.latents is None:
             recorded = checkpoint_latents(ckpt)
             if recorded is None:
@@ -121,14 +86,10 @@ def run(args: argparse.Namespace) -> int:
             )
         raise UserError(f"--latents {args.latents}: no such folder (make one with `ldm prepare`)")
 
-    import torch
-
     from ldm.training.trainer import TrainingDiverged, train
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-
-    with _StopFlag() as stop:
+    set_threads(args.threads)
+    with StopFlag() as stop:
         try:
             result = train(
                 cfg,

@@ -1,24 +1,31 @@
 """Stage 1 of latent diffusion: train a diffusers ``AutoencoderKL`` from scratch on a class-folder dataset.
 
-ldm train-vae --data data/faces --out runs/faces-vae --config configs/faces.yaml
+    ldm train-vae --data data/faces --out runs/faces-vae --config configs/faces.yaml
+    ldm train-vae --out runs/faces-vae --resume latest --max-minutes 10
+
+The same skeleton as the diffusion trainer (:class:`ldm.training.loop.TrainingLoop`): accelerate, diffusers'
+``EMAModel``, the learning rate of :func:`ldm.training.optim.lr_factor`, the precision rule of :mod:`ldm.device`,
+atomic checkpoints with exact resume, safe stop, ``status.json`` and ``metrics.jsonl``. Its end products:
+``vae/`` (the EMA weights with their ``scaling_factor``), ``recon/step-XXXXXX.png`` and ``eval.json``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ldm.errors import UserError
 from ldm.models.autoencoder import PatchDiscriminator, build_autoencoder_kl, decode, encode
+from ldm.run_folder import append_metrics
+from ldm.training.loop import BatchStream, TrainingLoop, load_ema, make_ema
 
 if TYPE_CHECKING:
-    import torch
-
     from ldm.config import Config
 
 
@@ -62,256 +69,374 @@ def recon_grid(originals: torch.Tensor, recons: torch.Tensor, per_row: int = 8, 
     return Image.fromarray(arr)
 
 
-def train_vae(
-    cfg: Config,
-    data_dir: str | Path,
-    out_dir: str | Path,
-    progress: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-) -> dict[str, Any]:
-    """Train a diffusers ``AutoencoderKL`` from scratch on a class-folder dataset (labels are ignored).
-
-    Writes into ``out_dir``: ``config.yaml`` (first, before any work), ``recon/step-XXXXXX.png`` (originals above
-    their reconstructions, every ``autoencoder.sample_every`` steps and at the end), ``metrics.jsonl`` (one JSON
-    line per ``log_every`` steps, plus held-out PSNR/SSIM lines at each grid), ``vae/`` (``save_pretrained`` of the
-    EMA weights with ``scaling_factor`` = 1 / std of the training images' latents) and ``eval.json`` (held-out
-    PSNR/SSIM). Images never seen in training: ``data.holdout_fraction`` of each class, split with
-    ``autoencoder.seed``. The run ends after ``max_steps``, after ``max_minutes`` of training, or when
-    ``should_stop()`` returns True (checked after every step); it saves in every case. Returns the summary dict
-    that is also ``eval.json``.
-    """
-    import torch
-    import torch.nn.functional as F
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
-
-    from ldm.config import save_config
-    from ldm.device import autocast_context, default_device, resolve_mixed_precision
-    from ldm.evaluation.metrics import psnr as psnr_fn
-    from ldm.evaluation.metrics import ssim as ssim_fn
-    from ldm.training.optim import lr_factor, optimizer_kwargs
-    from ldm.utils import atomic_dir, atomic_write_json, seed_everything
-
+def check_autoencoder_config(cfg: Config) -> None:
+    """Raise UserError for autoencoder settings that cannot train (naming the key and what is accepted)."""
     ac, dc = cfg.autoencoder, cfg.data
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     if ac.batch_size < 1 or ac.max_steps < 1:
         raise UserError("autoencoder.batch_size and autoencoder.max_steps must be at least 1")
     if not 0.0 <= ac.ema_decay < 1.0:
         raise UserError(f"autoencoder.ema_decay must be in [0, 1), got {ac.ema_decay}")
-
     crop = ac.crop_size
     if crop and (crop % ac.down_factor or not ac.down_factor <= crop <= dc.image_size):
         raise UserError(
             f"autoencoder.crop_size={crop}: accepted are 0 (whole images) or a multiple of down_factor "
             f"({ac.down_factor}) between {ac.down_factor} and data.image_size ({dc.image_size})"
         )
-    crop = 0 if crop == dc.image_size else crop
-    crop_cells = (dc.image_size - crop) // ac.down_factor + 1  # window positions per axis, on the latent grid
-    seed_everything(ac.seed)
-    device = torch.device(ac.device if ac.device != "auto" else default_device())
-    train_x, hold_x, scan = _load_images(data_dir, dc.image_size, dc.channels, ac.seed, dc.holdout_fraction)
-    n_train = train_x.shape[0]
-    if n_train == 0:
-        raise UserError(f"{data_dir}: no training images left after the held-out split")
-    model = build_autoencoder_kl(ac, dc.channels, dc.image_size).to(device)
-    with torch.no_grad():
-        # the posterior's log-variance is the second half of quant_conv's output. A random init gives it ~0, i.e.
-        # unit-variance noise on latents of much smaller scale, and the decoder learns little until the encoder has
-        # pushed it down; starting low (the KL term may raise it again) makes the first minutes count
-        model.quant_conv.bias[ac.latent_channels :].fill_(ac.logvar_init)
-    memory_format = torch.channels_last if ac.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format).train()
-    ema = ema_model = None
-    if ac.ema_decay > 0:
+
+
+class AutoencoderTrainer(TrainingLoop):
+    """One ``train-vae`` run; :func:`train_vae` is the usual entry point (arguments as its)."""
+
+    kind = "autoencoder"
+    label = "train-vae"
+    divergence_hint = "Try a lower autoencoder.learning_rate or autoencoder.mixed_precision=no, then"
+
+    def __init__(
+        self,
+        cfg: Config,
+        data_dir: str | Path,
+        out: str | Path,
+        resume: str | Path | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: bool = True,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+        device: str | None = None,
+    ):
+        self.cfg, self.ac, self.dc = cfg, cfg.autoencoder, cfg.data
+        check_autoencoder_config(cfg)
+        super().__init__(
+            out,
+            resume=resume,
+            should_stop=should_stop,
+            progress=progress,
+            on_log=on_log,
+            device=device or self.ac.device,
+            mixed_precision=self.ac.mixed_precision,
+            precision_key="autoencoder.mixed_precision",
+            cpu_bf16="native",  # measured: the autoencoder gains from bf16 only with native bf16 arithmetic
+            keep_checkpoints=self.ac.keep_checkpoints,
+        )
+        self.data_dir = Path(data_dir)
+        if self.world > 1:
+            raise UserError("train-vae trains in one process; start it without `accelerate launch` / torchrun")
+        self.max_steps, self.max_minutes = self.ac.max_steps, self.ac.max_minutes
+        # with a time budget (the usual case) the step count at the end is unknown: the bar counts steps and time left
+        self.horizon = self.ac.max_steps if self.ac.max_minutes <= 0 else None
+        crop = self.ac.crop_size
+        self.crop = 0 if crop == self.dc.image_size else crop
+        self.crop_cells = (self.dc.image_size - self.crop) // self.ac.down_factor + 1  # window positions per axis
+
+    # -- setup ------------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from ldm.config import save_config
+        from ldm.training.optim import optimizer_kwargs
+        from ldm.utils import seed_everything
+
+        ac, dc = self.ac, self.dc
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")  # recorded before any work
+            (self.out / "recon").mkdir(exist_ok=True)
+        seed_everything(ac.seed)
+        self.train_x, self.hold_x, self.scan = _load_images(
+            self.data_dir, dc.image_size, dc.channels, ac.seed, dc.holdout_fraction
+        )
+        if len(self.train_x) == 0:
+            raise UserError(f"{self.data_dir}: no training images left after the held-out split")
+        model = build_autoencoder_kl(ac, dc.channels, dc.image_size).to(self.device)
+        with torch.no_grad():
+            # the posterior's log-variance is the second half of quant_conv's output. A random init gives it ~0, i.e.
+            # unit-variance noise on latents of much smaller scale, and the decoder learns little until the encoder
+            # has pushed it down; starting low (the KL term may raise it again) makes the first minutes count
+            model.quant_conv.bias[ac.latent_channels :].fill_(ac.logvar_init)
+        self.memory_format = torch.channels_last if ac.channels_last else torch.contiguous_format
+        model = model.to(memory_format=self.memory_format).train()
         # EMA warm-up (decay (1 + t) / (10 + t), capped at ema_decay) so that short runs are not dominated by the init
-        ema = EMAModel(model.parameters(), decay=ac.ema_decay, use_ema_warmup=False, foreach=True)
-        ema_model = copy.deepcopy(model).eval().requires_grad_(False)  # the EMA weights are copied in to evaluate
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=ac.learning_rate, betas=(0.9, 0.99), weight_decay=0.0, **optimizer_kwargs(device)
-    )
-    precision = resolve_mixed_precision(ac.mixed_precision, str(device), "autoencoder.mixed_precision", "native")
+        self.ema = make_ema(model, ac.ema_decay, warmup=False) if ac.ema_decay > 0 else None
+        self.ema_model = copy.deepcopy(model).eval().requires_grad_(False) if self.ema is not None else None
+        fused = optimizer_kwargs(self.device)
+        opt = torch.optim.AdamW(model.parameters(), lr=ac.learning_rate, betas=(0.9, 0.99), weight_decay=0.0, **fused)
+        disc = disc_opt = None
+        if ac.disc_weight > 0:
+            disc = PatchDiscriminator.build(dc.channels).to(self.device).to(memory_format=self.memory_format).train()
+            disc_opt = torch.optim.AdamW(disc.parameters(), lr=ac.learning_rate, betas=(0.5, 0.9), weight_decay=0.0)
+        # the images shown in every grid: spread over the held-out set (so over its classes), else the training set
+        show_from = self.hold_x if len(self.hold_x) else self.train_x
+        self.show = show_from[torch.linspace(0, len(show_from) - 1, min(8, len(show_from))).long()]
+        self.generator = torch.Generator().manual_seed(ac.seed)  # flips and crops
+        self.stream = BatchStream(len(self.train_x), ac.seed)
+        if self.resume_from is not None:
+            self._load_checkpoint(model, opt, disc, disc_opt)
+        # The discriminator stays outside accelerate: it runs in float32, outside autocast, with its own backward.
+        self.model, self.optimizer = self.acc.prepare(model, opt)
+        self.disc, self.disc_opt = disc, disc_opt
+        self.raw_model = self.acc.unwrap_model(self.model)
+        if self.resume_from is not None:
+            self.restore_rng(lambda: self.generator.manual_seed(ac.seed + 104_729 * self.step_count))
+        self.t0 = time.monotonic()
 
-    def averaged() -> Any:
-        """The EMA weights in their own model (the raw model without EMA)."""
-        if ema is None:
-            return model
-        ema.copy_to(ema_model.parameters())
-        return ema_model
+    def _load_checkpoint(self, model: Any, opt: Any, disc: Any, disc_opt: Any) -> None:
+        from safetensors.torch import load_file
 
-    disc = disc_opt = None
-    if ac.disc_weight > 0:
-        disc = PatchDiscriminator.build(dc.channels).to(device).to(memory_format=memory_format).train()
-        disc_opt = torch.optim.AdamW(disc.parameters(), lr=ac.learning_rate, betas=(0.5, 0.9), weight_decay=0.0)
-    last_layer = model.decoder.conv_out.weight
+        ckpt = self.resume_from
+        state = self.read_checkpoint_state()
+        model.load_state_dict(load_file(str(ckpt / "vae" / "diffusion_pytorch_model.safetensors")))
+        if self.ema is not None:
+            load_ema(self.ema, ckpt / "vae_ema", model)
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False))
+        if disc is not None and (ckpt / "discriminator.pt").is_file():
+            d = torch.load(ckpt / "discriminator.pt", map_location="cpu", weights_only=False)
+            disc.load_state_dict(d["model"])
+            disc_opt.load_state_dict(d["optimizer"])
+        self.stream.load_state_dict(state["data"])
 
-    # the images shown in every grid: spread over the held-out set (so over its classes), else over the training set
-    show_from = hold_x if len(hold_x) else train_x
-    show = show_from[torch.linspace(0, len(show_from) - 1, min(8, len(show_from))).long()]
-    (out / "recon").mkdir(exist_ok=True)
-    metrics_f = open(out / "metrics.jsonl", "a")
+    def save_state(self, folder: Path) -> dict[str, Any]:
+        self.raw_model.save_pretrained(folder / "vae", safe_serialization=True)
+        if self.ema is not None:
+            self.ema.save_pretrained(str(folder / "vae_ema"))
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        if self.disc is not None:
+            disc = {"model": self.disc.state_dict(), "optimizer": self.disc_opt.state_dict()}
+            torch.save(disc, folder / "discriminator.pt")
+        return {"data": self.stream.state_dict(), "data_dir": str(self.data_dir.resolve())}
 
-    def log(rec: dict) -> None:
-        metrics_f.write(json.dumps(rec) + "\n")
-        metrics_f.flush()
+    # -- one optimiser step -------------------------------------------------------------------------------------------
 
-    def evaluate(m: Any, x: torch.Tensor) -> dict[str, float]:
+    def _batch(self) -> torch.Tensor:
+        """The next training images, flipped and cropped as configured, on the device."""
+        ac, dc = self.ac, self.dc
+        x = self.train_x[self.stream.next(ac.batch_size)]
+        if dc.hflip:
+            flip = torch.rand(len(x), generator=self.generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if self.crop:
+            # one random window per image, on the latent grid (offsets are multiples of the down factor)
+            offs = torch.randint(0, self.crop_cells, (len(x), 2), generator=self.generator) * ac.down_factor
+            c = self.crop
+            x = torch.stack([img[:, i : i + c, j : j + c] for img, (i, j) in zip(x, offs.tolist())])
+        return x.to(self.device).contiguous(memory_format=self.memory_format)
+
+    def step(self) -> dict[str, Any]:
+        """One optimiser step of the autoencoder (and of the discriminator when it is on); returns the metrics record
+        of the step (``step, seconds, lr, loss, rec_loss, kl`` and the GAN terms)."""
+        import torch.nn.functional as F
+
+        from ldm.training.optim import lr_factor
+
+        ac, tf = self.ac, self._time_fraction()
+        lr = ac.learning_rate * lr_factor(
+            self.step_count, ac.warmup_steps, horizon=ac.max_steps, time_fraction=tf, decay_during_warmup=True
+        )
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        x = self._batch()
+        model, disc = self.raw_model, self.disc  # encode/decode are not forward(): called on the module itself
+        model.train()
+        with self.acc.autocast():
+            posterior = model.encode(x).latent_dist
+            y = model.decode(posterior.sample()).sample
+        y = y.float()
+        rec_loss = (y - x).abs().mean() if ac.recon_loss == "l1" else (y - x).pow(2).mean()
+        # LDM weighting: KL summed over the latent against reconstruction summed over pixels; both divided by
+        # the pixel count here, so kl_weight means what it means in the paper's configs
+        kl = posterior.kl().float().mean() / x[0].numel()
+        loss = rec_loss + ac.kl_weight * kl
+        gan: dict[str, Any] = {}
+        use_disc = disc is not None and self.step_count >= ac.disc_start
+        if use_disc:
+            disc.requires_grad_(False)
+            g_loss = -disc(y).mean()
+            if ac.disc_adaptive:
+                # VQGAN eq. 7: balance the two gradients at the decoder's last layer
+                last_layer = self.raw_model.decoder.conv_out.weight
+                g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+                g_adv = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+                d_weight = (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0, 1e4).detach() * ac.disc_weight
+            else:
+                d_weight = torch.tensor(ac.disc_weight)
+            loss = loss + d_weight * g_loss
+            gan.update(g_loss=float(g_loss.detach()), d_weight=float(d_weight))
+        self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(float(loss.detach())):
+            return {"step": self.step_count + 1, "loss": float(loss.detach())}  # the loop stops, nothing stepped
+        self.acc.backward(loss)
+        self.optimizer.step()
+        if use_disc:
+            disc.requires_grad_(True)
+            # hinge loss (Lim & Ye 2017), as in the LDM / VQGAN discriminators
+            d_loss = 0.5 * (F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean())
+            self.disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            for g in self.disc_opt.param_groups:
+                g["lr"] = lr
+            self.disc_opt.step()
+            gan["d_loss"] = float(d_loss.detach())
+        if self.ema is not None:
+            self.ema.step(self.raw_model.parameters())
+        self.step_count += 1
+        return {
+            "step": self.step_count,
+            "seconds": round(self._elapsed(), 2),
+            "lr": lr,
+            "loss": float(loss.detach()),
+            "rec_loss": float(rec_loss.detach()),
+            "kl": float(kl.detach()),
+            **gan,
+        }
+
+    def train_step(self) -> float:
+        self.record = self.step()
+        return self.record["loss"]
+
+    # -- the periodic work after a step: log, reconstruction grid with held-out PSNR/SSIM, checkpoint ---------------
+
+    def begin(self) -> None:
+        ac = self.ac
+        if self.main:
+            self.log(
+                f"training an autoencoder on {len(self.train_x)} images ({len(self.hold_x)} held out) of "
+                f"{len(self.scan.classes)} classes from {self.data_dir}; latent {ac.latent_channels} channels, "
+                f"down factor {ac.down_factor}; device {self.device}, mixed precision {self.mixed_precision}"
+            )
+        self.last_ckpt_step = self.step_count if self.resume_from is not None else -1
+
+    def after_step(self, at_end: bool) -> None:
+        ac, step = self.ac, self.step_count
+        if step % ac.log_every == 0 or step == 1:
+            self.last_loss = self.record["loss"]
+            if self.main:
+                append_metrics(self.out, self.record)
+                self.status("running", "training", loss=self.last_loss)
+            if self.on_log is not None:
+                self.on_log(self.record)
+        if ac.sample_every > 0 and step % ac.sample_every == 0:
+            self.recon_grid()
+            held = self.evaluate(self.averaged(), self.hold_x)
+            append_metrics(self.out, {"step": step, "seconds": round(self._elapsed(), 2), "holdout": held})
+        if ac.checkpoint_every > 0 and step % ac.checkpoint_every == 0 and not at_end:
+            self.save_checkpoint()
+            self.last_ckpt_step = step
+        rate = (step - self.start_step) / max(time.monotonic() - self.t0, 1e-9)
+        self.bar_postfix(loss=f"{self.record['rec_loss']:.4f}", it_s=f"{rate:.2f}")
+
+    def averaged(self) -> Any:
+        """The EMA weights in their own model (the raw model without EMA), in eval mode."""
+        if self.ema is None:
+            return self.raw_model.eval()
+        self.ema.copy_to(self.ema_model.parameters())
+        return self.ema_model.eval()
+
+    def evaluate(self, m: Any, x: torch.Tensor) -> dict[str, float]:
+        """Held-out PSNR/SSIM of ``m`` on the images ``x`` (nan without held-out images)."""
+        from ldm.evaluation.metrics import psnr, ssim
+
         if len(x) == 0:
             return {"psnr": float("nan"), "ssim": float("nan")}
         m.eval()
-        y = decode(m, encode(m, x.to(device)))
-        return {"psnr": float(psnr_fn(y.cpu(), x).mean()), "ssim": float(ssim_fn(y.cpu(), x).mean())}
+        y = decode(m, encode(m, x.to(self.device)))
+        return {"psnr": float(psnr(y.cpu(), x).mean()), "ssim": float(ssim(y.cpu(), x).mean())}
 
-    def grid(step: int) -> Path:
-        m = averaged()
-        m.eval()
-        rec = decode(m, encode(m, show.to(device))).cpu()
-        path = out / "recon" / f"step-{step:06d}.png"
-        recon_grid(show, rec, per_row=8).save(path)
+    def recon_grid(self) -> Path:
+        """``recon/step-XXXXXX.png``: the shown images above their reconstructions by the EMA weights."""
+        m = self.averaged()
+        rec = decode(m, encode(m, self.show.to(self.device))).cpu()
+        path = self.out / "recon" / f"step-{self.step_count:06d}.png"
+        recon_grid(self.show, rec, per_row=8).save(path)
         return path
 
-    gen = torch.Generator().manual_seed(ac.seed)
-    perm, pos = torch.randperm(n_train, generator=gen), 0
-    budget = ac.max_minutes * 60.0
-    t0 = time.perf_counter()
-    step, stopped_early = 0, False
-    bar = tqdm(
-        total=100.0,
-        desc="train-vae",
-        unit="%",
-        disable=not progress,
-        dynamic_ncols=True,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
-    )
-    try:
-        while True:
-            elapsed = time.perf_counter() - t0
-            frac = max(step / ac.max_steps, elapsed / budget if budget > 0 else 0.0)
-            if frac >= 1.0:
-                break
-            if should_stop is not None and should_stop():
-                stopped_early = True
-                break
-            lr = ac.learning_rate * lr_factor(
-                step, ac.warmup_steps, horizon=ac.max_steps, time_fraction=frac, decay_during_warmup=True
-            )
-            for g in opt.param_groups:
-                g["lr"] = lr
+    def finish(self, state: str, reason: str) -> dict[str, Any]:
+        """A final checkpoint, grid and evaluation; ``vae/`` with its scaling factor; ``eval.json``."""
+        from ldm.utils import atomic_dir, atomic_write_json
 
-            # a batch: walk through random permutations of the in-memory training set (every image once per epoch)
-            if pos + ac.batch_size > n_train:
-                perm, pos = torch.randperm(n_train, generator=gen), 0
-            idx = perm[pos : pos + ac.batch_size]
-            pos += ac.batch_size
-            x = train_x[idx]
-            if dc.hflip:
-                flip = torch.rand(len(x), generator=gen) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            if crop:
-                # one random window per image, on the latent grid (offsets are multiples of the down factor)
-                offs = torch.randint(0, crop_cells, (len(x), 2), generator=gen) * ac.down_factor
-                x = torch.stack([img[:, i : i + crop, j : j + crop] for img, (i, j) in zip(x, offs.tolist())])
-            x = x.to(device).contiguous(memory_format=memory_format)
+        if self.last_ckpt_step != self.step_count:
+            self.save_checkpoint()
+        step, train_seconds = self.step_count, self._elapsed()
+        final = self.averaged()
+        grid_path = self.recon_grid()
+        result: dict[str, Any] = {
+            "steps": step,
+            "train_seconds": round(train_seconds, 1),
+            "stopped_early": state == "stopped",
+        }
+        result["steps_per_second"] = round((step - self.start_step) / max(time.monotonic() - self.t0, 1e-9), 3)
+        held = self.evaluate(final, self.hold_x)
+        result.update(psnr=held["psnr"], ssim=held["ssim"], num_holdout=int(len(self.hold_x)))
+        result["num_train"] = int(len(self.train_x))
+        if self.ema is not None:
+            raw = self.evaluate(self.raw_model, self.hold_x)
+            result.update(psnr_raw=raw["psnr"], ssim_raw=raw["ssim"])
 
-            model.train()
-            with autocast_context(precision, str(device)):
-                posterior = model.encode(x).latent_dist
-                y = model.decode(posterior.sample()).sample
-            y = y.float()
-            rec_loss = (y - x).abs().mean() if ac.recon_loss == "l1" else (y - x).pow(2).mean()
-            # LDM weighting: KL summed over the latent against reconstruction summed over pixels; both divided by
-            # the pixel count here, so kl_weight means what it means in the paper's configs
-            kl = posterior.kl().float().mean() / x[0].numel()
-            loss = rec_loss + ac.kl_weight * kl
-            rec: dict[str, Any] = {}
-            use_disc = disc is not None and step >= ac.disc_start
-            if use_disc:
-                disc.requires_grad_(False)
-                g_loss = -disc(y).mean()
-                if ac.disc_adaptive:
-                    # VQGAN eq. 7: balance the two gradients at the decoder's last layer
-                    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-                    g_adv = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-                    d_weight = (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0, 1e4).detach() * ac.disc_weight
-                else:
-                    d_weight = torch.tensor(ac.disc_weight)
-                loss = loss + d_weight * g_loss
-                rec.update(g_loss=float(g_loss.detach()), d_weight=float(d_weight))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if use_disc:
-                disc.requires_grad_(True)
-                # hinge loss (Lim & Ye 2017), as in the LDM / VQGAN discriminators
-                d_loss = 0.5 * (F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean())
-                disc_opt.zero_grad(set_to_none=True)
-                d_loss.backward()
-                for g in disc_opt.param_groups:
-                    g["lr"] = lr
-                disc_opt.step()
-                rec["d_loss"] = float(d_loss.detach())
-            if ema is not None:
-                ema.step(model.parameters())
-            step += 1
+        # LDM sec. 4.3.2 / appendix G: rescale latents to unit variance; measured on the training images' posterior
+        # means (what `ldm prepare` caches), stored in the config so that scaling_factor="config" picks it up
+        z = encode(final, self.train_x.to(self.device))
+        std = float(z.double().std())
+        scaling = 1.0 / std if std > 0 else 1.0
+        final = copy.deepcopy(final).to(memory_format=torch.contiguous_format).float().cpu()
+        final.register_to_config(scaling_factor=scaling)
+        with atomic_dir(self.out / "vae") as tmp:
+            final.save_pretrained(tmp, safe_serialization=True)
+        result.update(
+            scaling_factor=scaling,
+            latent_std=std,
+            latent_shape=list(z.shape[1:]),
+            classes=self.scan.classes,
+            recon_grid=str(grid_path.relative_to(self.out)),
+            vae_dir="vae",
+        )
+        append_metrics(self.out, {"step": step, "seconds": round(train_seconds, 2), "final": True, "holdout": held})
+        atomic_write_json(self.out / "eval.json", result)
+        msg = (
+            f"{state} at step {step} ({reason}) after {train_seconds / 60:.1f} min: held-out PSNR {held['psnr']:.2f} "
+            f"dB, SSIM {held['ssim']:.4f}; autoencoder in {self.out / 'vae'}"
+        )
+        self.log(msg, echo=False)
+        self.status(state, msg, loss=self.last_loss)
+        return result
 
-            elapsed = time.perf_counter() - t0
-            if step % ac.log_every == 0 or step == 1:
-                log(
-                    {
-                        "step": step,
-                        "seconds": round(elapsed, 2),
-                        "lr": lr,
-                        "loss": float(loss.detach()),
-                        "rec_loss": float(rec_loss.detach()),
-                        "kl": float(kl.detach()),
-                        **rec,
-                    }
-                )
-            if ac.sample_every > 0 and step % ac.sample_every == 0:
-                grid(step)
-                log({"step": step, "seconds": round(elapsed, 2), "holdout": evaluate(averaged(), hold_x)})
-            if progress:
-                bar.n = 100.0 * min(1.0, max(step / ac.max_steps, elapsed / budget if budget > 0 else 0.0))
-                bar.set_postfix_str(
-                    f"step {step}, {step / max(elapsed, 1e-9):.2f} it/s, loss {float(rec_loss.detach()):.4f}"
-                )
-        train_seconds = time.perf_counter() - t0
-    except BaseException:
-        metrics_f.close()
-        raise
-    finally:
-        bar.close()
 
-    final = averaged()
-    final.eval()
-    grid_path = grid(step)
-    result: dict[str, Any] = {"steps": step, "train_seconds": round(train_seconds, 1), "stopped_early": stopped_early}
-    result["steps_per_second"] = round(step / max(train_seconds, 1e-9), 3)
-    held = evaluate(final, hold_x)
-    result.update(psnr=held["psnr"], ssim=held["ssim"], num_holdout=int(len(hold_x)), num_train=n_train)
-    if ema is not None:
-        raw = evaluate(model, hold_x)
-        result.update(psnr_raw=raw["psnr"], ssim_raw=raw["ssim"])
+def train_vae(
+    cfg: Config,
+    data_dir: str | Path | None,
+    out_dir: str | Path,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Train a diffusers ``AutoencoderKL`` from scratch on a class-folder dataset (labels are ignored).
 
-    # LDM sec. 4.3.2 / appendix G: rescale latents to unit variance; measured on the training images' posterior means
-    # (what `ldm prepare` caches), stored in the config so that scaling_factor="config" picks it up
-    z = encode(final, train_x.to(device))
-    std = float(z.double().std())
-    scaling = 1.0 / std if std > 0 else 1.0
-    final = final.to(memory_format=torch.contiguous_format).float().cpu()
-    final.register_to_config(scaling_factor=scaling)
-    with atomic_dir(out / "vae") as tmp:
-        final.save_pretrained(tmp, safe_serialization=True)
-    result.update(
-        scaling_factor=scaling,
-        latent_std=std,
-        latent_shape=list(z.shape[1:]),
-        classes=scan.classes,
-        recon_grid=str(grid_path.relative_to(out)),
-        vae_dir="vae",
-    )
-    log({"step": step, "seconds": round(train_seconds, 2), "final": True, "holdout": held})
-    metrics_f.close()
-    atomic_write_json(out / "eval.json", result)
-    return result
+    Writes into ``out_dir``: ``config.yaml`` (first, before any work), ``recon/step-XXXXXX.png`` (originals above
+    their reconstructions, every ``autoencoder.sample_every`` steps and at the end), ``metrics.jsonl`` (one JSON
+    line per ``log_every`` steps, plus held-out PSNR/SSIM lines at each grid), ``checkpoints/step-XXXXXX/`` (every
+    ``autoencoder.checkpoint_every`` steps and at the end), ``status.json``, ``train.log``, ``vae/``
+    (``save_pretrained`` of the EMA weights with ``scaling_factor`` = 1 / std of the training images' latents) and
+    ``eval.json`` (held-out PSNR/SSIM). Images never seen in training: ``data.holdout_fraction`` of each class,
+    split with ``autoencoder.seed``. The run ends after ``max_steps``, after ``max_minutes`` of training, or when
+    ``should_stop()`` returns True (polled after every step); it saves in every case. Returns the summary dict
+    that is also ``eval.json``.
+
+    ``options``: ``resume`` (``"latest"``, a run or checkpoint folder: continue exactly; ``data_dir`` may then be
+    None, the one the checkpoint records), ``on_log`` (called with every metrics record), ``device``.
+    """
+    if data_dir is None:
+        data_dir = recorded_data_dir(out_dir, options.get("resume"))
+    trainer = AutoencoderTrainer(cfg, data_dir, out_dir, progress=progress, should_stop=should_stop, **options)
+    trainer.setup()
+    return trainer.run()
+
+
+def recorded_data_dir(out: str | Path, resume: str | Path | None) -> Path:
+    """The dataset a resumed autoencoder run was trained on (its checkpoint's ``data_dir``)."""
+    import json
+
+    from ldm.run_folder import CHECKPOINT_STATE_FILE, resolve_resume
+
+    if resume is None:
+        raise UserError("--data DIR is required for a new run (a folder of class folders)")
+    ckpt = resolve_resume(out, resume)
+    recorded = json.loads((ckpt / CHECKPOINT_STATE_FILE).read_text()).get("data_dir")
+    if not recorded:
+        raise UserError(f"--resume: checkpoint {ckpt} does not record its dataset; pass --data DIR")
+    if not Path(recorded).is_dir():
+        raise UserError(f"--resume: the run was trained on {recorded}, which is no longer there; pass --data DIR")
+    return Path(recorded)

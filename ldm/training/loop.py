@@ -39,6 +39,7 @@ from ldm.run_folder import (
     prune_checkpoints,
     resolve_resume,
     step_name,
+    truncate_metrics,
     write_status,
 )
 from ldm.utils import atomic_dir, atomic_write_json
@@ -48,6 +49,53 @@ CHECKPOINT_FORMAT = 1
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the run stopped without saving the bad state."""
+
+
+class BatchStream:
+    """Endless stream of index batches over ``n`` items: a fresh permutation per epoch, seeded by (seed, epoch).
+
+    The position is ``(epoch, offset)``; the permutation of an epoch is recomputed from the seed, so the state is two
+    integers. A batch that runs past the end of an epoch continues into the next one (every batch has the same
+    size, and no image is dropped, even when the cache is smaller than a batch).
+    """
+
+    def __init__(self, n: int, seed: int):
+        if n < 1:
+            raise ValueError("BatchStream needs at least one item")
+        self.n, self.seed = n, seed
+        self.epoch, self.offset = 0, 0
+        self._perm: torch.Tensor | None = None
+
+    def _permutation(self) -> torch.Tensor:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._perm = torch.randperm(self.n, generator=g)
+        return self._perm
+
+    def next(self, k: int) -> torch.Tensor:
+        """The next ``k`` indices, LongTensor ``(k,)`` in ``[0, n)``."""
+        parts, need = [], k
+        while need > 0:
+            perm = self._permutation()
+            take = min(need, self.n - self.offset)
+            parts.append(perm[self.offset : self.offset + take])
+            self.offset += take
+            need -= take
+            if self.offset == self.n:
+                self.epoch, self.offset, self._perm = self.epoch + 1, 0, None
+        return torch.cat(parts)
+
+    @property
+    def images_seen(self) -> int:
+        return self.epoch * self.n + self.offset
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "seed": self.seed}
+
+    def load_state_dict(self, d: dict[str, int]) -> None:
+        if d["n"] != self.n:
+            raise UserError(f"the checkpoint was trained on a cache of {d['n']} latents, this cache has {self.n}")
+        self.epoch, self.offset, self._perm = int(d["epoch"]), int(d["offset"]), None
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -362,6 +410,14 @@ class TrainingLoop:
         """Train until a budget is reached or a stop is requested; then save and return :meth:`finish`'s result."""
         self.t0 = time.monotonic()
         self.start_step = self.step_count
+        if self.main:
+            if self.resume_from is not None:
+                truncate_metrics(self.out, self.step_count)  # the steps after the checkpoint are trained again
+                self.log(f"resuming from {self.resume_from} (step {self.step_count})")
+            elif (self.out / "metrics.jsonl").exists():
+                # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
+                truncate_metrics(self.out, 0)
+                self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
         self.begin()
         self.status("running", "starting")
         self.open_bar()

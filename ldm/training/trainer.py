@@ -44,9 +44,8 @@ from ldm.run_folder import (
     read_metrics,
     save_png,
     step_name,
-    truncate_metrics,
 )
-from ldm.training.loop import TrainingDiverged, TrainingLoop, load_ema, make_ema
+from ldm.training.loop import BatchStream, TrainingDiverged, TrainingLoop, load_ema, make_ema
 from ldm.training.optim import lr_factor, make_optimizer
 from ldm.utils import atomic_dir, atomic_write_json
 
@@ -70,54 +69,7 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# data order and learning rate: small, deterministic, resumable pieces
-
-
-class BatchStream:
-    """Endless stream of index batches over ``n`` items: a fresh permutation per epoch, seeded by (seed, epoch).
-
-    The position is ``(epoch, offset)``; the permutation of an epoch is recomputed from the seed, so the state is two
-    integers. A batch that runs past the end of an epoch continues into the next one (every batch has the same
-    size, and no image is dropped, even when the cache is smaller than a batch).
-    """
-
-    def __init__(self, n: int, seed: int):
-        if n < 1:
-            raise ValueError("BatchStream needs at least one item")
-        self.n, self.seed = n, seed
-        self.epoch, self.offset = 0, 0
-        self._perm: torch.Tensor | None = None
-
-    def _permutation(self) -> torch.Tensor:
-        if self._perm is None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._perm = torch.randperm(self.n, generator=g)
-        return self._perm
-
-    def next(self, k: int) -> torch.Tensor:
-        """The next ``k`` indices, LongTensor ``(k,)`` in ``[0, n)``."""
-        parts, need = [], k
-        while need > 0:
-            perm = self._permutation()
-            take = min(need, self.n - self.offset)
-            parts.append(perm[self.offset : self.offset + take])
-            self.offset += take
-            need -= take
-            if self.offset == self.n:
-                self.epoch, self.offset, self._perm = self.epoch + 1, 0, None
-        return torch.cat(parts)
-
-    @property
-    def images_seen(self) -> int:
-        return self.epoch * self.n + self.offset
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "seed": self.seed}
-
-    def load_state_dict(self, d: dict[str, int]) -> None:
-        if d["n"] != self.n:
-            raise UserError(f"the checkpoint was trained on a cache of {d['n']} latents, this cache has {self.n}")
-        self.epoch, self.offset, self._perm = int(d["epoch"]), int(d["offset"]), None
+# budget and settings
 
 
 def step_horizon(tc: TrainingConfig, num_latents: int, latents_per_step: int) -> int | None:
@@ -384,13 +336,6 @@ class Trainer(TrainingLoop):
 
         tc = self.tc
         if self.main:
-            if self.resume_from is not None:
-                truncate_metrics(self.out, self.step_count)
-                self.log(f"resuming from {self.resume_from} (step {self.step_count})")
-            elif (self.out / "metrics.jsonl").exists():
-                # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
-                truncate_metrics(self.out, 0)
-                self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
             self.log(
                 f"training on {len(self.cache.latents)} latents {self.latent_shape} x {self.num_classes} classes "
                 f"({', '.join(self.classes[:8])}{', ...' if self.num_classes > 8 else ''}) from {self.latents_path}"
