@@ -16,9 +16,10 @@ from typing import Any
 import yaml
 
 from ldm.app.jobs import Phase
-from ldm.app.workspace import Workspace
+from ldm.app.workspace import Workspace, read_json
 from ldm.config import Config, ConfigError, from_dict, load_config, parse_override, to_dict
 from ldm.errors import UserError
+from ldm.run_folder import latest_checkpoint
 from ldm.utils import atomic_write_text
 
 TRAIN_HERE = "train one here"  # autoencoder choice: run `ldm train-vae` on the data folder first
@@ -215,7 +216,7 @@ def load_settings(ws: Workspace, path_text: str) -> TrainSettings:
 @dataclass
 class JobPlan:
     run: Path  # runs/<name>
-    latents: Path  # the latent cache train reads
+    latents: Path  # the latent cache train reads (an autoencoder run: its dataset)
     phases: list[Phase]
     log: Path
     info: dict[str, Any]  # stored in the job file (used by Resume)
@@ -251,6 +252,8 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
             if not (vae / "vae" / "config.json").is_file():  # reuse one trained by an earlier start
                 phases.append(Phase("train-vae", _ldm("train-vae", "--data", str(data), "--out", str(vae)), str(vae)))
                 phases[-1].argv += stage_overrides
+                if latest_checkpoint(vae) is not None:  # an earlier start was interrupted: continue it
+                    phases[-1].argv += ["--resume", "latest"]
             vae_source = str(vae)
         else:
             vae_source = _autoencoder_source(ws, s.autoencoder)
@@ -292,12 +295,18 @@ def plan_resume(ws: Workspace, job: dict[str, Any] | None) -> JobPlan:
 def plan_resume_run(ws: Workspace, run_text: str | Path | None, info: dict[str, Any] | None = None) -> JobPlan:
     """Continue any run of the workspace from its newest checkpoint, on the latent cache that checkpoint records
     (or ``info["latents"]``), with the run's own config plus ``info["overrides"]``."""
-    from ldm.run_folder import checkpoint_latents, latest_checkpoint
+    from ldm.run_folder import checkpoint_latents
 
     run = ws.resolve(run_text, what="run folder")
     ckpt = latest_checkpoint(run)
     if ckpt is None:
         raise UserError(f"run {ws.rel(run)} has no checkpoint yet, so it cannot be resumed; start it again instead")
+    state = read_json(ckpt / "state.json") or {}
+    if state.get("kind") == "autoencoder":  # an `ldm train-vae` run continues on the dataset it records
+        data = ws.resolve(state.get("data_dir"), what=f"dataset of run {ws.rel(run)}")
+        argv = _ldm("train-vae", "--data", str(data), "--out", str(run), "--resume", "latest")
+        phases = [Phase("train-vae", argv, str(run))]
+        return JobPlan(run=run, latents=data, phases=phases, log=run / "app-job.log", info={"data": str(data)})
     info = dict(info or {})
     recorded = info.get("latents") or checkpoint_latents(ckpt)
     if not recorded:
