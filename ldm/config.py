@@ -177,6 +177,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             for c in choices:
                 if str(c) == value:
                     return c
+        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` (mixed_precision: no) as false
+            return "no"
         raise bad
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)

@@ -193,6 +193,12 @@ class TrainingLoop:
         want_cpu = device == "cpu" or (device in (None, "auto") and not torch.cuda.is_available())
         probe = "cpu" if want_cpu else (device if device not in (None, "auto") else "cuda")
         self.mixed_precision = resolve_mixed_precision(mixed_precision, probe, precision_key, cpu_bf16)
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState._shared_state.get("_mixed_precision", self.mixed_precision) != self.mixed_precision:
+            # accelerate keeps one precision per process; a process that trains again with another one (the two
+            # stages of `ldm quickstart`, tests, notebooks) starts from a fresh accelerator state
+            AcceleratorState._reset_state()
         self.acc = Accelerator(mixed_precision=self.mixed_precision, cpu=want_cpu)
         self.main = self.acc.is_main_process
         self.device = self.acc.device
