@@ -14,6 +14,8 @@ from ldm.config import DiffusionConfig, UNetConfig
 from ldm.diffusion.objective import make_train_scheduler
 from ldm.models.unet import build_unet
 
+torch.set_num_threads(1)  # tiny models on a shared 2-core machine: one thread avoids oversubscription
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_train.py"
 NUM_CLASSES = 3
 
@@ -24,14 +26,6 @@ def bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _tiny_unet():

@@ -7,9 +7,13 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ldm.config import Config, load_config, to_yaml
+
+T = TypeVar("T")
 
 
 def add_config_arguments(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
@@ -31,29 +35,51 @@ def dry_run(args: argparse.Namespace, cfg: Config) -> bool:
     return False
 
 
+def add_resume_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="latest|PATH",
+        help="continue from the newest checkpoint of --out ('latest'), a run folder or a checkpoint folder; "
+        "without --config the run's own config.yaml is used",
+    )
+
+
 def flag_overrides(section: str, **flags: object) -> list[str]:
     """Overrides ``section.key=value`` for the dedicated flags that were given (None = not given)."""
     return [f"{section}.{key}={value}" for key, value in flags.items() if value is not None]
 
 
-def resume_with_run_config(args: argparse.Namespace) -> Path:
-    """``--resume``: the checkpoint meant, and (without ``--config``) the run's own resolved config as the base, so
-    that continuing a run continues its recipe."""
-    from ldm.run_folder import resolve_resume
+def resolve_training_config(args: argparse.Namespace, section: str, **flags: object) -> tuple[Config, Path | None]:
+    """The config of a training command and, with ``--resume``, the checkpoint meant. Continuing a run continues
+    its recipe: without ``--config`` the run's own resolved config is the base. ``flags``: the dedicated flags of
+    ``section`` (``--max-steps`` ...), applied before the overrides."""
+    ckpt = None
+    if args.resume is not None:
+        from ldm.run_folder import resolve_resume
 
-    ckpt = resolve_resume(args.out, args.resume)
-    run_config = ckpt.parent.parent / "config.yaml"
-    if args.config is None and run_config.is_file():
-        args.config = str(run_config)
-    return ckpt
+        ckpt = resolve_resume(args.out, args.resume)
+        run_config = ckpt.parent.parent / "config.yaml"
+        if args.config is None and run_config.is_file():
+            args.config = str(run_config)
+    return resolve_config(args, flag_overrides(section, **flags)), ckpt
 
 
-def set_threads(threads: int | None) -> None:
-    """``--threads N``: torch's CPU threads (0 or None: torch's default)."""
+def run_stoppable(prog: str, threads: int | None, train: Callable[[StopFlag], T]) -> T | None:
+    """Run ``train(stop)`` with ``--threads`` applied and Ctrl-C/SIGTERM wired to ``stop``; a diverged run is
+    reported as an error (None returned, the command exits 1)."""
+    from ldm.training.loop import TrainingDiverged
+
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    with StopFlag() as stop:
+        try:
+            return train(stop)
+        except TrainingDiverged as e:
+            print(f"ldm {prog}: error: {e}", file=sys.stderr)
+            return None
 
 
 class StopFlag:

@@ -11,17 +11,16 @@ Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and the
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ldm.commands._common import (
-    StopFlag,
     add_config_arguments,
+    add_resume_argument,
     dry_run,
-    flag_overrides,
-    resolve_config,
-    resume_with_run_config,
-    set_threads,
+    resolve_training_config,
+    run_stoppable,
 )
 
 HELP = "train the diffusion model on a latent cache (resumable, safe to stop with Ctrl-C)"
@@ -40,13 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-minutes", type=float, default=None, help="stop after M minutes of training (training.max_minutes)"
     )
-    p.add_argument(
-        "--resume",
-        default=None,
-        metavar="latest|PATH",
-        help="continue from the newest checkpoint of --out ('latest'), a run folder or a checkpoint folder; "
-        "without --config the run's own config.yaml is used",
-    )
+    add_resume_argument(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: accelerate's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the log still goes to train.log)")
     p.add_argument(
@@ -59,23 +52,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    extra = flag_overrides("training", max_steps=args.max_steps, epochs=args.epochs, max_minutes=args.max_minutes)
     from ldm.errors import UserError
 
+    budget = {"max_steps": args.max_steps, "epochs": args.epochs, "max_minutes": args.max_minutes}
+    cfg, ckpt = resolve_training_config(args, "training", **budget)
     recorded = None
-    if args.resume is not None:
-        # Continuing a run means continuing its recipe: start from its own resolved config, on its own cache.
+    if ckpt is not None and args.latents is None:
+        # continuing a run: on the cache it was trained on
         from ldm.run_folder import checkpoint_latents
 
-        ckpt = resume_with_run_config(args)
-        if args.latents is None:
-            recorded = checkpoint_latents(ckpt)
-            if recorded is None:
-                raise UserError(f"--resume: checkpoint {ckpt} does not record its latent cache; pass --latents CACHE")
-            args.latents = str(recorded)
+        recorded = checkpoint_latents(ckpt)
+        if recorded is None:
+            raise UserError(f"--resume: checkpoint {ckpt} does not record its latent cache; pass --latents CACHE")
+        args.latents = str(recorded)
     elif args.latents is None:
         raise UserError("--latents CACHE is required for a new run (a folder made by `ldm prepare`)")
-    cfg = resolve_config(args, extra)
     if dry_run(args, cfg):
         return 0
     if not Path(args.latents).is_dir():
@@ -86,23 +77,17 @@ def run(args: argparse.Namespace) -> int:
             )
         raise UserError(f"--latents {args.latents}: no such folder (make one with `ldm prepare`)")
 
-    from ldm.training.trainer import TrainingDiverged, train
+    from ldm.training.trainer import train
 
-    set_threads(args.threads)
-    with StopFlag() as stop:
-        try:
-            result = train(
-                cfg,
-                args.latents,
-                args.out,
-                resume=args.resume,
-                should_stop=stop,
-                progress=not args.no_progress,
-                device=args.device,
-            )
-        except TrainingDiverged as e:
-            print(f"ldm train: error: {e}", file=sys.stderr)
-            return 1
+    def start(stop: Callable[[], bool]) -> Any:
+        progress = not args.no_progress
+        return train(
+            cfg, args.latents, args.out, resume=args.resume, should_stop=stop, progress=progress, device=args.device
+        )
+
+    result = run_stoppable("train", args.threads, start)
+    if result is None:
+        return 1
     if args.no_progress:  # with progress on, the trainer's log already echoed it
         print(result.message)
     return 0

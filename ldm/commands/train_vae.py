@@ -12,17 +12,10 @@ a second Ctrl-C aborts without saving (the newest checkpoint stays usable).
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Callable
+from typing import Any
 
-from ldm.commands._common import (
-    StopFlag,
-    add_config_arguments,
-    dry_run,
-    flag_overrides,
-    resolve_config,
-    resume_with_run_config,
-    set_threads,
-)
+from ldm.commands._common import add_config_arguments, add_resume_argument
 
 HELP = "train an autoencoder (diffusers AutoencoderKL) from scratch on a folder of class folders"
 
@@ -38,42 +31,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-minutes", type=float, default=None, help="training time budget (sets autoencoder.max_minutes)"
     )
     p.add_argument("--max-steps", type=int, default=None, help="step budget (sets autoencoder.max_steps)")
-    p.add_argument(
-        "--resume",
-        default=None,
-        metavar="latest|PATH",
-        help="continue from the newest checkpoint of --out ('latest'), a run folder or a checkpoint folder; "
-        "without --config the run's own config.yaml is used",
-    )
+    add_resume_argument(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ldm.commands._common import dry_run, resolve_training_config, run_stoppable
     from ldm.errors import UserError
 
-    extra = flag_overrides("autoencoder", max_minutes=args.max_minutes, max_steps=args.max_steps)
-    if args.resume is not None:
-        resume_with_run_config(args)
-    elif args.data is None:
+    cfg, _ = resolve_training_config(args, "autoencoder", max_minutes=args.max_minutes, max_steps=args.max_steps)
+    if args.resume is None and args.data is None:
         raise UserError("--data DIR is required for a new run (a folder of class folders)")
-    cfg = resolve_config(args, extra)
     if dry_run(args, cfg):
         return 0
 
     from ldm.training.autoencoder import train_vae
-    from ldm.training.loop import TrainingDiverged
 
-    set_threads(args.threads)
-    with StopFlag() as stop:
-        try:
-            result = train_vae(
-                cfg, args.data, args.out, progress=not args.no_progress, should_stop=stop, resume=args.resume
-            )
-        except TrainingDiverged as e:
-            print(f"ldm train-vae: error: {e}", file=sys.stderr)
-            return 1
+    def start(stop: Callable[[], bool]) -> dict[str, Any]:
+        progress = not args.no_progress
+        return train_vae(cfg, args.data, args.out, progress=progress, should_stop=stop, resume=args.resume)
+
+    result = run_stoppable("train-vae", args.threads, start)
+    if result is None:
+        return 1
     how = "stopped early" if result["stopped_early"] else "finished"
     print(
         f"{how} after {result['steps']} steps ({result['train_seconds']:.0f} s): "

@@ -88,37 +88,19 @@ class AutoencoderTrainer(TrainingLoop):
     """One ``train-vae`` run; :func:`train_vae` is the usual entry point (arguments as its)."""
 
     kind = "autoencoder"
+    section = "autoencoder"
+    cpu_bf16 = "native"  # measured: the autoencoder gains from bf16 autocast only with native bf16 arithmetic
     label = "train-vae"
     divergence_hint = "Try a lower autoencoder.learning_rate or autoencoder.mixed_precision=no, then"
 
-    def __init__(
-        self,
-        cfg: Config,
-        data_dir: str | Path,
-        out: str | Path,
-        resume: str | Path | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        progress: bool = True,
-        on_log: Callable[[dict[str, Any]], None] | None = None,
-        device: str | None = None,
-    ):
-        self.cfg, self.ac, self.dc = cfg, cfg.autoencoder, cfg.data
-        check_autoencoder_config(cfg)
-        super().__init__(
-            out,
-            resume=resume,
-            should_stop=should_stop,
-            progress=progress,
-            on_log=on_log,
-            device=device or self.ac.device,
-            mixed_precision=self.ac.mixed_precision,
-            precision_key="autoencoder.mixed_precision",
-            cpu_bf16="native",  # measured: the autoencoder gains from bf16 only with native bf16 arithmetic
-            keep_checkpoints=self.ac.keep_checkpoints,
-        )
-        self.data_dir = Path(data_dir)
+    def check_config(self) -> None:
+        self.ac, self.dc = self.cfg.autoencoder, self.cfg.data
+        check_autoencoder_config(self.cfg)
+
+    def load_source(self, data_dir: Path) -> None:
         if self.world > 1:
             raise UserError("train-vae trains in one process; start it without `accelerate launch` / torchrun")
+        self.data_dir = data_dir
         self.max_steps, self.max_minutes = self.ac.max_steps, self.ac.max_minutes
         # with a time budget (the usual case) the step count at the end is unknown: the bar counts steps and time left
         self.horizon = self.ac.max_steps if self.ac.max_minutes <= 0 else None

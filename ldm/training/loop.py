@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ldm.config import Config
+from ldm.device import CpuBf16
 from ldm.errors import UserError
 from ldm.run_folder import (
     CHECKPOINT_STATE_FILE,
@@ -152,32 +154,39 @@ def load_ema(ema: Any, folder: Path, model: torch.nn.Module) -> None:
 class TrainingLoop:
     """One training run of a stage: the shared skeleton (see the module docstring).
 
-    Subclasses set ``kind`` and implement ``setup``, ``step``/``train_step``, ``after_step``, ``finish``,
-    ``save_state`` (files of a checkpoint) and ``load_state`` (their inverse); ``max_steps``, ``max_minutes``
-    and ``horizon`` (steps of the whole run, None when only time bounds it) are set by the subclass before ``run``.
+    Subclasses set ``kind`` and ``section`` and implement ``check_config``, ``load_source`` (which sets
+    ``max_steps``, ``max_minutes`` and ``horizon``: steps of the whole run, None when only time bounds it), ``setup``
+    (models, optimisers, EMA; restores a checkpoint), ``train_step``, ``after_step``, ``save_state`` and ``finish``.
     """
 
     kind = ""  # "diffusion" or "autoencoder", recorded in status.json and in every checkpoint's state.json
+    section = ""  # the config section of the stage's settings (mixed_precision, keep_checkpoints, ...)
+    cpu_bf16: CpuBf16 = "kernels"  # what bf16 autocast needs on a CPU to pay for this stage (see ldm.device)
     label = "train"  # progress bar description
 
     def __init__(
         self,
+        cfg: Config,
+        source: str | Path,
         out: str | Path,
-        *,
-        resume: str | Path | None,
-        should_stop: Callable[[], bool] | None,
-        progress: bool,
-        on_log: Callable[[dict[str, Any]], None] | None,
-        device: str | None,
-        mixed_precision: str,
-        precision_key: str,
-        cpu_bf16: str = "kernels",
-        keep_checkpoints: int = 0,
+        resume: str | Path | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: bool = True,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+        device: str | None = None,
     ):
+        """``cfg``: the full config; ``source``: what the stage trains on (a latent cache, an image folder); ``out``:
+        the run folder; ``resume``: ``"latest"``, a run or checkpoint folder; ``should_stop``: polled after every
+        step; ``progress``: a progress bar and the log echoed; ``on_log``: called with every metrics record;
+        ``device``: ``"cpu"`` forces the CPU, None lets accelerate pick (CUDA when present)."""
+        self.cfg = cfg
+        settings = getattr(cfg, self.section)
+        self.check_config()
         self.out = Path(out)
         self.should_stop = should_stop or (lambda: False)
         self.progress, self.on_log = progress, on_log
-        self.keep_checkpoints = keep_checkpoints
+        self.keep_checkpoints = settings.keep_checkpoints
+        device = device or getattr(settings, "device", None)
 
         # Refuse before touching anything: a run folder with checkpoints is only continued on request.
         self.resume_from: Path | None = None
@@ -192,7 +201,8 @@ class TrainingLoop:
 
         want_cpu = device == "cpu" or (device in (None, "auto") and not torch.cuda.is_available())
         probe = "cpu" if want_cpu else (device if device not in (None, "auto") else "cuda")
-        self.mixed_precision = resolve_mixed_precision(mixed_precision, probe, precision_key, cpu_bf16)
+        key = f"{self.section}.mixed_precision"
+        self.mixed_precision = resolve_mixed_precision(settings.mixed_precision, probe, key, self.cpu_bf16)
         from accelerate.state import AcceleratorState
 
         if AcceleratorState._shared_state.get("_mixed_precision", self.mixed_precision) != self.mixed_precision:
@@ -213,8 +223,16 @@ class TrainingLoop:
         self.max_steps, self.max_minutes, self.horizon = 0, 0.0, None
         self.generator: torch.Generator | None = None  # the stage's own random source, saved with checkpoints
         self.t0 = time.monotonic()  # reset by run(); set here so step() works on its own (benchmarks)
+        self.load_source(Path(source))
 
     # -- stage hooks --------------------------------------------------------------------------------------------------
+
+    def check_config(self) -> None:
+        """Raise UserError for settings that cannot train, before anything is touched."""
+
+    def load_source(self, source: Path) -> None:
+        """Read what the stage trains on; set ``max_steps``, ``max_minutes`` and ``horizon``."""
+        raise NotImplementedError
 
     def train_step(self) -> float:
         """One optimiser step and its bookkeeping; returns the loss (mean over processes)."""

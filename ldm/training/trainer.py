@@ -27,7 +27,6 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,38 +119,20 @@ class Trainer(TrainingLoop):
     """
 
     kind = "diffusion"
+    section = "training"
     divergence_hint = (
         "Try a lower training.learning_rate, training.max_grad_norm=1, or training.mixed_precision=no, then"
     )
 
-    def __init__(
-        self,
-        cfg: Config,
-        latents: str | Path,
-        out: str | Path,
-        resume: str | Path | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        progress: bool = True,
-        on_log: Callable[[dict[str, Any]], None] | None = None,
-        device: str | None = None,
-    ):
-        self.cfg, self.tc = cfg, cfg.training
+    def check_config(self) -> None:
+        self.tc = self.cfg.training
         check_training_config(self.tc)
-        super().__init__(
-            out,
-            resume=resume,
-            should_stop=should_stop,
-            progress=progress,
-            on_log=on_log,
-            device=device,
-            mixed_precision=self.tc.mixed_precision,
-            precision_key="training.mixed_precision",
-            keep_checkpoints=self.tc.keep_checkpoints,
-        )
+
+    def load_source(self, latents: Path) -> None:
         from ldm.data.latents import load_latent_cache
 
         self.cache = load_latent_cache(latents)
-        self.latents_path = Path(latents)
+        self.latents_path = latents
         self.classes = list(self.cache.classes)
         self.num_classes = len(self.classes)
         n, c, h, w = self.cache.latents.shape
