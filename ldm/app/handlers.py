@@ -33,9 +33,10 @@ from ldm.app.settings import (
     plan_resume_run,
     save_settings,
 )
-from ldm.app.workspace import Workspace, read_json, read_metrics, tail
+from ldm.app.workspace import Workspace, read_json, tail
 from ldm.config import ConfigError
 from ldm.errors import UserError
+from ldm.run_folder import RunFolder
 
 NO_NEGATIVE = "(none)"
 NO_MODEL_HELP = (
@@ -405,17 +406,17 @@ class LdmApp:
             # before training: the autoencoder's own metrics and reconstruction grids show that work is moving
             phases = job.get("phases") or []
             index = int(job.get("phase_index") or 0)
-            folder = Path((phases[index] if index < len(phases) else {}).get("folder") or run)
-            metrics = read_metrics(folder / "metrics.jsonl")
+            folder = RunFolder((phases[index] if index < len(phases) else {}).get("folder") or run)
+            metrics = folder.read_metrics()
             last = metrics[-1] if metrics else {}
             detail = f"step {last['step']}, {last.get('seconds', 0):.0f} s" if "step" in last else ""
-            recon = sorted((folder / "recon").glob("step-*.png")) if (folder / "recon").is_dir() else []
+            recon = folder.recon_grids()
             return progress_html(job, None, detail), None, _open_image(recon[-1] if recon else None), log, timer
-        status = read_json(run / "status.json")
+        status = RunFolder(run).read_status()
         info = self.ws.run_info(run) if run.exists() else None
         return (
             progress_html(job, status),
-            _plot_value(loss_frame(read_metrics(run / "metrics.jsonl"))),
+            _plot_value(loss_frame(RunFolder(run).read_metrics())),
             _open_image(info.newest_sample if info else None),
             log,
             timer,
@@ -491,13 +492,13 @@ class LdmApp:
             f"{html.escape(r.message)}  \nnewest sample grid: {sample} · "
             f"model for inference: {'yes' if r.has_pipeline else 'not exported yet'}"
         )
-        return md, _open_image(r.newest_sample), _plot_value(loss_frame(read_metrics(path / "metrics.jsonl")))
+        return md, _open_image(r.newest_sample), _plot_value(loss_frame(RunFolder(path).read_metrics()))
 
     def use_for_inference(self, run: str | None) -> tuple[Any, Any, str, Any]:
         """Make ``run`` the Inference tab's model and switch to that tab: (model picker, tabs, message, notice)."""
         try:
             path = self.ws.resolve(run, what="run folder")
-            if not (path / "pipeline" / "model_index.json").is_file():
+            if not RunFolder(path).has_pipeline:
                 raise UserError(
                     f"{self.ws.rel(path)} has no exported model yet (it appears at the first checkpoint or when "
                     "training ends); pick another run or wait"

@@ -16,10 +16,10 @@ from typing import Any
 import yaml
 
 from ldm.app.jobs import Phase
-from ldm.app.workspace import Workspace, read_json
+from ldm.app.workspace import Workspace
 from ldm.config import Config, ConfigError, from_dict, load_config, parse_override, to_dict
 from ldm.errors import UserError
-from ldm.run_folder import latest_checkpoint
+from ldm.run_folder import RunFolder
 from ldm.utils import atomic_write_text
 
 TRAIN_HERE = "train one here"  # autoencoder choice: run `ldm train-vae` on the data folder first
@@ -240,7 +240,7 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
     except ConfigError as e:
         raise UserError(str(e)) from None
     run = ws.resolve(f"runs/{s.run_name}", what="run folder", must_exist=False)
-    if (run / "status.json").exists() or (run / "checkpoints").exists() or (run / "config.yaml").exists():
+    if RunFolder(run).is_started:
         raise UserError(f"run {ws.rel(run)} already exists: choose another run name, or Resume it")
     # data.* and autoencoder.* settings also shape the autoencoder and the cache
     stage_overrides = [o for o in s.extra_overrides() if o.startswith(("data.", "autoencoder."))]
@@ -249,11 +249,11 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
         data = ws.resolve(s.data_dir, what="data folder")
         if s.autoencoder in ("", TRAIN_HERE):
             vae = ws.resolve(f"runs/{s.run_name}-vae", what="autoencoder run folder", must_exist=False)
-            if not (vae / "vae" / "config.json").is_file():  # reuse one trained by an earlier start
+            if not RunFolder(vae).has_vae:  # reuse one trained by an earlier start
                 phases.append(Phase("train-vae", _ldm("train-vae", "--data", str(data), "--out", str(vae)), str(vae)))
                 phases[-1].argv += stage_overrides
-                if latest_checkpoint(vae) is not None:  # an earlier start was interrupted: continue it
-                    phases[-1].argv += ["--resume", "latest"]
+                if RunFolder(vae).latest_checkpoint() is not None:  # an earlier start was interrupted: continue it
+                    phases[-1].argv += ["--resume", RunFolder.LATEST]
             vae_source = str(vae)
         else:
             vae_source = _autoencoder_source(ws, s.autoencoder)
@@ -295,25 +295,23 @@ def plan_resume(ws: Workspace, job: dict[str, Any] | None) -> JobPlan:
 def plan_resume_run(ws: Workspace, run_text: str | Path | None, info: dict[str, Any] | None = None) -> JobPlan:
     """Continue any run of the workspace from its newest checkpoint, on the latent cache that checkpoint records
     (or ``info["latents"]``), with the run's own config plus ``info["overrides"]``."""
-    from ldm.run_folder import checkpoint_latents
-
     run = ws.resolve(run_text, what="run folder")
-    ckpt = latest_checkpoint(run)
+    ckpt = RunFolder(run).latest_checkpoint()
     if ckpt is None:
         raise UserError(f"run {ws.rel(run)} has no checkpoint yet, so it cannot be resumed; start it again instead")
-    state = read_json(ckpt / "state.json") or {}
+    state = RunFolder.read_checkpoint_state(ckpt)
     if state.get("kind") == "autoencoder":  # an `ldm train-vae` run continues on the dataset it records
         data = ws.resolve(state.get("data_dir"), what=f"dataset of run {ws.rel(run)}")
-        argv = _ldm("train-vae", "--data", str(data), "--out", str(run), "--resume", "latest")
+        argv = _ldm("train-vae", "--data", str(data), "--out", str(run), "--resume", RunFolder.LATEST)
         phases = [Phase("train-vae", argv, str(run))]
         return JobPlan(run=run, latents=data, phases=phases, log=run / "app-job.log", info={"data": str(data)})
     info = dict(info or {})
-    recorded = info.get("latents") or checkpoint_latents(ckpt)
+    recorded = info.get("latents") or RunFolder.checkpoint_latents(ckpt)
     if not recorded:
         raise UserError(f"run {ws.rel(run)}: its checkpoint {ckpt.name} does not say which latent cache it used")
     latents = ws.resolve(recorded, what=f"latent folder of run {ws.rel(run)}")
     info["latents"] = str(latents)
-    argv = _ldm("train", "--latents", str(latents), "--out", str(run), "--resume", "latest")
+    argv = _ldm("train", "--latents", str(latents), "--out", str(run), "--resume", RunFolder.LATEST)
     argv += list(info.get("overrides") or [])
     return JobPlan(
         run=run, latents=latents, phases=[Phase("train", argv, str(run))], log=run / "app-job.log", info=info

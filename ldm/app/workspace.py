@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from ldm.errors import UserError
+from ldm.run_folder import RunFolder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp")
 # folders discovery never enters: environments, caches, VCS metadata
 SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "test-artifacts"}
 # files that mark a folder as something other than a class folder of images
-MARKERS = ("status.json", "config.yaml", "config.json", "manifest.json", "model_index.json", "metrics.jsonl")
+MARKERS = (*RunFolder.MARKERS, "config.json", "manifest.json", "model_index.json")
 MAX_DEPTH = 4  # levels below the root searched for datasets, caches, runs and pipelines
 APP_DIR = ".ldm-app"  # the app's own state inside the workspace (job file, generated images, settings)
 
@@ -66,23 +67,6 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Lines of a ``metrics.jsonl`` as dicts; a torn last line (being written) is skipped."""
-    rows = []
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return rows
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def tail(path: Path, lines: int = 30, max_bytes: int = 64_000) -> str:
@@ -230,12 +214,12 @@ class Workspace:
                 if "manifest.json" in names:
                     found.caches.append(d)
                     return
-                if (d / "vae" / "config.json").is_file():
+                if RunFolder(d).has_vae:
                     found.vae_runs.append(d)
-                    if "status.json" in names:  # trained here by `ldm train-vae`: also a run the Runs tab lists
+                    if RunFolder(d).status_path.exists():  # trained by `ldm train-vae`: also a run of the Runs tab
                         found.runs.append(d)
                     return
-                if "classes.json" in names or "status.json" in names or (d / "checkpoints").is_dir():
+                if RunFolder(d).is_diffusion_run:
                     found.runs.append(d)
                     return
                 if "config.json" in names and _config_class(d).startswith("Autoencoder"):
@@ -258,12 +242,13 @@ class Workspace:
 
     def run_info(self, run: Path) -> RunInfo:
         """Status of one run folder from ``status.json``, ``metrics.jsonl``, ``samples/`` and ``checkpoints/``."""
-        run = Path(run)
-        status = read_json(run / "status.json") or {}
+        folder = RunFolder(run)
+        run = folder.path
+        status = folder.read_status() or {}
         state = str(status.get("state") or "new")
         if state == "running" and status.get("pid") is not None and not pid_alive(status.get("pid")):
             state = "interrupted"
-        metrics = read_metrics(run / "metrics.jsonl")
+        metrics = folder.read_metrics()
         last_loss = None
         for row in reversed(metrics):
             if isinstance(row.get("loss"), (int, float)):
@@ -273,9 +258,8 @@ class Workspace:
         if not isinstance(step, int):
             step = int(metrics[-1].get("step", 0)) if metrics else 0
         kind = str(status.get("kind") or "diffusion")
-        grids = run / ("recon" if kind == "autoencoder" else "samples")  # reconstructions of an autoencoder run
-        samples = sorted(grids.glob("step-*.png")) if grids.is_dir() else []
-        mtimes = [p.stat().st_mtime for p in (run / "status.json", run / "metrics.jsonl") if p.exists()]
+        samples = folder.recon_grids() if kind == "autoencoder" else folder.sample_grids()
+        mtimes = [p.stat().st_mtime for p in (folder.status_path, folder.metrics_path) if p.exists()]
         return RunInfo(
             path=run,
             name=self.rel(run),
@@ -286,9 +270,9 @@ class Workspace:
             last_loss=last_loss,
             message=str(status.get("message") or ""),
             newest_sample=samples[-1] if samples else None,
-            loss_plot=(run / "loss.png") if (run / "loss.png").is_file() else None,
-            has_pipeline=(run / "pipeline" / "model_index.json").is_file(),
-            has_checkpoint=(run / "checkpoints" / "latest").is_file(),
+            loss_plot=folder.loss_plot_path if folder.loss_plot_path.is_file() else None,
+            has_pipeline=folder.has_pipeline,
+            has_checkpoint=folder.has_latest,
             updated=max(mtimes) if mtimes else run.stat().st_mtime,
         )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ldm.config import Config, load_config, to_yaml
+from ldm.run_folder import RunFolder
 
 T = TypeVar("T")
 
@@ -41,7 +42,7 @@ def add_resume_argument(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="latest|PATH",
         help="continue from the newest checkpoint of --out ('latest'), a run folder or a checkpoint folder; "
-        "without --config the run's own config.yaml is used",
+        f"without --config the run's own {RunFolder.CONFIG} is used",
     )
 
 
@@ -56,10 +57,8 @@ def resolve_training_config(args: argparse.Namespace, section: str, **flags: obj
     ``section`` (``--max-steps`` ...), applied before the overrides."""
     ckpt = None
     if args.resume is not None:
-        from ldm.run_folder import resolve_resume
-
-        ckpt = resolve_resume(args.out, args.resume)
-        run_config = ckpt.parent.parent / "config.yaml"
+        ckpt = RunFolder(args.out).resolve_resume(args.resume)
+        run_config = RunFolder.of_checkpoint(ckpt).config_path
         if args.config is None and run_config.is_file():
             args.config = str(run_config)
     return resolve_config(args, flag_overrides(section, **flags)), ckpt

@@ -14,11 +14,20 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "FID/KID, class accuracy, autoencoder PSNR/SSIM and a memorisation check of a run, written to <run>/eval.json"
+from ldm.run_folder import RunFolder
+
+HELP = (
+    "FID/KID, class accuracy, autoencoder PSNR/SSIM and a memorisation check of a run, written to "
+    f"<run>/{RunFolder.EVAL}"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="run folder (runs/<name>, with pipeline/) or exported pipeline folder")
+    p.add_argument(
+        "--run",
+        required=True,
+        help=f"run folder (runs/<name>, with {RunFolder.PIPELINE}/) or exported pipeline folder",
+    )
     p.add_argument("--real", required=True, help="the real dataset (class folders) the model was trained on")
     p.add_argument(
         "--num-samples", type=int, default=200, help="generated images, cycling over classes (default %(default)s)"

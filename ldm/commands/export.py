@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "export a run (its pipeline/ or a checkpoint's EMA weights) as a diffusers pipeline folder"
+from ldm.run_folder import RunFolder
+
+HELP = f"export a run (its {RunFolder.PIPELINE}/ or a checkpoint's EMA weights) as a diffusers pipeline folder"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
     p.add_argument(
         "--checkpoint", default=None, metavar="NAME",
-        help="export this checkpoint (step-XXXXXX, 'latest', or a path) instead of the run's pipeline/",
+        help=f"export this checkpoint (step-XXXXXX, 'latest', or a path) instead of the run's {RunFolder.PIPELINE}/",
     )  # fmt: skip
     p.add_argument("--scheduler", default=None, help="default sampler of the exported pipeline (e.g. dpm++, ddim)")
 
@@ -28,10 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from ldm.diffusion.pipeline import export_pipeline
 
     ckpt = args.checkpoint
-    if ckpt == "latest":
-        from ldm.run_folder import latest_checkpoint
-
-        ckpt = latest_checkpoint(args.run)
+    if ckpt == RunFolder.LATEST:
+        ckpt = RunFolder(args.run).latest_checkpoint()
         if ckpt is None:
             from ldm.errors import UserError
 

@@ -10,6 +10,8 @@ import json
 import time
 from pathlib import Path
 
+from ldm.run_folder import RunFolder
+
 HELP = "run the demo end to end: synthetic faces, autoencoder, latent cache, training, a final sample grid"
 
 _REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = ws / "runs" / args.name
     grid = run_dir / "final-samples" / "grid.png"
     if dry_run(args, cfg):
-        print(f"# plan: {data_dir} -> {vae_run}/vae -> {cache} -> {run_dir} -> {grid}")
+        print(f"# plan: {data_dir} -> {RunFolder(vae_run).vae_dir} -> {cache} -> {run_dir} -> {grid}")
         return 0
 
     t_all = time.monotonic()
@@ -71,18 +73,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"   {args.per_class} images x {len(SYNTH_CLASSES)} classes in {time.monotonic() - t:.1f}s")
 
     # 2. autoencoder
-    t = _step(f"2/5 autoencoder -> {vae_run}/vae")
+    t = _step(f"2/5 autoencoder -> {RunFolder(vae_run).vae_dir}")
     if cfg.autoencoder.source:
         print(f"   using autoencoder.source={cfg.autoencoder.source}")
         vae_source = cfg.autoencoder.source
-    elif (vae_run / "vae" / "config.json").is_file():
+    elif RunFolder(vae_run).has_vae:
         print("   already trained, skipped")
         vae_source = str(vae_run)
     else:
-        from ldm.run_folder import latest_checkpoint
         from ldm.training.autoencoder import train_vae
 
-        resume = "latest" if latest_checkpoint(vae_run) is not None else None  # an earlier start was interrupted
+        # an earlier start was interrupted: continue it
+        resume = RunFolder.LATEST if RunFolder(vae_run).latest_checkpoint() is not None else None
         result = train_vae(cfg, data_dir, vae_run, progress=True, resume=resume)
         print(f"   done in {time.monotonic() - t:.0f}s: {result}")
         vae_source = str(vae_run)
@@ -95,14 +97,14 @@ def run(args: argparse.Namespace) -> int:
 
     # 4. diffusion training
     t = _step(f"4/5 diffusion training -> {run_dir}")
-    from ldm.run_folder import read_status
     from ldm.training.trainer import train
 
-    status = read_status(run_dir) if run_dir.exists() else None
-    if status and status.get("state") == "finished" and (run_dir / "pipeline" / "model_index.json").is_file():
+    run = RunFolder(run_dir)
+    status = run.read_status() if run_dir.exists() else None
+    if status and status.get("state") == "finished" and run.has_pipeline:
         print("   already trained, skipped")
     else:
-        resume = "latest" if (run_dir / "checkpoints" / "latest").is_file() else None
+        resume = RunFolder.LATEST if run.has_latest else None
         if resume:
             print("   resuming from the latest checkpoint")
         train(cfg, cache, run_dir, resume=resume, progress=True)
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     _step(f"5/5 sample grid -> {grid}")
     from ldm.cli import main as ldm_main
 
-    classes = json.loads((run_dir / "classes.json").read_text())
+    classes = run.read_classes()
     argv = ["sample", "--run", str(run_dir), "-n", "8", "--seed", "0", "--out", str(run_dir / "final-samples")]
     for c in classes:
         argv += ["--class", c]

@@ -44,11 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_defaults(run: Path | None):  # -> SamplingConfig
-    from ldm.config import ConfigError, SamplingConfig, load_config
+    from ldm.config import ConfigError, SamplingConfig
+    from ldm.run_folder import RunFolder
 
-    if run is not None and (run / "config.yaml").is_file():
+    if run is not None and RunFolder(run).config_path.is_file():
         try:
-            return load_config(run / "config.yaml").sampling
+            return RunFolder(run).read_config().sampling
         except ConfigError:
             pass  # an older or foreign config: fall back to the defaults rather than refuse to sample
     return SamplingConfig()

@@ -22,6 +22,7 @@ from ldm.commands._common import (
     resolve_training_config,
     run_stoppable,
 )
+from ldm.run_folder import RunFolder
 
 HELP = "train the diffusion model on a latent cache (resumable, safe to stop with Ctrl-C)"
 
@@ -41,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_resume_argument(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: accelerate's choice)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (the log still goes to train.log)")
+    p.add_argument(
+        "--no-progress", action="store_true", help=f"no progress bar (the log still goes to {RunFolder.LOG})"
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -59,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
     recorded = None
     if ckpt is not None and args.latents is None:
         # continuing a run: on the cache it was trained on
-        from ldm.run_folder import checkpoint_latents
-
-        recorded = checkpoint_latents(ckpt)
+        recorded = RunFolder.checkpoint_latents(ckpt)
         if recorded is None:
             raise UserError(f"--resume: checkpoint {ckpt} does not record its latent cache; pass --latents CACHE")
         args.latents = str(recorded)

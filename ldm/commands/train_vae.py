@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ldm.commands._common import add_config_arguments, add_resume_argument
+from ldm.run_folder import RunFolder
 
 HELP = "train an autoencoder (diffusers AutoencoderKL) from scratch on a folder of class folders"
 
@@ -57,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if result is None:
         return 1
     how = "stopped early" if result["stopped_early"] else "finished"
+    run = RunFolder(args.out)
     print(
         f"{how} after {result['steps']} steps ({result['train_seconds']:.0f} s): "
         f"held-out PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} on {result['num_holdout']} images; "
         f"latent {tuple(result['latent_shape'])}, scaling_factor {result['scaling_factor']:.4f}\n"
-        f"autoencoder saved in {args.out}/vae (use --vae {args.out}); reconstructions in {args.out}/recon/"
+        f"autoencoder saved in {run.vae_dir} (use --vae {args.out}); reconstructions in {run.recon_dir}/"
     )
     return 0

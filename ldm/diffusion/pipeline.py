@@ -208,46 +208,50 @@ def pipeline_from_checkpoint(
 ) -> ClassConditionalLatentDiffusionPipeline:
     """Assemble a pipeline from a training checkpoint of ``run`` (default: the latest), using its EMA weights.
 
-    The VAE and scaling factor come from the latent cache the run was trained on (its ``manifest.json``), the noise
-    schedule from the run's ``config.yaml``, class names from ``classes.json`` (or the checkpoint's state).
+    The VAE and scaling factor come from the run's recorded inputs (or, for runs from before those were recorded, the
+    manifest of the latent cache it was trained on), the noise schedule from the run's config, class names from the
+    run's class list (or the checkpoint's state).
     """
     import json
 
     from diffusers import UNet2DModel
 
-    from ldm.config import load_config
     from ldm.diffusion.objective import make_train_scheduler
-    from ldm.run_folder import CHECKPOINT_STATE_FILE, latest_checkpoint
+    from ldm.run_folder import RunFolder
 
-    run = Path(run)
+    folder = RunFolder(run)
+    run = folder.path
     if checkpoint is None:
-        ckpt = latest_checkpoint(run)
+        ckpt = folder.latest_checkpoint()
         if ckpt is None:
-            raise UserError(f"{run} has no complete checkpoint (checkpoints/step-*/{CHECKPOINT_STATE_FILE})")
+            pattern = RunFolder.checkpoint_state_path(Path(RunFolder.CHECKPOINTS, "step-*"))
+            raise UserError(f"{run} has no complete checkpoint ({pattern})")
     else:
         ckpt = Path(checkpoint)
         if not ckpt.is_absolute() and not ckpt.exists():
-            ckpt = run / "checkpoints" / str(checkpoint)
-        if not (ckpt / CHECKPOINT_STATE_FILE).is_file():
-            raise UserError(f"{ckpt} is not a complete checkpoint (no {CHECKPOINT_STATE_FILE})")
-    state = json.loads((ckpt / CHECKPOINT_STATE_FILE).read_text())
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"{run} has no config.yaml: cannot rebuild its noise schedule")
-    cfg = load_config(run / "config.yaml")
-    classes_file = run / "classes.json"
-    classes = json.loads(classes_file.read_text()) if classes_file.is_file() else state.get("classes")
+            ckpt = folder.checkpoint_dir(str(checkpoint))
+        if not RunFolder.is_checkpoint(ckpt):
+            raise UserError(f"{ckpt} is not a complete checkpoint (no {RunFolder.checkpoint_state_path(ckpt).name})")
+    state = RunFolder.read_checkpoint_state(ckpt)
+    if not folder.config_path.is_file():
+        raise UserError(f"{run} has no {folder.config_path.name}: cannot rebuild its noise schedule")
+    cfg = folder.read_config()
+    classes = folder.read_classes() or state.get("classes")
     if not classes:
-        raise UserError(f"{run} has no classes.json and the checkpoint names no classes")
+        raise UserError(f"{run} has no {folder.classes_path.name} and the checkpoint names no classes")
     weights = ckpt / "unet_ema" if (ckpt / "unet_ema").is_dir() else ckpt / "unet"
     unet = UNet2DModel.from_pretrained(weights).eval().requires_grad_(False)
-    latents = Path(state.get("latents") or "")
-    manifest_file = latents / "manifest.json"
-    if not manifest_file.is_file():
-        raise UserError(
-            f"the latent cache the run was trained on ({latents}) is gone (no manifest.json): "
-            "its autoencoder and scaling factor are unknown"
-        )
-    manifest = json.loads(manifest_file.read_text())
+    manifest = folder.read_inputs()  # the same keys as the cache manifest has for these two
+    manifest_file = folder.inputs_path
+    if manifest is None:  # a run from before the inputs were recorded: ask the latent cache
+        latents = Path(state.get("latents") or "")
+        manifest_file = latents / "manifest.json"
+        if not manifest_file.is_file():
+            raise UserError(
+                f"the latent cache the run was trained on ({latents}) is gone (no manifest.json): "
+                "its autoencoder and scaling factor are unknown"
+            )
+        manifest = json.loads(manifest_file.read_text())
     source = (manifest.get("autoencoder") or {}).get("source")
     if not source:
         raise UserError(f"{manifest_file} names no autoencoder source")
@@ -274,24 +278,26 @@ def export_pipeline(
     is none, then the EMA weights of that (or the latest) checkpoint. ``scheduler`` replaces the default sampler.
     Returns ``(out_path, pipeline)``.
     """
+    from ldm.run_folder import RunFolder
     from ldm.utils import atomic_dir
 
     run = Path(run)
     if not run.exists():
         raise UserError(f"run folder not found: {run}")
     out = Path(out)
-    if out.resolve() in (run.resolve(), (run / "pipeline").resolve()):
+    if out.resolve() in (run.resolve(), RunFolder(run).pipeline_dir.resolve()):
         raise UserError(f"--out {out} is the source itself; choose another folder")
-    has_pipe = (run / "model_index.json").is_file() or (run / "pipeline" / "model_index.json").is_file()
-    if checkpoint is None and has_pipe:
-        folder = run if (run / "model_index.json").is_file() else run / "pipeline"
+    folder = RunFolder.pipeline_of(run)
+    if checkpoint is None and folder is not None:
         pipe = ClassConditionalLatentDiffusionPipeline.from_pretrained(folder)
         if scheduler:
             pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-    elif (run / "checkpoints").is_dir():
+    elif RunFolder(run).checkpoints_dir.is_dir():
         pipe = pipeline_from_checkpoint(run, checkpoint, scheduler=scheduler)
     else:
-        raise UserError(f"{run} has neither pipeline/model_index.json nor checkpoints/: nothing to export")
+        raise UserError(
+            f"{run} has neither {RunFolder.PIPELINE}/model_index.json nor {RunFolder.CHECKPOINTS}/: nothing to export"
+        )
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     return out, pipe

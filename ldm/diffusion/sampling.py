@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ldm.errors import UserError
+from ldm.run_folder import RunFolder
 
 if TYPE_CHECKING:  # keep ``import ldm.diffusion.sampling`` cheap: torch/diffusers load inside the functions
     import torch
@@ -464,21 +465,7 @@ def make_grid(
 
 def find_pipeline_folder(path: str | Path) -> Path:
     """The pipeline folder of a run folder (``<run>/pipeline``) or a pipeline folder itself."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"model folder not found: {p} (give a run folder runs/<name> or an exported pipeline folder)")
-    if (p / "model_index.json").is_file():
-        return p
-    if (p / "pipeline" / "model_index.json").is_file():
-        return p / "pipeline"
-    if p.is_dir() and (p / "checkpoints").is_dir():
-        raise UserError(
-            f"{p} is a run folder without an exported pipeline yet (no {p / 'pipeline' / 'model_index.json'}); "
-            f"wait for the first checkpoint, or run `ldm export --run {p} --out DIR`"
-        )
-    raise UserError(
-        f"{p} is neither a pipeline folder (with model_index.json) nor a run folder (with pipeline/model_index.json)"
-    )
+    return RunFolder.find_pipeline(path)
 
 
 def load_pipeline(path: str | Path, device: str | None = None, dtype: Any = None) -> Any:
@@ -548,7 +535,7 @@ def model_identity(pipe: Any, path: str | Path | None = None) -> dict[str, Any]:
     p = Path(path).resolve() if path else None
     name = None
     if p is not None:
-        name = p.parent.name if p.name == "pipeline" else p.name
+        name = RunFolder.display_name(p)
     return {"path": str(p) if p else None, "name": name, **cached, "class_names": pipe.class_names}
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ldm.errors import UserError
+from ldm.run_folder import RunFolder
 
 if TYPE_CHECKING:
     import torch
@@ -519,7 +520,7 @@ def _run_settings(run: Path) -> tuple[Path, Any]:
     """(output folder, run Config or None): a run folder writes into itself, a bare pipeline folder into itself."""
     from ldm.config import load_config
 
-    cfg_path = run / "config.yaml"
+    cfg_path = RunFolder(run).config_path
     cfg = None
     if cfg_path.is_file():
         try:
@@ -621,7 +622,7 @@ def evaluate_run(
     acc["counts"] = {k: v for k, v in acc["counts"].items() if k in model_classes}
 
     mem = memorisation(fake_feats, real_feats)
-    fig_path = out_dir / "memorisation.png"
+    fig_path = RunFolder(out_dir).memorisation_plot_path
     captions = [model_classes[c] for c in class_ids]
     shown = (
         memorisation_figure(fake, realset.images, mem, fig_path, num_pairs, captions)
@@ -686,9 +687,10 @@ def evaluate_run(
         "seconds": {"generation": round(gen_seconds, 1), "total": round(time.time() - t_start, 1)},
     }
     if write:
-        atomic_write_json(out_dir / "eval.json", _json_safe(result))
-        atomic_write_text(out_dir / "eval.md", eval_markdown(result))
-        log(f"wrote {out_dir / 'eval.json'}, {out_dir / 'eval.md'} and {fig_path}")
+        written = RunFolder(out_dir)
+        atomic_write_json(written.eval_path, _json_safe(result))
+        atomic_write_text(written.eval_report_path, eval_markdown(result))
+        log(f"wrote {written.eval_path}, {written.eval_report_path} and {fig_path}")
     return result
 
 

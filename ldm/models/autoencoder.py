@@ -97,8 +97,11 @@ def _model_folder(folder: Path, source: str) -> Path:
         "accepted: a diffusers AutoencoderKL/AutoencoderTiny folder (config.json + weights), a pipeline folder "
         "with a vae/ subfolder, an `ldm train-vae` run folder, or a hub id such as stabilityai/sd-vae-ft-ema"
     )
-    if (folder / "vae" / "config.json").is_file():
-        return folder / "vae"
+    from ldm.run_folder import RunFolder
+
+    run = RunFolder(folder)
+    if run.has_vae:
+        return run.vae_dir
     if (folder / "config.json").is_file():
         name = _read_json(folder / "config.json").get("_class_name")
         if name in AUTOENCODER_CLASSES:
@@ -108,7 +111,7 @@ def _model_folder(folder: Path, source: str) -> Path:
         )
     if (folder / "model_index.json").is_file():
         raise UserError(f"{source}: this pipeline folder has no vae/ subfolder with a config.json; {accepted}")
-    if (folder / "config.yaml").is_file():
+    if run.config_path.is_file():
         raise UserError(
             f"{source}: this run folder has no vae/ yet (is `ldm train-vae` still running, or did it fail?); "
             f"{accepted}"

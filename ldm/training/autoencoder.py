@@ -22,7 +22,7 @@ import torch
 
 from ldm.errors import UserError
 from ldm.models.autoencoder import PatchDiscriminator, build_autoencoder_kl, decode, encode
-from ldm.run_folder import append_metrics
+from ldm.run_folder import RunFolder
 from ldm.training.loop import BatchStream, TrainingLoop, load_ema, make_ema
 
 if TYPE_CHECKING:
@@ -111,21 +111,23 @@ class AutoencoderTrainer(TrainingLoop):
     # -- setup ------------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from ldm.config import save_config
         from ldm.training.optim import optimizer_kwargs
         from ldm.utils import seed_everything
 
         ac, dc = self.ac, self.dc
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.out / "config.yaml")  # recorded before any work
-            (self.out / "recon").mkdir(exist_ok=True)
+            # Recorded before any work, so a run folder always says how it was made and from what.
+            self.run_folder.write_config(self.cfg)
+            self.run_folder.recon_dir.mkdir(exist_ok=True)
         seed_everything(ac.seed)
         self.train_x, self.hold_x, self.scan = _load_images(
             self.data_dir, dc.image_size, dc.channels, ac.seed, dc.holdout_fraction
         )
         if len(self.train_x) == 0:
             raise UserError(f"{self.data_dir}: no training images left after the held-out split")
+        if self.main:
+            self.run_folder.write_inputs(self._inputs())
         model = build_autoencoder_kl(ac, dc.channels, dc.image_size).to(self.device)
         with torch.no_grad():
             # the posterior's log-variance is the second half of quant_conv's output. A random init gives it ~0, i.e.
@@ -157,6 +159,23 @@ class AutoencoderTrainer(TrainingLoop):
         if self.resume_from is not None:
             self.restore_rng(lambda: self.generator.manual_seed(ac.seed + 104_729 * self.step_count))
         self.t0 = time.monotonic()
+
+    def _inputs(self) -> dict[str, Any]:
+        """What this run trains on (``inputs.json``)."""
+        from ldm.utils import describe_device, library_versions
+
+        return {
+            "data": {
+                "path": str(self.data_dir.resolve()),
+                "classes": self.scan.classes,
+                "num_train": len(self.train_x),
+                "num_holdout": len(self.hold_x),
+            },
+            "mixed_precision": self.mixed_precision,
+            "device": describe_device(self.device),
+            "num_processes": self.world,
+            "versions": library_versions(),
+        }
 
     def _load_checkpoint(self, model: Any, opt: Any, disc: Any, disc_opt: Any) -> None:
         from safetensors.torch import load_file
@@ -288,14 +307,14 @@ class AutoencoderTrainer(TrainingLoop):
         if step % ac.log_every == 0 or step == 1:
             self.last_loss = self.record["loss"]
             if self.main:
-                append_metrics(self.out, self.record)
+                self.run_folder.append_metrics(self.record)
                 self.status("running", "training", loss=self.last_loss)
             if self.on_log is not None:
                 self.on_log(self.record)
         if ac.sample_every > 0 and step % ac.sample_every == 0:
             self.recon_grid()
             held = self.evaluate(self.averaged(), self.hold_x)
-            append_metrics(self.out, {"step": step, "seconds": round(self._elapsed(), 2), "holdout": held})
+            self.run_folder.append_metrics({"step": step, "seconds": round(self._elapsed(), 2), "holdout": held})
         if ac.checkpoint_every > 0 and step % ac.checkpoint_every == 0 and not at_end:
             self.save_checkpoint()
             self.last_ckpt_step = step
@@ -323,7 +342,7 @@ class AutoencoderTrainer(TrainingLoop):
         """``recon/step-XXXXXX.png``: the shown images above their reconstructions by the EMA weights."""
         m = self.averaged()
         rec = decode(m, encode(m, self.show.to(self.device))).cpu()
-        path = self.out / "recon" / f"step-{self.step_count:06d}.png"
+        path = self.run_folder.recon_grid_path(self.step_count)
         recon_grid(self.show, rec, per_row=8).save(path)
         return path
 
@@ -356,7 +375,7 @@ class AutoencoderTrainer(TrainingLoop):
         scaling = 1.0 / std if std > 0 else 1.0
         final = copy.deepcopy(final).to(memory_format=torch.contiguous_format).float().cpu()
         final.register_to_config(scaling_factor=scaling)
-        with atomic_dir(self.out / "vae") as tmp:
+        with atomic_dir(self.run_folder.vae_dir) as tmp:
             final.save_pretrained(tmp, safe_serialization=True)
         result.update(
             scaling_factor=scaling,
@@ -364,13 +383,15 @@ class AutoencoderTrainer(TrainingLoop):
             latent_shape=list(z.shape[1:]),
             classes=self.scan.classes,
             recon_grid=str(grid_path.relative_to(self.out)),
-            vae_dir="vae",
+            vae_dir=self.run_folder.vae_dir.name,
         )
-        append_metrics(self.out, {"step": step, "seconds": round(train_seconds, 2), "final": True, "holdout": held})
-        atomic_write_json(self.out / "eval.json", result)
+        self.run_folder.append_metrics(
+            {"step": step, "seconds": round(train_seconds, 2), "final": True, "holdout": held}
+        )
+        atomic_write_json(self.run_folder.eval_path, result)
         msg = (
             f"{state} at step {step} ({reason}) after {train_seconds / 60:.1f} min: held-out PSNR {held['psnr']:.2f} "
-            f"dB, SSIM {held['ssim']:.4f}; autoencoder in {self.out / 'vae'}"
+            f"dB, SSIM {held['ssim']:.4f}; autoencoder in {self.run_folder.vae_dir}"
         )
         self.log(msg, echo=False)
         self.status(state, msg, loss=self.last_loss)
@@ -409,14 +430,11 @@ def train_vae(
 
 def recorded_data_dir(out: str | Path, resume: str | Path | None) -> Path:
     """The dataset a resumed autoencoder run was trained on (its checkpoint's ``data_dir``)."""
-    import json
-
-    from ldm.run_folder import CHECKPOINT_STATE_FILE, resolve_resume
 
     if resume is None:
         raise UserError("--data DIR is required for a new run (a folder of class folders)")
-    ckpt = resolve_resume(out, resume)
-    recorded = json.loads((ckpt / CHECKPOINT_STATE_FILE).read_text()).get("data_dir")
+    ckpt = RunFolder(out).resolve_resume(resume)
+    recorded = RunFolder.read_checkpoint_state(ckpt).get("data_dir")
     if not recorded:
         raise UserError(f"--resume: checkpoint {ckpt} does not record its dataset; pass --data DIR")
     if not Path(recorded).is_dir():

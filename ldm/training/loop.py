@@ -10,9 +10,9 @@ grids, evaluation, checkpoints) and its end products (``finish``). The loop is w
         reason = self.stop_reason()       # budget reached or stop requested (Ctrl-C, the app's Stop)
         self.after_step(at_end=reason is not None)
 
-A checkpoint ``checkpoints/step-XXXXXX/`` holds the raw weights, the EMA, the optimiser(s), the RNG states and a
-``state.json`` (written last: its presence marks the checkpoint complete) with the step, the elapsed time and the
-stage's own fields; ``checkpoints/latest`` names the newest. Resuming restores all of it, so the next loss equals the
+A checkpoint (:meth:`ldm.run_folder.RunFolder.checkpoint_dir`) holds the raw weights, the EMA, the optimiser(s),
+the RNG states and a state file (written last: its presence marks the checkpoint complete) with the step, the elapsed
+time and the stage's own fields; the run folder's ``latest`` pointer names the newest. Resuming restores all of it, so the next loss equals the
 uninterrupted run's.
 """
 
@@ -32,18 +32,7 @@ import torch
 from ldm.config import Config
 from ldm.device import CpuBf16
 from ldm.errors import UserError
-from ldm.run_folder import (
-    CHECKPOINT_STATE_FILE,
-    RunLog,
-    existing_run_problem,
-    list_checkpoints,
-    mark_latest,
-    prune_checkpoints,
-    resolve_resume,
-    step_name,
-    truncate_metrics,
-    write_status,
-)
+from ldm.run_folder import RunFolder
 from ldm.utils import atomic_dir, atomic_write_json
 
 CHECKPOINT_FORMAT = 1
@@ -183,6 +172,7 @@ class TrainingLoop:
         settings = getattr(cfg, self.section)
         self.check_config()
         self.out = Path(out)
+        self.run_folder = RunFolder(self.out)
         self.should_stop = should_stop or (lambda: False)
         self.progress, self.on_log = progress, on_log
         self.keep_checkpoints = settings.keep_checkpoints
@@ -191,8 +181,8 @@ class TrainingLoop:
         # Refuse before touching anything: a run folder with checkpoints is only continued on request.
         self.resume_from: Path | None = None
         if resume is not None:
-            self.resume_from = resolve_resume(self.out, resume)
-        elif (problem := existing_run_problem(self.out)) is not None:
+            self.resume_from = self.run_folder.resolve_resume(resume)
+        elif (problem := self.run_folder.existing_run_problem()) is not None:
             raise UserError(problem)
 
         from accelerate import Accelerator
@@ -214,7 +204,7 @@ class TrainingLoop:
         self.device = self.acc.device
         self.world = self.acc.num_processes
 
-        self.log = RunLog(self.out / "train.log", echo=self._echo if self.main else None)
+        self.log = self.run_folder.log(echo=self._echo if self.main else None)
         self.bar = None
         self.step_count = 0
         self.start_step = 0
@@ -272,8 +262,7 @@ class TrainingLoop:
 
     def status(self, state: str, message: str = "", loss: float | None = None) -> None:
         if self.main:
-            write_status(
-                self.out,
+            self.run_folder.write_status(
                 state,
                 step=self.step_count,
                 max_steps=self.horizon,
@@ -360,7 +349,7 @@ class TrainingLoop:
         """NaN/inf loss: say so in the log and status.json and raise, keeping the last good checkpoint."""
         if math.isfinite(loss):
             return
-        good = list_checkpoints(self.out)
+        good = self.run_folder.checkpoints()
         msg = (
             f"loss is {loss} at step {self.step_count + 1}: training diverged; nothing was saved after "
             f"the last good checkpoint ({good[-1].name if good else 'none'}). {self.divergence_hint} "
@@ -383,7 +372,7 @@ class TrainingLoop:
             from accelerate.utils import gather_object
 
             rng = {"per_process": gather_object([rng_state(self.generator)])}
-        final = self.out / "checkpoints" / step_name(self.step_count)
+        final = self.run_folder.checkpoint_dir(self.step_count)
         if self.main:
             with atomic_dir(final) as tmp:
                 fields = self.save_state(tmp)
@@ -398,15 +387,15 @@ class TrainingLoop:
                     "mixed_precision": self.mixed_precision,
                     **fields,
                 }
-                atomic_write_json(tmp / CHECKPOINT_STATE_FILE, state)
-            mark_latest(self.out, final)
-            prune_checkpoints(self.out, self.keep_checkpoints)
+                atomic_write_json(RunFolder.checkpoint_state_path(tmp), state)
+            self.run_folder.mark_latest(final)
+            self.run_folder.prune_checkpoints(self.keep_checkpoints)
         self.acc.wait_for_everyone()
         return final
 
     def read_checkpoint_state(self) -> dict[str, Any]:
         """``state.json`` of the checkpoint being resumed; restores the step, elapsed time and last loss."""
-        state = json.loads((self.resume_from / CHECKPOINT_STATE_FILE).read_text())
+        state = RunFolder.read_checkpoint_state(self.resume_from)
         kind = state.get("kind", "diffusion")
         if kind != self.kind:
             raise UserError(f"cannot resume from {self.resume_from}: it is a checkpoint of {kind} training")
@@ -436,11 +425,11 @@ class TrainingLoop:
         self.start_step = self.step_count
         if self.main:
             if self.resume_from is not None:
-                truncate_metrics(self.out, self.step_count)  # the steps after the checkpoint are trained again
+                self.run_folder.truncate_metrics(self.step_count)  # the steps after the checkpoint are trained again
                 self.log(f"resuming from {self.resume_from} (step {self.step_count})")
-            elif (self.out / "metrics.jsonl").exists():
+            elif self.run_folder.metrics_path.exists():
                 # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
-                truncate_metrics(self.out, 0)
+                self.run_folder.truncate_metrics(0)
                 self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
         self.begin()
         self.status("running", "starting")

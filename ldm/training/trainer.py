@@ -36,17 +36,10 @@ import torch
 
 from ldm.config import Config, TrainingConfig, to_dict
 from ldm.errors import UserError
-from ldm.run_folder import (
-    append_metrics,
-    labelled_grid,
-    plot_loss,
-    read_metrics,
-    save_png,
-    step_name,
-)
+from ldm.run_folder import RunFolder, labelled_grid, plot_loss, save_png
 from ldm.training.loop import BatchStream, TrainingDiverged, TrainingLoop, load_ema, make_ema
 from ldm.training.optim import lr_factor, make_optimizer
-from ldm.utils import atomic_dir, atomic_write_json
+from ldm.utils import atomic_dir
 
 __all__ = ["BatchStream", "TrainResult", "Trainer", "TrainingDiverged", "train"]
 
@@ -153,12 +146,11 @@ class Trainer(TrainingLoop):
         tc = self.tc
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            from ldm.config import save_config
-
-            # Recorded before the first step, so a run folder always says how it was made.
-            save_config(self.cfg, self.out / "config.yaml")
-            atomic_write_json(self.out / "classes.json", self.classes)
-            (self.out / "samples").mkdir(exist_ok=True)
+            # Recorded before the first step, so a run folder always says how it was made and from what.
+            self.run_folder.write_config(self.cfg)
+            self.run_folder.write_classes(self.classes)
+            self.run_folder.write_inputs(self._inputs())
+            self.run_folder.samples_dir.mkdir(exist_ok=True)
         self.acc.wait_for_everyone()
 
         torch.manual_seed(tc.seed)  # weight initialisation
@@ -219,7 +211,7 @@ class Trainer(TrainingLoop):
         if state.get("unet") != to_dict(self.cfg.unet):
             raise UserError(
                 f"cannot resume from {ckpt}: its unet config {state.get('unet')} differs from this config's "
-                f"{to_dict(self.cfg.unet)}; resume with the run's own config.yaml"
+                f"{to_dict(self.cfg.unet)}; resume with the run's own {self.run_folder.CONFIG}"
             )
         unet.load_state_dict(load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors")))
         if self.ema is not None:
@@ -331,11 +323,14 @@ class Trainer(TrainingLoop):
         self._window: list[tuple[float, float | None]] = []
         self._t_window = time.monotonic()
         self._images_window = 0
-        self.records = read_metrics(self.out) if self.main else []
+        self.records = self.run_folder.read_metrics() if self.main else []
         self.last_grid: Path | None = None
         self.last_ckpt: Path | None = None
         self.last_sample_step, self.last_ckpt_step = -1, -1
-        if self.resume_from is not None and self.resume_from.parent.parent.resolve() == self.out.resolve():
+        if (
+            self.resume_from is not None
+            and RunFolder.of_checkpoint(self.resume_from).path.resolve() == self.out.resolve()
+        ):
             self.last_ckpt, self.last_ckpt_step = self.resume_from, self.step_count
 
     def after_step(self, at_end: bool) -> None:
@@ -374,7 +369,7 @@ class Trainer(TrainingLoop):
                 + (f" eta {eta / 60:.1f} min" if eta is not None else ""),
                 echo=self.bar is None,  # the bar shows it already
             )
-            append_metrics(self.out, record)
+            self.run_folder.append_metrics(record)
             self.records.append(record)
             self._plot(self.records, force=force_plot)
             self.status("running", "training", loss=record["loss"])
@@ -394,13 +389,13 @@ class Trainer(TrainingLoop):
 
         t_eval = time.monotonic()
         row = self.quick_eval()
-        append_metrics(self.out, row)
+        self.run_folder.append_metrics(row)
         self.records.append(row)
-        plot_eval_metrics(self.records, self.out / "eval.png")
+        plot_eval_metrics(self.records, self.run_folder.eval_plot_path)
         self.log(
             f"step {self.step_count}: KID {row['eval_kid']:.4f} +- {row['eval_kid_std']:.4f}, class "
             f"accuracy {row['eval_class_accuracy']:.2f} ({row['eval_num_samples']} samples, "
-            f"{row['eval_seconds']:.0f} s, not counted in max_minutes) -> eval.png"
+            f"{row['eval_seconds']:.0f} s, not counted in max_minutes) -> {self.run_folder.eval_plot_path.name}"
         )
         self.t0 += time.monotonic() - t_eval  # the time budget is for training
 
@@ -449,7 +444,7 @@ class Trainer(TrainingLoop):
         now = time.monotonic()
         if not force and now - self._plot_at < max(10.0, 30 * self._plot_cost):
             return
-        plot_loss(records, self.out / "loss.png", title=self.out.name)
+        plot_loss(records, self.run_folder.loss_plot_path, title=self.out.name)
         self._plot_at = time.monotonic()
         self._plot_cost = self._plot_at - now
 
@@ -467,6 +462,29 @@ class Trainer(TrainingLoop):
         else:
             self._eval.load_state_dict(self.raw_unet.state_dict())
         return self._eval
+
+    def _inputs(self) -> dict[str, Any]:
+        """What this run trains on (``inputs.json``): enough to export and inspect it without its latent cache."""
+        from ldm.utils import describe_device, library_versions
+
+        m = self.cache.manifest
+        ae = m.get("autoencoder") or {}
+        return {
+            "latents": {
+                "path": str(self.latents_path.resolve()),
+                "data_dir": m.get("data_dir"),
+                "data_fingerprint": m.get("data_fingerprint"),
+                "listing_fingerprint": m.get("listing_fingerprint"),
+                "num_latents": len(self.cache.latents),
+                "latent_shape": list(self.latent_shape),
+            },
+            "autoencoder": {k: ae.get(k) for k in ("source", "class_name", "content_hash", "folder")},
+            "scaling_factor": float(self.cache.scaling_factor),
+            "mixed_precision": self.mixed_precision,
+            "device": describe_device(self.device),
+            "num_processes": self.world,
+            "versions": library_versions(),
+        }
 
     def _vae(self) -> Any:
         if self.vae is None:
@@ -545,7 +563,7 @@ class Trainer(TrainingLoop):
             f"{tc.sample_num_inference_steps} steps, guidance {tc.sample_guidance_scale:g}, "
             f"seeds {tc.sample_seed}..{tc.sample_seed + cols - 1}"
         )
-        path = self.out / "samples" / f"{step_name(self.step_count)}.png"
+        path = self.run_folder.sample_grid_path(self.step_count)
         save_png(labelled_grid(rows, self.classes, title=title), path)
         return path
 
@@ -561,7 +579,7 @@ class Trainer(TrainingLoop):
             float(self.cache.scaling_factor),
             scheduler=self.cfg.sampling.scheduler,
         )
-        final = self.out / "pipeline"
+        final = self.run_folder.pipeline_dir
         with atomic_dir(final) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
         return final
