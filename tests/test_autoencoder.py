@@ -305,7 +305,9 @@ def test_train_vae_resumes_exactly_and_keeps_the_run_folder_layout(att_faces: Pa
     assert status["state"] == "stopped" and status["step"] == 3 and status["kind"] == "autoencoder"
     ckpt = RunFolder(run).latest_checkpoint()
     assert ckpt.name == "step-000003"
-    for name in ("vae/diffusion_pytorch_model.safetensors", "vae_ema", "optimizer.pt", "discriminator.pt", "rng.pt"):
+    for name in ("autoencoder/diffusion_pytorch_model.safetensors", "autoencoder_ema", "optimizer.pt", "rng.pt"):
+        assert (ckpt / name).exists(), name
+    for name in ("discriminator.pt", "state.json"):
         assert (ckpt / name).exists(), name
     assert json.loads((ckpt / "state.json").read_text())["data_dir"] == str(att_faces.resolve())
     with pytest.raises(UserError, match="--resume latest"):

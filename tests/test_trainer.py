@@ -170,10 +170,10 @@ def test_gradient_clipping_bounds_the_update(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(ldm.diffusion.objective, "diffusion_loss", lambda *a, **k: real(*a, **k) * 1e6)
     sgd = ["training.optimizer=sgd", "training.momentum=0", "training.weight_decay=0", "training.warmup_steps=0"]
     trainer = _trainer(cache, tmp_path / "run", *sgd, "training.learning_rate=0.01", "training.max_grad_norm=0.5")
-    before = [p.detach().clone() for p in trainer.raw_unet.parameters()]
+    before = [p.detach().clone() for p in trainer.raw_model.parameters()]
     _, grad_norm, lr = trainer.step()
     assert lr == 0.01 and grad_norm > 1e3  # the norm before clipping
-    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(trainer.raw_unet.parameters(), before)))
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(trainer.raw_model.parameters(), before)))
     assert float(moved) == pytest.approx(0.01 * 0.5, rel=1e-3)
 
 
@@ -198,11 +198,11 @@ def test_accumulating_k_micro_batches_equals_one_batch_k_times_larger(cache, tmp
     common += ["training.mixed_precision=no"]  # float32: bf16 rounding would differ with the summation order
     a = _trainer(cache, tmp_path / "a", *common, "training.batch_size=4", "training.gradient_accumulation_steps=3")
     b = _trainer(cache, tmp_path / "b", *common, "training.batch_size=12", "training.gradient_accumulation_steps=1")
-    before = [p.detach().clone() for p in b.raw_unet.parameters()]
+    before = [p.detach().clone() for p in b.raw_model.parameters()]
     loss_a, loss_b = a.step()[0], b.step()[0]
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     changed = 0
-    for pa, pb, p0 in zip(a.raw_unet.parameters(), b.raw_unet.parameters(), before):
+    for pa, pb, p0 in zip(a.raw_model.parameters(), b.raw_model.parameters(), before):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
         changed += int(not torch.equal(pb, p0))
     assert changed > 0  # the step did move the weights

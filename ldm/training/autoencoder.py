@@ -23,7 +23,7 @@ import torch
 from ldm.errors import UserError
 from ldm.models.autoencoder import PatchDiscriminator, build_autoencoder_kl, decode, encode
 from ldm.run_folder import RunFolder
-from ldm.training.loop import BatchStream, TrainingLoop, load_ema, make_ema
+from ldm.training.loop import BatchStream, TrainingLoop, make_ema
 
 if TYPE_CHECKING:
     from ldm.config import Config
@@ -89,6 +89,7 @@ class AutoencoderTrainer(TrainingLoop):
 
     kind = "autoencoder"
     section = "autoencoder"
+    weights = "autoencoder"
     cpu_bf16 = "native"  # measured: the autoencoder gains from bf16 autocast only with native bf16 arithmetic
     label = "train-vae"
     divergence_hint = "Try a lower autoencoder.learning_rate or autoencoder.mixed_precision=no, then"
@@ -178,14 +179,11 @@ class AutoencoderTrainer(TrainingLoop):
         }
 
     def _load_checkpoint(self, model: Any, opt: Any, disc: Any, disc_opt: Any) -> None:
-        from safetensors.torch import load_file
 
         ckpt = self.resume_from
         state = self.read_checkpoint_state()
-        model.load_state_dict(load_file(str(ckpt / "vae" / "diffusion_pytorch_model.safetensors")))
-        if self.ema is not None:
-            load_ema(self.ema, ckpt / "vae_ema", model)
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False))
+        self.load_weights(model)
+        self.load_optimizer(opt)
         if disc is not None and (ckpt / "discriminator.pt").is_file():
             d = torch.load(ckpt / "discriminator.pt", map_location="cpu", weights_only=False)
             disc.load_state_dict(d["model"])
@@ -193,10 +191,6 @@ class AutoencoderTrainer(TrainingLoop):
         self.stream.load_state_dict(state["data"])
 
     def save_state(self, folder: Path) -> dict[str, Any]:
-        self.raw_model.save_pretrained(folder / "vae", safe_serialization=True)
-        if self.ema is not None:
-            self.ema.save_pretrained(str(folder / "vae_ema"))
-        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
         if self.disc is not None:
             disc = {"model": self.disc.state_dict(), "optimizer": self.disc_opt.state_dict()}
             torch.save(disc, folder / "discriminator.pt")

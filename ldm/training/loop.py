@@ -12,8 +12,8 @@ grids, evaluation, checkpoints) and its end products (``finish``). The loop is w
 
 A checkpoint (:meth:`ldm.run_folder.RunFolder.checkpoint_dir`) holds the raw weights, the EMA, the optimiser(s),
 the RNG states and a state file (written last: its presence marks the checkpoint complete) with the step, the elapsed
-time and the stage's own fields; the run folder's ``latest`` pointer names the newest. Resuming restores all of it, so the next loss equals the
-uninterrupted run's.
+time and the stage's own fields; the run folder's ``latest`` pointer names the newest. Resuming restores all of it,
+so the next loss equals the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ class TrainingLoop:
     section = ""  # the config section of the stage's settings (mixed_precision, keep_checkpoints, ...)
     cpu_bf16: CpuBf16 = "kernels"  # what bf16 autocast needs on a CPU to pay for this stage (see ldm.device)
     label = "train"  # progress bar description
+    weights = ""  # a checkpoint's folder of the raw weights (``save_pretrained``); the EMA's is ``<weights>_ema``
 
     def __init__(
         self,
@@ -243,7 +244,8 @@ class TrainingLoop:
         raise NotImplementedError
 
     def save_state(self, folder: Path) -> dict[str, Any]:
-        """Write the stage's weights and optimiser state into a checkpoint folder; return its state.json fields."""
+        """Write the stage's other files into a checkpoint folder (the raw weights, EMA, optimiser and RNG states are
+        written by :meth:`save_checkpoint`); return its own fields of the checkpoint's state file."""
         raise NotImplementedError
 
     def status_extra(self) -> dict[str, Any]:
@@ -375,8 +377,12 @@ class TrainingLoop:
         final = self.run_folder.checkpoint_dir(self.step_count)
         if self.main:
             with atomic_dir(final) as tmp:
-                fields = self.save_state(tmp)
+                self.raw_model.save_pretrained(tmp / self.weights, safe_serialization=True)
+                if self.ema is not None:
+                    self.ema.save_pretrained(str(tmp / f"{self.weights}_ema"))
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
                 torch.save(rng, tmp / "rng.pt")
+                fields = self.save_state(tmp)
                 state = {
                     "format_version": CHECKPOINT_FORMAT,
                     "kind": self.kind,
@@ -403,6 +409,20 @@ class TrainingLoop:
         self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
         self.last_loss = state.get("loss")
         return state
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Load the resumed checkpoint's raw weights into ``model`` and its EMA into ``self.ema``."""
+        from safetensors.torch import load_file
+
+        weights = self.resume_from / self.weights / "diffusion_pytorch_model.safetensors"
+        model.load_state_dict(load_file(str(weights)))
+        if self.ema is not None:
+            load_ema(self.ema, self.resume_from / f"{self.weights}_ema", model)
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.load_state_dict(
+            torch.load(self.resume_from / "optimizer.pt", map_location="cpu", weights_only=False)
+        )
 
     def restore_rng(self, reseed: Callable[[], None]) -> None:
         """Set this process's random states from the resumed checkpoint's ``rng.pt``; with another number of

@@ -37,7 +37,7 @@ import torch
 from ldm.config import Config, TrainingConfig, to_dict
 from ldm.errors import UserError
 from ldm.run_folder import RunFolder, labelled_grid, plot_loss, save_png
-from ldm.training.loop import BatchStream, TrainingDiverged, TrainingLoop, load_ema, make_ema
+from ldm.training.loop import BatchStream, TrainingDiverged, TrainingLoop, make_ema
 from ldm.training.optim import lr_factor, make_optimizer
 from ldm.utils import atomic_dir
 
@@ -113,6 +113,7 @@ class Trainer(TrainingLoop):
 
     kind = "diffusion"
     section = "training"
+    weights = "unet"
     divergence_hint = (
         "Try a lower training.learning_rate, training.max_grad_norm=1, or training.mixed_precision=no, then"
     )
@@ -170,7 +171,7 @@ class Trainer(TrainingLoop):
             unet = unet.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(unet.parameters(), tc, str(self.device))
         self.unet, self.optimizer = self.acc.prepare(unet, optimizer)
-        self.raw_unet = self.acc.unwrap_model(self.unet)
+        self.raw_model = self.acc.unwrap_model(self.unet)
         if self.ema is not None:
             self.ema.to(self.device)
 
@@ -178,9 +179,7 @@ class Trainer(TrainingLoop):
         rank = self.acc.process_index
         self.generator = torch.Generator(device=self.device).manual_seed(tc.seed * 7919 + 1 + rank)
         if self.resume_from is not None:
-            self.optimizer.load_state_dict(
-                torch.load(self.resume_from / "optimizer.pt", map_location="cpu", weights_only=False)
-            )
+            self.load_optimizer(self.optimizer)
             self.restore_rng(lambda: self.generator.manual_seed(tc.seed * 7919 + 1 + rank + 104_729 * self.step_count))
 
         self.latents = self.cache.latents.to(self.device)
@@ -195,7 +194,6 @@ class Trainer(TrainingLoop):
 
     def _load_checkpoint(self, unet: torch.nn.Module) -> None:
         """Load model, EMA, data position and step from ``self.resume_from`` into the fresh objects."""
-        from safetensors.torch import load_file
 
         ckpt = self.resume_from
         state = self.read_checkpoint_state()
@@ -213,16 +211,10 @@ class Trainer(TrainingLoop):
                 f"cannot resume from {ckpt}: its unet config {state.get('unet')} differs from this config's "
                 f"{to_dict(self.cfg.unet)}; resume with the run's own {self.run_folder.CONFIG}"
             )
-        unet.load_state_dict(load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors")))
-        if self.ema is not None:
-            load_ema(self.ema, ckpt / "unet_ema", unet)
+        self.load_weights(unet)
         self.stream.load_state_dict(state["data"])
 
     def save_state(self, folder: Path) -> dict[str, Any]:
-        self.raw_unet.save_pretrained(folder / "unet", safe_serialization=True)
-        if self.ema is not None:
-            self.ema.save_pretrained(str(folder / "unet_ema"))
-        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
         return {
             "epoch": self._epoch(),
             "data": self.stream.state_dict(),
@@ -280,7 +272,7 @@ class Trainer(TrainingLoop):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.step(self.raw_unet.parameters())
+            self.ema.step(self.raw_model.parameters())
         self.step_count += 1
         return mean_loss, grad_norm, lr
 
@@ -313,7 +305,7 @@ class Trainer(TrainingLoop):
                 f"training on {len(self.cache.latents)} latents {self.latent_shape} x {self.num_classes} classes "
                 f"({', '.join(self.classes[:8])}{', ...' if self.num_classes > 8 else ''}) from {self.latents_path}"
             )
-            self.log(describe_unet(self.raw_unet))
+            self.log(describe_unet(self.raw_model))
             budget = [f"{k}={getattr(tc, k)}" for k in ("max_steps", "epochs", "max_minutes") if getattr(tc, k)]
             self.log(
                 f"device {self.device} x {self.world} process(es), mixed precision {self.mixed_precision}; "
@@ -455,12 +447,12 @@ class Trainer(TrainingLoop):
     def _eval_unet(self) -> torch.nn.Module:
         """A separate float32 copy of the UNet holding the EMA weights (or the raw weights without EMA)."""
         if getattr(self, "_eval", None) is None:
-            self._eval = type(self.raw_unet).from_config(self.raw_unet.config).to(self.device)
+            self._eval = type(self.raw_model).from_config(self.raw_model.config).to(self.device)
             self._eval.eval().requires_grad_(False)
         if self.ema is not None:
             self.ema.copy_to(self._eval.parameters())
         else:
-            self._eval.load_state_dict(self.raw_unet.state_dict())
+            self._eval.load_state_dict(self.raw_model.state_dict())
         return self._eval
 
     def _inputs(self) -> dict[str, Any]:
