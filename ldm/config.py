@@ -4,7 +4,8 @@
     print(to_yaml(cfg))
 
 Every field has a default and a one-line comment. Unknown keys and values of the wrong type raise
-:class:`ConfigError`, naming the key and what is accepted: a typo never silently trains the wrong model.
+:class:`ConfigError`, naming the key and what is accepted: a typo never silently trains the wrong model. The
+``Literal`` types of choice fields are built from the tables of :mod:`ldm.choices`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,20 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
+
+from ldm.choices import (
+    BETA_SCHEDULES,
+    DOWN_FACTORS,
+    LOSSES,
+    LR_SCHEDULES,
+    MIXED_PRECISION,
+    OPTIMIZERS,
+    PREDICTION_TYPES,
+    RECON_LOSSES,
+    SCALING_FACTOR_MODES,
+    SCHEDULER_NAMES,
+    UNET_PRESETS,
+)
 
 
 class ConfigError(ValueError):
@@ -36,7 +51,7 @@ class DataConfig:
 class AutoencoderConfig:
     source: str = ""  # hub id, local diffusers folder or train-vae run folder; "" = the one trained by train-vae
     # --- architecture (train-vae only): a diffusers AutoencoderKL ---
-    down_factor: Literal[4, 8] = 4  # spatial downsampling of the latent (image 64 -> latent 16 at 4)
+    down_factor: Literal[DOWN_FACTORS] = 4  # spatial downsampling of the latent (image 64 -> latent 16 at 4)
     latent_channels: int = 4  # channels of the latent
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # widths per level (4: 3 levels, 8: 4); narrow is fast
     layers_per_block: int = 1  # resnet blocks per level
@@ -49,7 +64,9 @@ class AutoencoderConfig:
     warmup_steps: int = 50  # linear warm-up steps before cosine decay
     max_steps: int = 100_000  # upper bound on steps (max_minutes usually ends the run first)
     max_minutes: float = 5.0  # wall-clock budget of the training loop, in minutes (0 = no limit)
-    recon_loss: Literal["l1", "mse"] = "mse"  # pixel reconstruction loss (mse: what PSNR measures; l1 was slower here)
+    recon_loss: Literal[RECON_LOSSES] = (
+        "mse"  # pixel reconstruction loss (mse: what PSNR measures; l1 was slower here)
+    )
     kl_weight: float = 1e-6  # weight of the KL term (LDM paper: small, the latent stays near-deterministic)
     logvar_init: float = -6.0  # initial posterior log-variance: little sampling noise at first, so training is fast
     disc_weight: float = 0.0  # weight of the patch-GAN loss (0 = no discriminator)
@@ -60,26 +77,28 @@ class AutoencoderConfig:
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 1000  # steps between checkpoints, for --resume (0 = only at the end)
     keep_checkpoints: int = 2  # keep the newest K checkpoints
-    mixed_precision: Literal["auto", "no", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, bf16 CPUs; fp32 = no
+    mixed_precision: Literal[MIXED_PRECISION] = "auto"  # autocast; auto: bf16 on CUDA and bf16 CPUs; fp32 = no
     channels_last: bool = False  # channels-last memory format for the convolutions
     device: str = "auto"  # "auto" (cuda, mps, else cpu), or a torch device string
     seed: int = 0  # seed of weights, data order and held-out split
-    scaling_factor: Union[float, Literal["config", "auto"]] = "config"  # latent scale: VAE config's; "auto": unit var
+    scaling_factor: Union[float, Literal[SCALING_FACTOR_MODES]] = (
+        "config"  # latent scale: VAE config's; "auto": unit var
+    )
 
 
 @dataclass
 class UNetConfig:
-    preset: Literal["tiny", "small", "seed", "base", "large"] = "small"  # architecture preset, see ldm/unet.py
+    preset: Literal[UNET_PRESETS] = "small"  # architecture preset, see ldm/models/unet.py
     kwargs: dict[str, Any] = field(default_factory=dict)  # any UNet2DModel argument, overriding the preset
 
 
 @dataclass
 class DiffusionConfig:
     num_train_timesteps: int = 1000  # DDPM training steps
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"  # noise schedule
+    beta_schedule: Literal[BETA_SCHEDULES] = "squaredcos_cap_v2"  # noise schedule
     # what the UNet predicts; v: clean samples after 1000 steps where epsilon's are blotchy (demo and att-faces-20)
-    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
-    loss: Literal["mse", "l1", "huber"] = "mse"  # loss on the prediction ("l1" is the original's "MAE")
+    prediction_type: Literal[PREDICTION_TYPES] = "v_prediction"
+    loss: Literal[LOSSES] = "mse"  # loss on the prediction ("l1" is the original's "MAE")
     huber_delta: float = 0.1  # delta of the huber loss (smooth_l1 beta), in prediction units
     snr_gamma: Optional[float] = 5.0  # min-SNR-gamma weighting (Hang et al. 2023); None = unweighted
     label_dropout: float = 0.1  # probability of replacing the class with the null class (for CFG)
@@ -89,13 +108,13 @@ class DiffusionConfig:
 class TrainingConfig:
     batch_size: int = 64  # latents per optimiser step (before accumulation)
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # optimiser
+    optimizer: Literal[OPTIMIZERS] = "adamw"  # optimiser
     learning_rate: float = 3e-4  # peak learning rate
     weight_decay: float = 0.01  # decoupled (adamw) or L2 (adam, sgd) weight decay
     adam_beta1: float = 0.9  # Adam beta1
     adam_beta2: float = 0.999  # Adam beta2
     momentum: float = 0.9  # SGD momentum
-    lr_schedule: Literal["cosine", "constant"] = "cosine"  # after warm-up
+    lr_schedule: Literal[LR_SCHEDULES] = "cosine"  # after warm-up
     warmup_steps: int = 200  # linear warm-up steps
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     max_steps: int = 0  # stop after this many optimiser steps (0 = use epochs / max_minutes)
@@ -105,11 +124,11 @@ class TrainingConfig:
     ema_decay: float = 0.999  # EMA decay ceiling
     ema_warmup: bool = True  # EMA warm-up (decay grows with the step)
     ema_power: float = 0.75  # warm-up decay 1 - (1 + step) ** -power (3/4: .999 at 10k steps)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16/fp16 on CUDA, measured on CPU
+    mixed_precision: Literal[MIXED_PRECISION] = "auto"  # auto: bf16/fp16 on CUDA, measured on CPU
     channels_last: bool = False  # channels-last memory format (GroupNorm is 3-30x slower in it on CPU: measured)
     log_every: int = 10  # steps between metrics.jsonl lines
     sample_every: int = 500  # steps between sample grids (0 = only at the end)
-    sample_scheduler: Literal["ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "unipc"] = "dpm++"  # grid sampler
+    sample_scheduler: Literal[SCHEDULER_NAMES] = "dpm++"  # grid sampler
     sample_num_inference_steps: int = 20  # denoising steps of the grids (cheap: they are a progress view)
     sample_guidance_scale: float = 3.0  # guidance scale of the grids (1 = off)
     sample_num_images: int = 6  # grid columns: images per class, seeds sample_seed.. (same noise in every row)
@@ -124,7 +143,7 @@ class TrainingConfig:
 
 @dataclass
 class SamplingConfig:
-    scheduler: Literal["ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "unipc"] = "dpm++"  # sampler
+    scheduler: Literal[SCHEDULER_NAMES] = "dpm++"  # sampler
     num_inference_steps: int = 25  # denoising steps
     guidance_scale: float = 3.0  # classifier-free guidance scale (1 = off)
     num_images: int = 4  # images per class
@@ -177,8 +196,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             for c in choices:
                 if str(c) == value:
                     return c
-        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` (mixed_precision: no) as false
-            return "no"
+        if isinstance(value, bool) and ("yes" if value else "no") in choices:
+            return "yes" if value else "no"  # YAML reads an unquoted no (yes) as a bool: training.mixed_precision=no
         raise bad
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)

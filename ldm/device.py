@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 from typing import Literal
 
+from ldm.choices import MIXED_PRECISION
 from ldm.errors import UserError
 
-PRECISIONS = ("auto", "no", "bf16", "fp16", "fp32")  # accepted settings; "fp32" is a synonym of "no"
 CpuBf16 = Literal["kernels", "native"]
 
 
@@ -60,8 +60,8 @@ def cpu_bf16_is_fast(need: CpuBf16 = "kernels") -> bool:
 
 def normalize_precision(setting: str, key: str = "training.mixed_precision") -> str:
     """A ``mixed_precision`` setting in one vocabulary: ``"fp32"`` becomes ``"no"``; unknown values are an error."""
-    if setting not in PRECISIONS:
-        raise UserError(f"{key} {setting!r}; accepted: {', '.join(PRECISIONS)}")
+    if setting not in MIXED_PRECISION:
+        raise UserError(f"{key} {setting!r}; accepted: {', '.join(MIXED_PRECISION)}")
     return "no" if setting == "fp32" else setting
 
 

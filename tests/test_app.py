@@ -159,6 +159,72 @@ def test_settings_yaml_round_trip(tmp_path):
     assert "training.batch_size" in app.save_settings("s.yaml", *bad)
 
 
+# TrainSettings field -> the label of its Training-tab control, in the order of the API's parameters
+TRAINING_CONTROLS = {
+    "data_dir": "Data folder",
+    "preprocess": "Preprocess",
+    "latent_dir": "Latent folder",
+    "autoencoder": "Autoencoder",
+    "epochs": "Epochs",
+    "batch_size": "Batch size",
+    "learning_rate": "Learning rate",
+    "loss": "Loss",
+    "optimizer": "Optimizer",
+    "preset": "Model preset",
+    "ema": "EMA",
+    "label_dropout": "Guidance dropout",
+    "max_minutes": "Max minutes",
+    "max_steps": "Max steps",
+    "run_name": "Run name",
+    "extra": "Extra settings",
+}
+
+
+def test_training_tab_controls_are_tied_to_settings_by_name(tmp_path):
+    from ldm.app.blocks import build_app
+
+    assert TrainSettings.names() == tuple(TRAINING_CONTROLS)
+    handlers = {f.api_name: f for f in build_app(tmp_path).fns.values()}
+    controls = handlers["start_training"].inputs
+    assert [c.label for c in controls] == list(TRAINING_CONTROLS.values())
+    assert [c.value for c in controls] == TrainSettings().values()  # each control shows its own field's default
+    assert handlers["save_settings"].inputs[1:] == controls
+    assert handlers["load_settings"].outputs[:-1] == controls
+    assert handlers["load"].outputs[7 : 7 + len(controls)] == controls  # refilled after a page reload
+
+
+def test_settings_form_refuses_a_missing_or_misnamed_field():
+    from ldm.app.blocks import SettingsForm
+
+    form = SettingsForm()
+    with pytest.raises(ValueError, match="TrainSettings has no field 'epoch'"):
+        form.add(dict, "epoch", "Epochs")
+    for name in TrainSettings.names()[1:]:
+        form.add(dict, name, TRAINING_CONTROLS[name])
+    with pytest.raises(ValueError, match="no control for TrainSettings field.*: data_dir"):
+        form.in_field_order()
+    form.add(dict, "data_dir", "Data folder")
+    assert [c["label"] for c in form.in_field_order()] == list(TRAINING_CONTROLS.values())
+    assert form["loss"]["choices"] == ["MSE", "MAE", "Huber"] and form["loss"]["value"] == "MSE"
+    with pytest.raises(UserError, match="expected 16 settings"):
+        TrainSettings.from_values(*TrainSettings().values()[:-1])
+
+
+def test_every_labelled_choice_reaches_the_config():
+    from ldm.choices import LOSS_LABELS, OPTIMIZER_LABELS, UNET_PRESETS
+
+    for name, label in LOSS_LABELS.items():
+        assert TrainSettings(loss=label).config().diffusion.loss == name
+    for name, label in OPTIMIZER_LABELS.items():
+        assert TrainSettings(optimizer=label).config().training.optimizer == name
+    for name in UNET_PRESETS:
+        assert TrainSettings(preset=name).config().unet.preset == name
+    with pytest.raises(UserError, match="model preset 'huge' unknown; accepted: tiny, small, seed, base, large"):
+        TrainSettings(preset="huge").overrides()
+    with pytest.raises(UserError, match="loss 'mse' unknown; accepted: MSE, MAE, Huber"):
+        TrainSettings(loss="mse").overrides()
+
+
 def test_plan_job_phases_and_refusals(tmp_path):
     ws = Workspace(tmp_path)
     (tmp_path / "data" / "faces" / "a").mkdir(parents=True)

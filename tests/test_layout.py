@@ -17,7 +17,17 @@ ROOT = Path(ldm.__file__).parent
 
 # Stages in the order data flows through them; a module may import its own stage or an earlier one.
 LAYERS: list[tuple[str, ...]] = [
-    ("ldm", "ldm.errors", "ldm.utils", "ldm.config", "ldm.device", "ldm.progress", "ldm.figures", "ldm.run_folder"),
+    (
+        "ldm",
+        "ldm.errors",
+        "ldm.utils",
+        "ldm.choices",
+        "ldm.config",
+        "ldm.device",
+        "ldm.progress",
+        "ldm.figures",
+        "ldm.run_folder",
+    ),
     ("ldm.models",),
     ("ldm.data",),
     ("ldm.diffusion",),

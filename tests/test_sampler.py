@@ -166,7 +166,7 @@ def test_every_scheduler_runs(parts, name):
 
 
 def test_unknown_scheduler_lists_accepted_names(parts):
-    with pytest.raises(UserError, match=r"unknown scheduler 'dpm3'.*ddim.*dpm\+\+.*euler_a"):
+    with pytest.raises(UserError, match=r"unknown scheduler 'dpm3'.*dpm\+\+.*ddim.*euler_a"):
         make_scheduler("dpm3", parts[2])
 
 

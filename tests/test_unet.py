@@ -51,6 +51,13 @@ def test_presets_are_ordered_by_size_and_tiny_is_tiny():
     assert set(PRESETS) == {"tiny", "small", "seed", "base", "large"}
 
 
+def test_presets_are_the_choice_table():
+    """The config, CLI and app accept the names of ldm.choices; every one has an architecture here, in that order."""
+    from ldm.choices import UNET_PRESETS
+
+    assert tuple(PRESETS) == UNET_PRESETS
+
+
 def test_overrides_from_config_reach_the_model():
     cfg = load_config(None, ["unet.preset=tiny", "unet.kwargs={layers_per_block: 2, block_out_channels: [8, 16]}"])
     unet = build_unet(cfg.unet, sample_size=8, in_channels=3, num_classes=2)

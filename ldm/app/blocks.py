@@ -15,17 +15,18 @@ creates a public share link.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from ldm.app.handlers import NO_MODEL_HELP, NO_NEGATIVE, LdmApp
-from ldm.app.settings import LOSSES, OPTIMIZERS, PRESETS, TRAIN_HERE, TrainSettings
+from ldm.app.settings import PREPROCESS, TRAIN_HERE, TrainSettings
+from ldm.choices import SCHEDULER_NAMES
 from ldm.config import SamplingConfig
 
 POLL_SECONDS = 2.0  # how often the Training tab refreshes while a job runs
-SAMPLERS = ("dpm++", "ddim", "ddpm", "euler", "euler_a", "heun", "unipc")
 DEFAULT_SETTINGS_FILE = "app-settings.yaml"
 LOSS_COLORS = {"color_map": {"loss": "#9fb3c8", "smoothed": "#0d9488"}}  # raw loss pale, its moving average strong
 
@@ -92,10 +93,41 @@ def make_theme() -> gr.themes.Base:
     )
 
 
+class SettingsForm:
+    """The Training tab's controls, keyed by :class:`TrainSettings` field name (never matched by position).
+
+    Each control shows its field's default; a choice field offers the labels of its table (:mod:`ldm.choices`).
+    :meth:`in_field_order` lists them in field order, the order of the handlers' values and the API's parameters.
+    """
+
+    def __init__(self) -> None:
+        self.controls: dict[str, Any] = {}
+        self.defaults = TrainSettings()
+
+    def add(self, kind: Callable[..., Any], name: str, label: str, **kwargs: Any) -> Any:
+        """Build the control ``kind`` (a gradio component class) of settings field ``name``."""
+        if name not in TrainSettings.names():
+            raise ValueError(f"TrainSettings has no field {name!r}; fields: {', '.join(TrainSettings.names())}")
+        choices = TrainSettings.choices(name)
+        if choices is not None:
+            kwargs.setdefault("choices", choices)
+        self.controls[name] = kind(label=label, value=getattr(self.defaults, name), **kwargs)
+        return self.controls[name]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.controls[name]
+
+    def in_field_order(self) -> list[Any]:
+        """Every control, in :meth:`TrainSettings.names` order; ValueError naming any field without a control."""
+        missing = [name for name in TrainSettings.names() if name not in self.controls]
+        if missing:
+            raise ValueError(f"the Training tab has no control for TrainSettings field(s): {', '.join(missing)}")
+        return [self.controls[name] for name in TrainSettings.names()]
+
+
 def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
     """Build the app's Blocks for ``workspace`` (created if missing). Launch it with :func:`launch_app`."""
     app = LdmApp(workspace, device=device)
-    defaults = TrainSettings()
     sampling = SamplingConfig()
     with gr.Blocks(title="ldm: latent diffusion studio") as demo:
         demo.ldm_app = app  # the handlers' state, for tests; nothing is held in module globals
@@ -150,7 +182,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             )
                             sampler = gr.Dropdown(
                                 label="Sampler",
-                                choices=list(SAMPLERS),
+                                choices=list(SCHEDULER_NAMES),
                                 value=sampling.scheduler,
                                 info="dpm++ is fast and good; ddpm is the slow original",
                             )
@@ -208,110 +240,102 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
             with gr.Tab("Training", id="training") as training_tab:
                 with gr.Row(elem_classes="ldm-stack"):
                     with gr.Column(scale=2, min_width=280):
+                        form = SettingsForm()
+                        folder = dict(choices=[], allow_custom_value=True)  # discovered at run time; free text too
                         gr.Markdown("### Data")
-                        data_dir = gr.Dropdown(
-                            label="Data folder",
-                            choices=[],
-                            value=defaults.data_dir,
-                            allow_custom_value=True,
+                        form.add(
+                            gr.Dropdown,
+                            "data_dir",
+                            "Data folder",
                             info="Folder of class subfolders of images, inside the workspace (e.g. data/faces)",
+                            **folder,
                             elem_id="ldm-data-dir",
                         )
-                        preprocess = gr.Radio(
-                            ["yes", "no"],
-                            value=defaults.preprocess,
-                            label="Preprocess",
+                        form.add(
+                            gr.Radio,
+                            "preprocess",
+                            "Preprocess",
                             info="yes: encode the data folder into a latent cache first; no: use the latent folder",
+                            choices=list(PREPROCESS),
                             elem_id="ldm-preprocess",
                         )
-                        latent_dir = gr.Dropdown(
-                            label="Latent folder",
-                            choices=[],
-                            value=defaults.latent_dir,
-                            allow_custom_value=True,
+                        form.add(
+                            gr.Dropdown,
+                            "latent_dir",
+                            "Latent folder",
                             info="Latent cache: written when preprocessing (empty = data/latents/RUN), else read",
+                            **folder,
                             elem_id="ldm-latent-dir",
                         )
-                        autoencoder = gr.Dropdown(
-                            label="Autoencoder",
-                            choices=[TRAIN_HERE],
-                            value=defaults.autoencoder,
-                            allow_custom_value=True,
+                        form.add(
+                            gr.Dropdown,
+                            "autoencoder",
+                            "Autoencoder",
                             info="Encodes images to latents: train one on your data here, or a folder / hub id",
+                            choices=[TRAIN_HERE],
+                            allow_custom_value=True,
                         )
                         gr.Markdown("### Model and training")
                         with gr.Row():
-                            preset = gr.Dropdown(
-                                list(PRESETS),
-                                value=defaults.preset,
-                                label="Model preset",
-                                info="UNet size",
-                                elem_id="ldm-preset",
-                            )
-                            ema = gr.Checkbox(
-                                value=defaults.ema, label="EMA", info="Average the weights (smoother samples)"
-                            )
+                            form.add(gr.Dropdown, "preset", "Model preset", info="UNet size", elem_id="ldm-preset")
+                            form.add(gr.Checkbox, "ema", "EMA", info="Average the weights (smoother samples)")
                         with gr.Row():
-                            loss = gr.Radio(
-                                list(LOSSES),
-                                value=defaults.loss,
-                                label="Loss",
-                                info="MSE: classic; MAE (L1): robust; Huber: in between",
+                            form.add(
+                                gr.Radio, "loss", "Loss", info="MSE: classic; MAE (L1): robust; Huber: in between"
                             )
-                            optimizer = gr.Radio(
-                                list(OPTIMIZERS), value=defaults.optimizer, label="Optimizer", info="AdamW is usual"
-                            )
+                            form.add(gr.Radio, "optimizer", "Optimizer", info="AdamW is usual")
                         with gr.Row():
-                            epochs = gr.Number(
-                                value=defaults.epochs,
-                                precision=0,
-                                label="Epochs",
-                                info="Passes over the data (0 = no limit)",
+                            form.add(
+                                gr.Number, "epochs", "Epochs", info="Passes over the data (0 = no limit)", precision=0
                             )
-                            batch_size = gr.Number(
-                                value=defaults.batch_size,
-                                precision=0,
-                                label="Batch size",
+                            form.add(
+                                gr.Number,
+                                "batch_size",
+                                "Batch size",
                                 info="Latents per step",
+                                precision=0,
                                 elem_id="ldm-batch-size",
                             )
-                            learning_rate = gr.Number(
-                                value=defaults.learning_rate, label="Learning rate", info="Peak rate (3e-4 usual)"
-                            )
+                            form.add(gr.Number, "learning_rate", "Learning rate", info="Peak rate (3e-4 usual)")
                         with gr.Row():
-                            label_dropout = gr.Slider(
-                                0.0,
-                                0.5,
-                                value=defaults.label_dropout,
-                                step=0.01,
-                                label="Guidance dropout",
+                            form.add(
+                                gr.Slider,
+                                "label_dropout",
+                                "Guidance dropout",
                                 info="Share of steps without the class, for guidance (0.1 usual)",
+                                minimum=0.0,
+                                maximum=0.5,
+                                step=0.01,
                             )
-                            max_minutes = gr.Number(
-                                value=defaults.max_minutes,
-                                label="Max minutes",
+                            form.add(
+                                gr.Number,
+                                "max_minutes",
+                                "Max minutes",
                                 info="Time budget (0 = none)",
                                 elem_id="ldm-max-minutes",
                             )
-                            max_steps = gr.Number(
-                                value=defaults.max_steps,
-                                precision=0,
-                                label="Max steps",
+                            form.add(
+                                gr.Number,
+                                "max_steps",
+                                "Max steps",
                                 info="Step budget (0 = none)",
+                                precision=0,
                                 elem_id="ldm-max-steps",
                             )
-                        run_name = gr.Textbox(
-                            value=defaults.run_name,
-                            label="Run name",
+                        form.add(
+                            gr.Textbox,
+                            "run_name",
+                            "Run name",
                             info="The run goes to runs/NAME",
                             elem_id="ldm-run-name",
                         )
-                        extra = gr.Textbox(
-                            value=defaults.extra,
-                            label="Extra settings",
+                        form.add(
+                            gr.Textbox,
+                            "extra",
+                            "Extra settings",
+                            info="More config keys as key=value (one per line); see configs/*.yaml",
                             lines=2,
                             placeholder="training.sample_every=100\ndata.image_size=32",
-                            info="More config keys as key=value (one per line); see configs/*.yaml",
                             elem_id="ldm-extra",
                         )
                         with gr.Row():
@@ -345,24 +369,8 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                             label="Log (newest lines)", lines=12, max_lines=40, autoscroll=True, elem_id="ldm-log"
                         )
                 timer = gr.Timer(POLL_SECONDS, active=False)
-                fields = [
-                    data_dir,
-                    preprocess,
-                    latent_dir,
-                    autoencoder,
-                    epochs,
-                    batch_size,
-                    learning_rate,
-                    loss,
-                    optimizer,
-                    preset,
-                    ema,
-                    label_dropout,
-                    max_minutes,
-                    max_steps,
-                    run_name,
-                    extra,
-                ]
+                fields = form.in_field_order()
+                folders = [form["data_dir"], form["latent_dir"], form["autoencoder"]]
                 live = [progress, loss_plot, sample, log, timer]
                 start.click(app.start_training, fields, [train_message, timer], api_name="start_training").then(
                     app.poll, None, live, api_visibility="private"
@@ -418,13 +426,11 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
         demo.load(
             on_load,
             None,
-            [model, notice, data_dir, latent_dir, autoencoder, runs_table, run_pick, *fields, *live],
+            [model, notice, *folders, runs_table, run_pick, *fields, *live],
             api_name="load",
         )
         # opening a tab re-discovers the workspace, so folders and runs made meanwhile (e.g. by the CLI) appear
-        training_tab.select(
-            app.discovered_folders, None, [data_dir, latent_dir, autoencoder], api_visibility="private"
-        )
+        training_tab.select(app.discovered_folders, None, folders, api_visibility="private")
         runs_tab.select(app.runs_table, None, [runs_table, run_pick], api_visibility="private")
     return demo
 

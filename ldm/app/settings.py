@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,50 +18,66 @@ import yaml
 
 from ldm.app.jobs import Phase
 from ldm.app.workspace import Workspace
+from ldm.choices import LOSS_LABELS, OPTIMIZER_LABELS, UNET_PRESETS
 from ldm.config import Config, ConfigError, from_dict, load_config, parse_override, to_dict
 from ldm.errors import UserError
 from ldm.run_folder import RunFolder
 from ldm.utils import atomic_write_text
 
 TRAIN_HERE = "train one here"  # autoencoder choice: run `ldm train-vae` on the data folder first
-LOSSES = {"MSE": "mse", "MAE": "l1", "Huber": "huber"}  # label -> diffusion.loss
-OPTIMIZERS = {"AdamW": "adamw", "Adam": "adam", "SGD": "sgd"}  # label -> training.optimizer
-PRESETS = ("tiny", "small", "seed", "base", "large")
+PREPROCESS = ("yes", "no")  # "yes": build the latent cache from the data folder first; "no": use the latent folder
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _config_key(key: str, default: Any, labels: Mapping[str, str] | None = None, what: str | None = None) -> Any:
+    """A settings field that stands for the config key ``key``. With ``labels`` (config name -> label) the field holds
+    the label the tab shows; ``what`` names the field in errors (default: its name)."""
+    return field(default=default, metadata={"key": key, "labels": labels, "what": what})
 
 
 @dataclass
 class TrainSettings:
-    """Every control of the Training tab, in the order the UI passes them."""
+    """Every control of the Training tab, by name; the field order is the order of the app's API parameters."""
 
     data_dir: str = ""  # folder of class subfolders of images (used when preprocess is "yes")
-    preprocess: str = "yes"  # "yes": build the latent cache from data_dir first; "no": use latent_dir as it is
+    preprocess: str = "yes"  # one of PREPROCESS
     latent_dir: str = ""  # latent cache folder (written when preprocessing, read otherwise)
     autoencoder: str = TRAIN_HERE  # autoencoder folder / hub id, or TRAIN_HERE
-    epochs: int = 0  # passes over the cache (0 = no epoch limit)
-    batch_size: int = 64  # latents per step
-    learning_rate: float = 3e-4  # peak learning rate
-    loss: str = "MSE"  # MSE | MAE | Huber
-    optimizer: str = "AdamW"  # AdamW | Adam | SGD
-    preset: str = "small"  # UNet preset
-    ema: bool = True  # EMA of the weights
-    label_dropout: float = 0.1  # guidance dropout: share of steps trained without the class
-    max_minutes: float = 10.0  # wall-clock budget (0 = none)
-    max_steps: int = 0  # step budget (0 = none)
+    epochs: int = _config_key("training.epochs", 0)  # passes over the cache (0 = no epoch limit)
+    batch_size: int = _config_key("training.batch_size", 64)  # latents per step
+    learning_rate: float = _config_key("training.learning_rate", 3e-4)  # peak learning rate
+    loss: str = _config_key("diffusion.loss", "MSE", LOSS_LABELS)  # MSE | MAE | Huber
+    optimizer: str = _config_key("training.optimizer", "AdamW", OPTIMIZER_LABELS)  # AdamW | Adam | SGD
+    preset: str = _config_key("unet.preset", "small", dict(zip(UNET_PRESETS, UNET_PRESETS)), "model preset")
+    ema: bool = _config_key("training.ema", True)  # EMA of the weights
+    label_dropout: float = _config_key("diffusion.label_dropout", 0.1)  # guidance dropout: share of classless steps
+    max_minutes: float = _config_key("training.max_minutes", 10.0)  # wall-clock budget (0 = none)
+    max_steps: int = _config_key("training.max_steps", 0)  # step budget (0 = none)
     run_name: str = "my-run"  # runs/<run_name>
     extra: str = ""  # more key=value settings, one per line or space separated
 
     @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The field names in order: the app's API parameters and :meth:`values` follow it."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def choices(cls, name: str) -> list[str] | None:
+        """The labels choice field ``name`` offers (its table's, from :mod:`ldm.choices`); None for a free field."""
+        labels = next(f.metadata.get("labels") for f in fields(cls) if f.name == name)
+        return None if labels is None else list(labels.values())
+
+    @classmethod
     def from_values(cls, *values: Any) -> TrainSettings:
-        """Settings from the UI's values (in field order), with the numbers coerced and checked."""
-        s = cls(*values)
+        """Settings from the UI's values (in :meth:`names` order), with the numbers coerced and checked."""
+        if len(values) != len(cls.names()):
+            raise UserError(f"expected {len(cls.names())} settings ({', '.join(cls.names())}), got {len(values)}")
+        s = cls(**dict(zip(cls.names(), values)))
         try:
-            s.epochs = int(s.epochs or 0)
-            s.batch_size = int(s.batch_size or 0)
-            s.learning_rate = float(s.learning_rate or 0)
-            s.max_minutes = float(s.max_minutes or 0)
-            s.max_steps = int(s.max_steps or 0)
-            s.label_dropout = float(s.label_dropout or 0)
+            for f in fields(cls):
+                number = {"int": int, "float": float}.get(f.type)  # annotations are strings here (__future__)
+                if number is not None:
+                    setattr(s, f.name, number(getattr(s, f.name) or 0))
         except (TypeError, ValueError) as e:
             raise UserError(f"a number field holds something else: {e}") from None
         s.preprocess = "yes" if s.preprocess in (True, "yes", "Yes") else "no"
@@ -73,7 +90,7 @@ class TrainSettings:
         return s
 
     def values(self) -> list[Any]:
-        return [getattr(self, f.name) for f in fields(self)]
+        return [getattr(self, name) for name in self.names()]
 
     def extra_overrides(self) -> list[str]:
         """The "extra settings" box as a list of ``key=value`` strings (lines or spaces separate them)."""
@@ -89,12 +106,18 @@ class TrainSettings:
 
     def overrides(self) -> list[str]:
         """The settings as dotted config overrides (extra settings last, so they win)."""
-        if self.loss not in LOSSES:
-            raise UserError(f"loss {self.loss!r} unknown; accepted: {', '.join(LOSSES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"optimizer {self.optimizer!r} unknown; accepted: {', '.join(OPTIMIZERS)}")
-        if self.preset not in PRESETS:
-            raise UserError(f"model preset {self.preset!r} unknown; accepted: {', '.join(PRESETS)}")
+        out = []
+        for f in fields(self):
+            if "key" not in f.metadata:
+                continue
+            value, labels = getattr(self, f.name), f.metadata["labels"]
+            if labels is not None:
+                names = {label: name for name, label in labels.items()}
+                if value not in names:
+                    what = f.metadata["what"] or f.name
+                    raise UserError(f"{what} {value!r} unknown; accepted: {', '.join(names)}")
+                value = names[value]
+            out.append(f"{f.metadata['key']}={str(value).lower() if isinstance(value, bool) else value}")
         if self.batch_size < 1:
             raise UserError("batch size must be at least 1")
         if not self.learning_rate > 0:
@@ -103,38 +126,18 @@ class TrainSettings:
             raise UserError("guidance dropout must be in [0, 1) (0.1 is usual)")
         if self.epochs < 0 or self.max_minutes < 0 or self.max_steps < 0:
             raise UserError("epochs, max minutes and max steps must be 0 (no limit) or more")
-        return [
-            f"training.epochs={self.epochs}",
-            f"training.batch_size={self.batch_size}",
-            f"training.learning_rate={self.learning_rate!r}",
-            f"training.optimizer={OPTIMIZERS[self.optimizer]}",
-            f"training.ema={str(self.ema).lower()}",
-            f"training.max_minutes={self.max_minutes!r}",
-            f"training.max_steps={self.max_steps}",
-            f"diffusion.loss={LOSSES[self.loss]}",
-            f"diffusion.label_dropout={self.label_dropout!r}",
-            f"unet.preset={self.preset}",
-        ] + self.extra_overrides()
+        return out + self.extra_overrides()
 
     def config(self) -> Config:
         """The resolved training config (defaults + these settings); ConfigError for a bad extra setting."""
         return load_config(None, self.overrides())
 
 
-# keys the tab has controls for (everything else in a loaded YAML goes to "extra settings")
-_SHOWN = {
-    "training.epochs": ("epochs", None),
-    "training.batch_size": ("batch_size", None),
-    "training.learning_rate": ("learning_rate", None),
-    "training.optimizer": ("optimizer", {v: k for k, v in OPTIMIZERS.items()}),
-    "training.ema": ("ema", None),
-    "training.max_minutes": ("max_minutes", None),
-    "training.max_steps": ("max_steps", None),
-    "diffusion.loss": ("loss", {v: k for k, v in LOSSES.items()}),
-    "diffusion.label_dropout": ("label_dropout", None),
-    "unet.preset": ("preset", None),
-}
-_APP_KEYS = ("data_dir", "preprocess", "latent_dir", "autoencoder", "run_name")
+# config key -> (settings field, config name -> label or None) of the keys the tab has controls for; everything
+# else in a loaded YAML goes to "extra settings"
+_SHOWN = {f.metadata["key"]: (f.name, f.metadata["labels"]) for f in fields(TrainSettings) if "key" in f.metadata}
+# the fields that are no config key go to the YAML's ``app`` section (the extra settings are config keys already)
+_APP_KEYS = tuple(f.name for f in fields(TrainSettings) if "key" not in f.metadata and f.name != "extra")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -183,7 +186,7 @@ def settings_from_yaml(text: str) -> TrainSettings:
     for key, value in flat.items():
         if key in _SHOWN:
             name, labels = _SHOWN[key]
-            setattr(s, name, labels[value] if labels else value)
+            setattr(s, name, labels[value] if labels is not None else value)
         elif key in given:
             text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
             extra.append(f"{key}={text.removesuffix('...').strip()}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from ldm.choices import SCHEDULER_NAMES
 from ldm.run_folder import RunFolder
 
 HELP = f"export a run (its {RunFolder.PIPELINE}/ or a checkpoint's EMA weights) as a diffusers pipeline folder"
@@ -23,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--checkpoint", default=None, metavar="NAME",
         help=f"export this checkpoint (step-XXXXXX, 'latest', or a path) instead of the run's {RunFolder.PIPELINE}/",
     )  # fmt: skip
-    p.add_argument("--scheduler", default=None, help="default sampler of the exported pipeline (e.g. dpm++, ddim)")
+    p.add_argument(
+        "--scheduler", default=None, help=f"default sampler of the exported pipeline: {', '.join(SCHEDULER_NAMES)}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

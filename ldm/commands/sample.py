@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "generate images by class name (CFG, negative class, seeds, snapshots) from a run or pipeline folder"
+from ldm.choices import SCHEDULER_NAMES
 
-SCHEDULER_NAMES = ("ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "unipc")
+HELP = "generate images by class name (CFG, negative class, seeds, snapshots) from a run or pipeline folder"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ldm.choices import SCALING_FACTOR_MODES
 from ldm.config import Config, to_dict
 from ldm.data.folders import PREPROCESSING, FolderScan, ImageFolderDataset, list_class_files, scan_image_folder
 from ldm.device import default_device
@@ -98,7 +99,7 @@ def _quick_up_to_date(old: dict, data_dir: Path, vae_source: str, settings: dict
 def _scaling_setting(cfg: Config) -> float | str:
     s = cfg.autoencoder.scaling_factor
     if isinstance(s, str):
-        if s not in ("config", "auto"):
+        if s not in SCALING_FACTOR_MODES:
             raise UserError(f"autoencoder.scaling_factor must be a number, 'config' or 'auto', got {s!r}")
         return s
     if not s > 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ldm.choices import BETA_SCHEDULES, LOSSES, PREDICTION_TYPES
 from ldm.errors import UserError
 
 if TYPE_CHECKING:
@@ -20,10 +21,6 @@ if TYPE_CHECKING:
     from diffusers import DDPMScheduler
 
     from ldm.config import DiffusionConfig
-
-LOSSES = ("mse", "l1", "huber")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def make_train_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:

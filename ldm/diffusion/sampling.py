@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ldm.choices import SCHEDULERS
 from ldm.errors import UserError
 from ldm.run_folder import RunFolder
 
@@ -30,17 +31,6 @@ if TYPE_CHECKING:  # keep ``import ldm.diffusion.sampling`` cheap: torch/diffuse
     import torch
     from PIL import Image
 
-# scheduler name -> (diffusers class name, overrides applied on top of the training scheduler's config)
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {"set_alpha_to_one": True}),
-    # DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095): multistep second order in data (x0) prediction
-    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "euler": ("EulerDiscreteScheduler", {}),  # Karras et al. 2022 (EDM), Algorithm 1 without churn
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),  # ancestral Euler (k-diffusion), stochastic
-    "heun": ("HeunDiscreteScheduler", {}),  # Karras et al. 2022 (EDM), Algorithm 1: 2nd order, 2 evals per step
-    "unipc": ("UniPCMultistepScheduler", {"solver_order": 2}),  # Zhao et al. 2023 (arXiv:2302.04867)
-}
 
 # the original project's snapshot timesteps (columns of its figure)
 DEFAULT_SNAPSHOT_TIMESTEPS: tuple[int, ...] = (999, 700, 500, 200, 150, 120, 100, 80, 60, 40, 20, 0)
@@ -90,7 +80,7 @@ class SampleResult:
 def make_scheduler(name: str, train_scheduler_config: Any) -> Any:
     """Build the inference scheduler ``name`` from the training scheduler's config (a dict or FrozenDict).
 
-    Accepted names: ``ddpm``, ``ddim``, ``dpm++``, ``euler``, ``euler_a``, ``heun``, ``unipc``. The noise schedule
+    Accepted names: the keys of :data:`ldm.choices.SCHEDULERS`. The noise schedule
     (betas, number of training steps, prediction type) comes from the training config so sampling matches training.
     """
     import diffusers

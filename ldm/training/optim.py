@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from ldm.choices import LR_SCHEDULES, OPTIMIZERS
 from ldm.errors import UserError
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def make_optimizer(params: Any, tc: TrainingConfig, device: str = "cpu") -> torc
         )
     if tc.optimizer == "sgd":
         return torch.optim.SGD(params, lr=tc.learning_rate, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    raise UserError(f"training.optimizer: unknown {tc.optimizer!r}; accepted: adamw, adam, sgd")
+    raise UserError(f"training.optimizer: unknown {tc.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
 
 
 def lr_factor(
@@ -64,7 +65,7 @@ def lr_factor(
     if schedule == "constant":
         return w
     if schedule != "cosine":
-        raise UserError(f"lr_schedule {schedule!r}; accepted: cosine, constant")
+        raise UserError(f"lr_schedule {schedule!r}; accepted: {', '.join(LR_SCHEDULES)}")
     start = 0 if decay_during_warmup else warmup_steps
     if step < start:
         return w
