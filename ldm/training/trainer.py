@@ -431,8 +431,7 @@ class Trainer(TrainingLoop):
 
     def _plot(self, records: list[dict[str, Any]], force: bool = False) -> None:
         """Redraw loss.png; between forced redraws, at most once per max(10 s, 30x the last draw's duration), so
-        plotting costs at most ~3% of the run even with log_every=1. (A redraw takes 0.3-0.4 s on a 2-core CPU: the
-        earlier 2 s / 10x rule spent ~10% of a 5-minute run on it. The app draws its own curve from metrics.jsonl.)"""
+        plotting costs a few percent of the run at most, even with log_every=1 (the app draws its own curve)."""
         now = time.monotonic()
         if not force and now - self._plot_at < max(10.0, 30 * self._plot_cost):
             return
