@@ -443,21 +443,8 @@ class TrainingLoop:
         """Train until a budget is reached or a stop is requested; then save and return :meth:`finish`'s result."""
         self.t0 = time.monotonic()
         self.start_step = self.step_count
-        if self.main:
-            if self.resume_from is not None:
-                self.run_folder.truncate_metrics(self.step_count)  # the steps after the checkpoint are trained again
-                self.log(f"resuming from {self.resume_from} (step {self.step_count})")
-            elif self.run_folder.metrics_path.exists():
-                # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
-                self.run_folder.truncate_metrics(0)
-                self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
-        self.begin()
-        self.status("running", "starting")
-        self.open_bar()
-        # A resumed run may already be done (e.g. `--resume latest` on a finished run): no step past the budget.
-        reason, state = (self._budget_reason(), "finished") if self.resume_from is not None else (None, "finished")
-        if reason is not None:
-            reason = f"already {reason}"
+        self._start()
+        reason, state = self._done_already(), "finished"
         try:
             while reason is None:
                 loss = self.train_step()
@@ -478,3 +465,22 @@ class TrainingLoop:
             self.close_bar()
         self.status("running", f"{reason}: saving", loss=self.last_loss)
         return self.finish(state, reason)
+
+    def _start(self) -> None:
+        """Metrics kept up to the resumed step, the stage's log lines, status "running", the progress bar."""
+        if self.main:
+            if self.resume_from is not None:
+                self.run_folder.truncate_metrics(self.step_count)  # the steps after the checkpoint are trained again
+                self.log(f"resuming from {self.resume_from} (step {self.step_count})")
+            elif self.run_folder.metrics_path.exists():
+                # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
+                self.run_folder.truncate_metrics(0)
+                self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
+        self.begin()
+        self.status("running", "starting")
+        self.open_bar()
+
+    def _done_already(self) -> str | None:
+        """A resumed run may already be done (``--resume latest`` on a finished run): no step past the budget."""
+        reason = self._budget_reason() if self.resume_from is not None else None
+        return None if reason is None else f"already {reason}"
