@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -71,120 +70,7 @@ class RunLog:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# loss plot
-
-
-def smooth_ema(values: list[float], alpha: float = 0.9) -> list[float]:
-    """Bias-corrected exponential moving average (as TensorBoard's smoothing), same length as ``values``."""
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc = alpha * acc + (1 - alpha) * v
-        out.append(acc / (1 - alpha ** (i + 1)))
-    return out
-
-
-def plot_loss(records: list[dict[str, Any]], path: str | Path, title: str = "training loss") -> None:
-    """Draw the loss curve of ``records`` (metrics.jsonl lines) to a PNG at ``path``, atomically.
-
-    Raw per-log losses in a light colour, their smoothed curve on top, learning rate on a second axis; the loss
-    axis is logarithmic when the losses span more than a factor of 5 (early diffusion losses fall steeply).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    pts = [
-        (r["step"], r["loss"])
-        for r in records
-        if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"]) and r["loss"] > 0
-    ]
-    fig = Figure(figsize=(7, 4), dpi=110)
-    ax = fig.add_subplot(1, 1, 1)
-    if pts:
-        steps, losses = zip(*pts)
-        # An EMA over ~1/20 of the points: smooth enough to read the trend, short enough not to lag behind it.
-        alpha = 1 - 1 / max(1.0, len(losses) / 20)
-        logscale = max(losses) / min(losses) > 5
-        if logscale:  # smooth log-losses (a geometric mean), so single spikes do not lift the curve
-            smooth = [math.exp(v) for v in smooth_ema([math.log(v) for v in losses], alpha)]
-        else:
-            smooth = smooth_ema(list(losses), alpha)
-        ax.plot(steps, losses, color="#9ecae1", linewidth=1.0, label="loss (per log)")
-        ax.plot(steps, smooth, color="#08519c", linewidth=2.0, label="smoothed")
-        if logscale:
-            from matplotlib.ticker import FuncFormatter
-
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-        ax.set_title(f"{title} — step {steps[-1]}, smoothed loss {smooth[-1]:.4f}", fontsize=11)
-        lrs = [(r["step"], r["lr"]) for r in records if isinstance(r.get("lr"), (int, float))]
-        if lrs:
-            ax2 = ax.twinx()
-            ax2.plot(*zip(*lrs), color="#fd8d3c", linewidth=1.0, alpha=0.7, linestyle="--", label="learning rate")
-            ax2.set_ylabel("learning rate", color="#d94801", fontsize=9)
-            ax2.tick_params(axis="y", labelcolor="#d94801", labelsize=8)
-            ax2.set_ylim(bottom=0)
-            ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-            h1, l1 = ax.get_legend_handles_labels()
-            h2, l2 = ax2.get_legend_handles_labels()
-            ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=8, framealpha=0.85)
-        else:
-            ax.legend(loc="upper right", fontsize=8)
-    else:
-        ax.set_title(f"{title} — no data yet", fontsize=11)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(True, which="major", alpha=0.35)
-    ax.grid(True, which="minor", alpha=0.12)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# sample grids
-
-
-def labelled_grid(rows: list[list[Any]], labels: list[str], title: str | None = None, pad: int = 2) -> Any:
-    """Paste PIL images into a grid, one row per entry of ``rows``, each labelled on the left with ``labels[i]``.
-
-    Images are upscaled (nearest) to at least 64 px so small latent models stay readable. Returns a PIL RGB image.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    if not rows or not rows[0]:
-        raise ValueError("labelled_grid needs at least one image")
-    w, h = rows[0][0].size
-    scale = max(1, math.ceil(64 / max(1, min(w, h))))
-    cw, ch = w * scale, h * scale
-    font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(int(measure.textlength(s, font=font)) for s in labels) + 12
-    ncols = max(len(r) for r in rows)
-    width = label_w + ncols * (cw + pad) + pad
-    lines: list[str] = []
-    for part in (title or "").split(", ") if title else []:  # wrap the title at its commas to the grid's width
-        if lines and measure.textlength(lines[-1] + ", " + part, font=font) <= width - 12:
-            lines[-1] += ", " + part
-        else:
-            lines.append(part)
-    title_h = 14 * len(lines) + 4 if lines else 0
-    grid = Image.new("RGB", (width, title_h + len(rows) * (ch + pad) + pad), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, line in enumerate(lines):
-        draw.text((6, 3 + 14 * i), line, fill=(60, 60, 60), font=font)
-    for i, (row, label) in enumerate(zip(rows, labels)):
-        y = title_h + pad + i * (ch + pad)
-        draw.text((6, y + ch // 2 - 6), label, fill=(0, 0, 0), font=font)
-        for j, img in enumerate(row):
-            img = img.convert("RGB")
-            if scale > 1:
-                img = img.resize((cw, ch), Image.NEAREST)
-            grid.paste(img, (label_w + pad + j * (cw + pad), y))
-    return grid
+# pictures (drawn by ldm.figures)
 
 
 def save_png(image: Any, path: str | Path) -> None:

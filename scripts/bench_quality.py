@@ -98,7 +98,7 @@ def sample_original(unet, vae, scaling_factor: float, class_ids: list[int], mode
     """DDPM ancestral sampling, no guidance, the label through the timestep input. Images (N, C, H, W) in [-1, 1]."""
     from diffusers import DDPMScheduler
 
-    from ldm.diffusion.sampling import decode_latents
+    from ldm.diffusion.pipeline import decode_latents
 
     sched = DDPMScheduler(num_train_timesteps=1000)
     sched.set_timesteps(steps)
@@ -160,8 +160,8 @@ def save_grid(
     images: torch.Tensor, class_ids: list[int], names: list[str], path: Path, per_class: int = 4, classes: int = 8
 ) -> None:
     """One row per class (first ``classes`` classes), ``per_class`` images each: to look at, not to measure."""
-    from ldm.diffusion.sampling import to_pil
-    from ldm.run_folder import labelled_grid, save_png
+    from ldm.figures import labelled_grid, to_pil
+    from ldm.run_folder import save_png
 
     pil = to_pil(images)
     rows, labels = [], []
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from ldm.config import load_config
     from ldm.data.folders import scan_image_folder
     from ldm.data.latents import load_latent_cache, prepare_latents
-    from ldm.diffusion.sampling import load_pipeline
+    from ldm.diffusion.pipeline import load_pipeline
     from ldm.errors import UserError
     from ldm.evaluation.classifier import load_or_train_classifier
     from ldm.evaluation.inception import load_inception

@@ -6,9 +6,9 @@
 
 Original: ``DDPMScheduler`` with its 1000 steps, one image at a time, no guidance, and one separate VAE decode for
 each of the 12 snapshot timesteps (999, 700, ..., 0; the last one is the final image).
-Ours: :func:`ldm.diffusion.sampling.generate` with DPM-Solver++(2M) at 25 steps and classifier-free guidance (both branches in
-one UNet batch), 8 images per call, snapshots of the first image at the same 12 timesteps (mapped to the nearest
-of its steps) decoded in one batch at the end.
+Ours: the pipeline (:mod:`ldm.diffusion.pipeline`) with DPM-Solver++(2M) at 25 steps and classifier-free guidance
+(both branches in one UNet batch), 8 images per call, snapshots of the first image at the same 12 timesteps (mapped
+to the nearest of its steps) decoded in one batch at the end.
 
 Timing needs no trained weights (the work per step does not depend on them), so without ``--run`` the models are
 randomly initialised: the ``seed`` UNet preset (the original's exact architecture) on 16x16x4 latents and, with
@@ -29,18 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def build_models(args: argparse.Namespace):
-    """(unet, vae, train scheduler config, scaling factor, description) for the benchmark."""
+    """(pipeline, description) for the benchmark."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler
 
     if args.run:
-        from ldm.diffusion.sampling import load_pipeline
+        from ldm.diffusion.pipeline import load_pipeline
 
         pipe = load_pipeline(args.run, device="cpu")
-        desc = f"{args.run}: {len(pipe.class_names)} classes"
-        return pipe.unet, pipe.vae, pipe.scheduler.config, float(pipe.config.scaling_factor), desc
+        return pipe, f"{args.run}: {len(pipe.class_names)} classes"
     from ldm.config import AutoencoderConfig, DiffusionConfig, UNetConfig
     from ldm.diffusion.objective import make_train_scheduler
+    from ldm.diffusion.pipeline import build_pipeline
     from ldm.models.unet import build_unet
 
     torch.manual_seed(0)
@@ -69,15 +69,16 @@ def build_models(args: argparse.Namespace):
     n_params = sum(p.numel() for p in unet.parameters()) / 1e6
     side = 16 * 2 ** (levels - 1)
     desc = f"random weights: seed-preset UNet ({n_params:.1f} M params) on 16x16x4 latents, {args.vae} VAE -> {side}px"
-    return unet, vae, train_cfg, 0.18215, desc
+    return build_pipeline(unet, vae, train_cfg, [str(k) for k in range(5)], 0.18215, scheduler="dpm++"), desc
 
 
-def time_original(unet, vae, train_cfg, scaling: float, n_images: int, snapshot_timesteps) -> float:
+def time_original(pipe, n_images: int, snapshot_timesteps) -> float:
     """Seconds per image the original way: 1000 DDPM steps, batch 1, no guidance, one decode per snapshot."""
     import torch
     from diffusers import DDPMScheduler
 
-    sched = DDPMScheduler.from_config(train_cfg)
+    unet, vae, scaling = pipe.unet, pipe.vae, float(pipe.config.scaling_factor)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
     sched.set_timesteps(sched.config.num_train_timesteps)
     wanted = {int(t) for t in snapshot_timesteps}
     shape = (1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
@@ -95,21 +96,15 @@ def time_original(unet, vae, train_cfg, scaling: float, n_images: int, snapshot_
     return (time.perf_counter() - start) / n_images, (time.process_time() - cpu) / n_images
 
 
-def time_ours(unet, vae, train_cfg, scaling: float, n_images: int, steps: int, guidance: float, snapshot_timesteps):
+def time_ours(pipe, n_images: int, steps: int, guidance: float, snapshot_timesteps):
     """Seconds per image our way: DPM-Solver++, CFG batched, n_images per call, snapshots decoded in one batch."""
-    from ldm.diffusion.sampling import generate, make_scheduler
-
     start, cpu = time.perf_counter(), time.process_time()
-    res = generate(
-        unet,
-        vae,
-        make_scheduler("dpm++", train_cfg),
+    res = pipe(
         [0] * n_images,
-        null_class_id=unet.config.num_class_embeds - 1,
-        scaling_factor=scaling,
         num_inference_steps=steps,
         guidance_scale=guidance,
         seeds=list(range(n_images)),
+        scheduler="dpm++",
         snapshot_timesteps=snapshot_timesteps,
         snapshot_image_indices=[0],
     )
@@ -132,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ldm.diffusion.sampling import DEFAULT_SNAPSHOT_TIMESTEPS
+    from ldm.config import SamplingConfig
 
+    DEFAULT_SNAPSHOT_TIMESTEPS = SamplingConfig().snapshot_timesteps  # the original project's figure columns
     if args.threads:
         torch.set_num_threads(args.threads)
-    unet, vae, train_cfg, scaling, desc = build_models(args)
+    pipe, desc = build_models(args)
+    unet, vae = pipe.unet, pipe.vae
     print(f"model: {desc}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device cpu, float32")
     with torch.no_grad():  # warm-up: first calls allocate and pick kernels
@@ -144,12 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         unet(x[:1], 500, class_labels=torch.tensor([0]))
         unet(x, 500, class_labels=torch.zeros(len(x), dtype=torch.long))
         vae.decode(x[:1])
-    ours, ours_cpu, n_snap = time_ours(unet, vae, train_cfg, scaling, args.images, args.steps, args.guidance_scale,
-                                       DEFAULT_SNAPSHOT_TIMESTEPS)  # fmt: skip
+    ours, ours_cpu, n_snap = time_ours(pipe, args.images, args.steps, args.guidance_scale, DEFAULT_SNAPSHOT_TIMESTEPS)
     print(f"ours:     {ours:8.2f} s/image wall, {ours_cpu:8.2f} s/image CPU  (DPM-Solver++ {args.steps} steps, "
           f"guidance {args.guidance_scale:g}, batch {args.images}, "
           f"{n_snap} snapshots of 1 image, 1 decode batch)")  # fmt: skip
-    orig, orig_cpu = time_original(unet, vae, train_cfg, scaling, args.original_images, DEFAULT_SNAPSHOT_TIMESTEPS)
+    orig, orig_cpu = time_original(pipe, args.original_images, DEFAULT_SNAPSHOT_TIMESTEPS)
     print(f"original: {orig:8.2f} s/image wall, {orig_cpu:8.2f} s/image CPU  (DDPM 1000 steps, batch 1, no guidance, "
           f"{len(DEFAULT_SNAPSHOT_TIMESTEPS)} separate snapshot decodes)")  # fmt: skip
     # CPU time is the steadier number on a shared machine (wall time includes waiting for a core).

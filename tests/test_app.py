@@ -17,7 +17,7 @@ from ldm.app.jobs import JobManager, Phase
 from ldm.app.settings import TRAIN_HERE, TrainSettings, plan_job, settings_from_yaml, settings_to_yaml
 from ldm.app.workspace import Workspace, tail
 from ldm.config import ConfigError
-from ldm.diffusion.provenance import read_parameters
+from ldm.diffusion.sample_files import read_parameters
 from ldm.errors import UserError
 
 CLASSES = ["frowning", "smiling", "sleepy"]

@@ -17,8 +17,9 @@ from PIL import Image
 
 from ldm.config import AutoencoderConfig, load_config
 from ldm.errors import UserError
+from ldm.figures import recon_grid
 from ldm.models.autoencoder import build_autoencoder_kl, decode, encode, load_autoencoder
-from ldm.training.autoencoder import recon_grid, train_vae
+from ldm.training.autoencoder import train_vae
 from ldm.utils import hash_folder
 
 TINY = [

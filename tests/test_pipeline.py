@@ -1,4 +1,5 @@
-"""The diffusers pipeline: same images as generate/ldm sample, save/from_pretrained round trip, ldm export."""
+"""The diffusers pipeline: same images for names or ids, with its own or a named scheduler, and as ``ldm sample``;
+save/from_pretrained round trip; ``ldm export``."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def run_dir(tiny_vae_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="module")
 def pipe(run_dir):
-    from ldm.diffusion.sampling import load_pipeline
+    from ldm.diffusion.pipeline import load_pipeline
 
     return load_pipeline(run_dir, device="cpu")
 
@@ -64,20 +65,10 @@ def test_folder_is_a_standard_diffusers_pipeline(run_dir, pipe):
     assert pipe.scheduler.config.algorithm_type == "dpmsolver++" and pipe.scheduler.config.solver_order == 2
 
 
-def test_pipeline_call_equals_generate(pipe):
-    from ldm.diffusion.sampling import generate, make_scheduler
-
+def test_pipeline_call_by_name_equals_by_id_with_a_fresh_scheduler(pipe):
     out = pipe([" Smiling", "frowning"], num_inference_steps=STEPS, seeds=[4, 5], output_type="pt")
-    ref = generate(
-        pipe.unet,
-        pipe.vae,
-        make_scheduler("dpm++", pipe.scheduler.config),
-        [2, 0],
-        null_class_id=3,
-        scaling_factor=0.7,
-        num_inference_steps=STEPS,
-        seeds=[4, 5],
-    )
+    ref = pipe([2, 0], num_inference_steps=STEPS, seeds=[4, 5], scheduler="dpm++")  # a new DPM-Solver++ by name
+    assert pipe.null_class_id == 3 and pipe.config.scaling_factor == 0.7
     assert torch.equal(out.images, (ref.pixels + 1) / 2)
     gens = [torch.Generator().manual_seed(s) for s in (4, 5)]
     pil = pipe(["smiling", 0], num_inference_steps=STEPS, generator=gens).images
@@ -153,7 +144,6 @@ def test_ldm_export_round_trip(run_dir, pipe, tmp_path, capsys):
 
 def test_export_from_checkpoint(run_dir, pipe, tiny_vae_dir, tmp_path):
     """A run with only a checkpoint: EMA weights + the cache's autoencoder and scaling factor make the pipeline."""
-    pytest.importorskip("ldm.models.autoencoder")
     from ldm.config import Config, save_config
     from ldm.diffusion.pipeline import ClassConditionalLatentDiffusionPipeline, export_pipeline
     from ldm.utils import atomic_write_json

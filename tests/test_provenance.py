@@ -1,4 +1,4 @@
-"""PNG provenance: every sampled PNG carries its parameters, and they regenerate the same pixels."""
+"""Sample folders: every sampled PNG carries its parameters, and they regenerate the same pixels."""
 
 from __future__ import annotations
 
@@ -47,30 +47,30 @@ def run_dir(tiny_vae_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="module")
 def sampled(run_dir, tmp_path_factory):
     """``ldm sample`` of 2 classes x 3 images in batches of 4 (so images sit in different batches), with snapshots."""
-    from ldm.diffusion.sampling import load_pipeline, sample_to_folder
+    from ldm.config import SamplingConfig
+    from ldm.diffusion.pipeline import load_pipeline
+    from ldm.diffusion.sample_files import sample_to_folder
 
     pipe = load_pipeline(run_dir, device="cpu")
     out = tmp_path_factory.mktemp("samples")
-    files = sample_to_folder(
-        pipe,
-        ["smiling", "Sleepy"],
-        out,
-        num_images=3,
+    sampling = SamplingConfig(
         scheduler="euler_a",  # stochastic: the per-step noise must be reproduced too
         num_inference_steps=STEPS,
         guidance_scale=2.5,
-        negative_class="frowning",
+        num_images=3,
         seed=20,
-        snapshots=True,
         snapshot_timesteps=(999, 500, 0),
+        negative_class="frowning",
         batch_size=4,
-        model_path=run_dir / "pipeline",
+    )
+    files = sample_to_folder(
+        pipe, ["smiling", "Sleepy"], out, sampling, snapshots=True, model_path=run_dir / "pipeline"
     )
     return pipe, files, out
 
 
 def test_every_png_carries_its_parameters(sampled, run_dir):
-    from ldm.diffusion.provenance import read_parameters, weights_hash
+    from ldm.diffusion.sample_files import read_parameters, weights_hash
 
     pipe, files, out = sampled
     assert [p.name for p in files.images] == [
@@ -103,8 +103,7 @@ def test_snapshot_figure_file(sampled):
 
 
 def test_regenerate_gives_identical_pixels(sampled):
-    from ldm.diffusion.provenance import read_parameters
-    from ldm.diffusion.sampling import regenerate
+    from ldm.diffusion.sample_files import read_parameters, regenerate
 
     pipe, _, out = sampled
     for name in ("smiling-seed20.png", "sleepy-seed21.png", "sleepy-seed22.png"):
@@ -127,7 +126,7 @@ def test_cli_from_image(sampled, tmp_path, capsys):
 
 def test_from_image_refuses_plain_png_and_other_model(sampled, tmp_path, capsys):
     from ldm.cli import main
-    from ldm.diffusion.provenance import png_bytes, read_parameters
+    from ldm.diffusion.sample_files import png_bytes, read_parameters
 
     pipe, _, out = sampled
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
@@ -141,7 +140,7 @@ def test_from_image_refuses_plain_png_and_other_model(sampled, tmp_path, capsys)
 
 
 def test_weights_hash_tracks_weights(sampled):
-    from ldm.diffusion.provenance import weights_hash
+    from ldm.diffusion.sample_files import weights_hash
 
     pipe, _, _ = sampled
     h = weights_hash(pipe.unet)

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from ldm.errors import UserError
-from ldm.run_folder import RunFolder, labelled_grid, plot_loss, smooth_ema, step_name
+from ldm.figures import labelled_grid, plot_loss, smooth_ema
+from ldm.run_folder import RunFolder, step_name
 
 
 def _ckpt(run: Path, step: int, complete: bool = True) -> Path:
@@ -300,7 +301,7 @@ def test_a_run_records_its_inputs_and_exports_without_its_latent_cache(tmp_path)
     from fakes import write_tiny_latent_cache
 
     from ldm.cli import main as ldm_main
-    from ldm.diffusion.sampling import load_pipeline
+    from ldm.diffusion.pipeline import load_pipeline
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on a shared 2-core machine
@@ -336,3 +337,20 @@ def test_a_run_records_its_inputs_and_exports_without_its_latent_cache(tmp_path)
             assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_atomic_writes_give_ordinary_permissions(tmp_path):
+    """Files and folders written atomically are readable by others like any new file (not mkstemp's 0600)."""
+    import os
+
+    from ldm.utils import atomic_dir, atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "status.json", "{}")
+        with atomic_dir(tmp_path / "pipeline") as d:
+            (d / "x").write_text("1")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "status.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "pipeline").stat().st_mode & 0o777 == 0o755

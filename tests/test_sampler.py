@@ -1,4 +1,5 @@
-"""Sampler: determinism, batch independence, guidance, negative class, snapshots, schedulers, class names."""
+"""The pipeline's sampling loop: determinism, batch independence, guidance, negative class, snapshots, schedulers,
+class names."""
 
 from __future__ import annotations
 
@@ -7,16 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm.diffusion.sampling import (
-    SCHEDULERS,
+from ldm.choices import SCHEDULERS
+from ldm.diffusion.pipeline import (
+    ClassConditionalLatentDiffusionPipeline,
     SamplingCancelled,
-    generate,
-    make_scheduler,
+    build_pipeline,
     map_snapshot_timesteps,
     resolve_class,
-    snapshot_figure,
 )
+from ldm.diffusion.schedulers import make_scheduler
 from ldm.errors import UserError
+from ldm.figures import snapshot_figure
 
 CLASSES = ["frowning", "sleepy", "smiling"]
 STEPS = 3
@@ -49,9 +51,10 @@ def parts(tiny_vae_dir: Path):
 
 
 def run(parts, class_ids, scheduler="dpm++", **kw):
+    """The tiny models as a pipeline (null class 3, scaling factor 0.5), called with sampler ``scheduler``."""
     unet, vae, cfg = parts
     kw.setdefault("num_inference_steps", STEPS)
-    return generate(unet, vae, make_scheduler(scheduler, cfg), class_ids, null_class_id=3, scaling_factor=0.5, **kw)
+    return build_pipeline(unet, vae, cfg, CLASSES, 0.5, scheduler=scheduler)(class_ids, **kw)
 
 
 class UNetSpy:
@@ -106,7 +109,7 @@ def test_guidance_batches_both_passes_and_scale_one_is_a_single_pass(parts):
 def test_negative_class_replaces_the_null_class(parts):
     spy = UNetSpy(parts[0])
     try:
-        neg = run(parts, [0], seeds=[1], negative_class_ids=[2])
+        neg = run(parts, [0], seeds=[1], negative_class_labels=[2])
     finally:
         spy.close()
     assert spy.calls == [[2, 0]] * STEPS
@@ -190,13 +193,12 @@ def test_bad_arguments_are_user_errors(parts):
         run(parts, [9])
     with pytest.raises(UserError, match="seeds"):
         run(parts, [0, 1], seeds=[1])
-    with pytest.raises(UserError, match="negative_class_ids"):
-        run(parts, [0, 1, 2], negative_class_ids=[1, 2])
+    with pytest.raises(UserError, match="negative_class_labels"):
+        run(parts, [0, 1, 2], negative_class_labels=[1, 2])
 
 
 def test_cli_unknown_and_empty_class_exit_2(parts, tmp_path, capsys):
     from ldm.cli import main
-    from ldm.diffusion.pipeline import build_pipeline
 
     unet, vae, cfg = parts
     build_pipeline(unet, vae, cfg, CLASSES, 0.5).save_pretrained(tmp_path / "run" / "pipeline")
@@ -244,10 +246,10 @@ def test_every_scheduler_samples_the_right_distribution(parts, name):
 
     train = DDPMScheduler.from_config(parts[2])
     oracle = GaussianOracle(train.alphas_cumprod, [1.0, -1.0, 0.0], 0.5)
-    res = generate(
-        oracle, None, make_scheduler(name, parts[2]), [0] * 4 + [1] * 4, null_class_id=2, scaling_factor=1.0,
-        num_inference_steps=25, guidance_scale=1.0, seeds=list(range(8)), decode=False,
-    )  # fmt: skip
+    pipe = ClassConditionalLatentDiffusionPipeline(oracle, None, make_scheduler(name, parts[2]), scaling_factor=1.0)
+    res = pipe(
+        [0] * 4 + [1] * 4, num_inference_steps=25, guidance_scale=1.0, seeds=list(range(8)), output_type="latent"
+    )
     a, b = res.latents[:4], res.latents[4:]
     assert abs(a.mean() - 1) < 0.05 and abs(b.mean() + 1) < 0.05, (a.mean(), b.mean())
     assert abs(a.std() - 0.5) < 0.06 and abs(b.std() - 0.5) < 0.06, (a.std(), b.std())
@@ -259,11 +261,9 @@ def test_sampling_is_robust_to_small_eps_errors_at_the_start(parts):
 
     train = DDPMScheduler.from_config(parts[2])
     oracle = GaussianOracle(train.alphas_cumprod, [1.0, -1.0, 0.0], 0.5, err=0.01)
-    res = generate(
-        oracle, None, make_scheduler("dpm++", parts[2]), [0] * 4, null_class_id=2, scaling_factor=1.0,
-        num_inference_steps=25, guidance_scale=1.0, seeds=list(range(4)), decode=False,
-        snapshot_timesteps=[999, 500, 0],
-    )  # fmt: skip
+    pipe = ClassConditionalLatentDiffusionPipeline(oracle, None, make_scheduler("dpm++", parts[2]), scaling_factor=1.0)
+    res = pipe([0] * 4, num_inference_steps=25, guidance_scale=1.0, seeds=list(range(4)), output_type="latent",
+               snapshot_timesteps=[999, 500, 0])  # fmt: skip
     assert abs(res.latents.mean() - 1) < 0.05 and abs(res.latents.std() - 0.5) < 0.06
     # predicted x0 at the first step is the posterior mean, close to the class mean; at the last, the sample itself
     x0 = res.snapshots.pred_x0

@@ -16,6 +16,7 @@ creates a public share link.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +126,298 @@ class SettingsForm:
         return [self.controls[name] for name in TrainSettings.names()]
 
 
+@dataclass
+class InferenceTab:
+    """The Inference tab's components that other tabs and the page load update."""
+
+    model: Any
+    notice: Any
+
+
+@dataclass
+class TrainingTab:
+    """The Training tab's components that other tabs and the page load update."""
+
+    fields: list[Any]  # the settings controls, in TrainSettings field order
+    folders: list[Any]  # data, latent and autoencoder pickers, refilled from the workspace
+    message: Any
+    timer: Any
+    live: list[Any]  # what a poll refreshes: progress, loss plot, sample grid, log, timer
+
+
+@dataclass
+class RunsTab:
+    """The Runs tab's components that the page load and opening the tab refill."""
+
+    table: Any
+    pick: Any
+
+
+def inference_tab(app: LdmApp) -> InferenceTab:
+    """Generate images of a class with a trained model: gallery, timestep snapshots, PNGs with their parameters."""
+    sampling = SamplingConfig()
+    notice = gr.Markdown(elem_id="ldm-notice")
+    with gr.Row(elem_classes="ldm-stack"):
+        model = gr.Dropdown(
+            label="Model",
+            choices=[],
+            info="A run (runs/NAME with an exported pipeline) or an exported pipeline folder",
+            allow_custom_value=True,  # choices change at run time; the handler checks the path
+            scale=4,
+            elem_id="ldm-model",
+        )
+        refresh = gr.Button("Refresh", scale=1, min_width=90)
+    model_note = gr.Markdown()
+    with gr.Row(elem_classes="ldm-stack"):
+        with gr.Column(scale=2, min_width=280):
+            class_choice = gr.Dropdown(
+                label="Class",
+                choices=[],
+                info="The class to generate (from the chosen model)",
+                allow_custom_value=True,
+            )
+            class_text = gr.Textbox(
+                label="…or type a class name",
+                placeholder="e.g. smiling",
+                info="If filled, wins over the dropdown; case and spaces do not matter",
+                elem_id="ldm-class-text",
+            )
+            class_examples = gr.Dataset(components=[class_text], samples=[], label="Classes of this model (click one)")
+            negative = gr.Dropdown(
+                label="Negative class",
+                choices=[NO_NEGATIVE],
+                value=NO_NEGATIVE,
+                info="Guidance pushes away from this class instead of from 'no class'",
+                allow_custom_value=True,
+            )
+            with gr.Row():
+                num_images = gr.Slider(
+                    1, 16, value=sampling.num_images, step=1, label="Images", info="How many to draw"
+                )
+                sampler = gr.Dropdown(
+                    label="Sampler",
+                    choices=list(SCHEDULER_NAMES),
+                    value=sampling.scheduler,
+                    info="dpm++ is fast and good; ddpm is the slow original",
+                )
+            steps = gr.Slider(
+                1,
+                100,
+                value=sampling.num_inference_steps,
+                step=1,
+                label="Steps",
+                info="Denoising steps: more is slower and a little finer (20-30 is plenty for dpm++)",
+                elem_id="ldm-steps",
+            )
+            guidance = gr.Slider(
+                1.0,
+                10.0,
+                value=sampling.guidance_scale,
+                step=0.25,
+                label="Guidance scale",
+                info="How strongly to follow the class (1 = off, 2-5 usual)",
+            )
+            with gr.Row():
+                seed = gr.Number(value=sampling.seed, precision=0, label="Seed", info="Same seed, same images")
+                randomize = gr.Checkbox(value=True, label="Randomise seed", info="Draw a new seed on every Generate")
+            generate = gr.Button("Generate", variant="primary", elem_id="ldm-generate")
+            message = gr.Markdown(elem_id="ldm-message")
+        with gr.Column(scale=3, min_width=280):
+            gallery = gr.Gallery(label="Images", columns=4, height="auto", object_fit="contain", elem_id="ldm-gallery")
+            snapshot = gr.Image(label="Timestep snapshots (first image)", type="filepath", elem_id="ldm-snapshot")
+            files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple", elem_id="ldm-files")
+            params = gr.Code(label="Parameters", language="json", wrap_lines=True, elem_id="ldm-params")
+    class_examples.click(lambda sample: sample[0], class_examples, class_text, api_visibility="private")
+    refresh.click(app.refresh_models, model, [model, notice], api_name="refresh_models")
+    model.change(app.select_model, model, [class_choice, negative, class_examples, model_note], api_name="classes")
+    generate.click(
+        app.generate,
+        [model, class_choice, class_text, num_images, sampler, steps, guidance, negative, seed, randomize],
+        [gallery, snapshot, files, params, message, seed],
+        api_name="generate",
+        concurrency_limit=1,
+    )
+    return InferenceTab(model=model, notice=notice)
+
+
+def training_tab(app: LdmApp) -> TrainingTab:
+    """Settings of a training job, Start / Stop / Resume, and its live progress, loss curve, samples and log."""
+    with gr.Row(elem_classes="ldm-stack"):
+        with gr.Column(scale=2, min_width=280):
+            form = SettingsForm()
+            folder = dict(choices=[], allow_custom_value=True)  # discovered at run time; free text too
+            gr.Markdown("### Data")
+            form.add(
+                gr.Dropdown,
+                "data_dir",
+                "Data folder",
+                info="Folder of class subfolders of images, inside the workspace (e.g. data/faces)",
+                **folder,
+                elem_id="ldm-data-dir",
+            )
+            form.add(
+                gr.Radio,
+                "preprocess",
+                "Preprocess",
+                info="yes: encode the data folder into a latent cache first; no: use the latent folder",
+                choices=list(PREPROCESS),
+                elem_id="ldm-preprocess",
+            )
+            form.add(
+                gr.Dropdown,
+                "latent_dir",
+                "Latent folder",
+                info="Latent cache: written when preprocessing (empty = data/latents/RUN), else read",
+                **folder,
+                elem_id="ldm-latent-dir",
+            )
+            form.add(
+                gr.Dropdown,
+                "autoencoder",
+                "Autoencoder",
+                info="Encodes images to latents: train one on your data here, or a folder / hub id",
+                choices=[TRAIN_HERE],
+                allow_custom_value=True,
+            )
+            gr.Markdown("### Model and training")
+            with gr.Row():
+                form.add(gr.Dropdown, "preset", "Model preset", info="UNet size", elem_id="ldm-preset")
+                form.add(gr.Checkbox, "ema", "EMA", info="Average the weights (smoother samples)")
+            with gr.Row():
+                form.add(gr.Radio, "loss", "Loss", info="MSE: classic; MAE (L1): robust; Huber: in between")
+                form.add(gr.Radio, "optimizer", "Optimizer", info="AdamW is usual")
+            with gr.Row():
+                form.add(gr.Number, "epochs", "Epochs", info="Passes over the data (0 = no limit)", precision=0)
+                form.add(
+                    gr.Number,
+                    "batch_size",
+                    "Batch size",
+                    info="Latents per step",
+                    precision=0,
+                    elem_id="ldm-batch-size",
+                )
+                form.add(gr.Number, "learning_rate", "Learning rate", info="Peak rate (3e-4 usual)")
+            with gr.Row():
+                form.add(
+                    gr.Slider,
+                    "label_dropout",
+                    "Guidance dropout",
+                    info="Share of steps without the class, for guidance (0.1 usual)",
+                    minimum=0.0,
+                    maximum=0.5,
+                    step=0.01,
+                )
+                form.add(
+                    gr.Number,
+                    "max_minutes",
+                    "Max minutes",
+                    info="Time budget (0 = none)",
+                    elem_id="ldm-max-minutes",
+                )
+                form.add(
+                    gr.Number,
+                    "max_steps",
+                    "Max steps",
+                    info="Step budget (0 = none)",
+                    precision=0,
+                    elem_id="ldm-max-steps",
+                )
+            form.add(
+                gr.Textbox,
+                "run_name",
+                "Run name",
+                info="The run goes to runs/NAME",
+                elem_id="ldm-run-name",
+            )
+            form.add(
+                gr.Textbox,
+                "extra",
+                "Extra settings",
+                info="More config keys as key=value (one per line); see configs/*.yaml",
+                lines=2,
+                placeholder="training.sample_every=100\ndata.image_size=32",
+                elem_id="ldm-extra",
+            )
+            with gr.Row():
+                start = gr.Button("Start", variant="primary", elem_id="ldm-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="ldm-stop")
+                resume = gr.Button("Resume", elem_id="ldm-resume")
+            with gr.Accordion("Save / load settings", open=False):
+                settings_file = gr.Textbox(
+                    value=DEFAULT_SETTINGS_FILE,
+                    label="Settings file",
+                    info="A .yaml file inside the workspace",
+                )
+                with gr.Row():
+                    save = gr.Button("Save settings")
+                    load = gr.Button("Load settings")
+            train_message = gr.Markdown(elem_id="ldm-train-message")
+        with gr.Column(scale=3, min_width=280):
+            progress = gr.HTML(elem_id="ldm-progress")
+            loss_plot = gr.LinePlot(
+                x="step",
+                y="loss",
+                color="series",
+                label="Loss",
+                elem_id="ldm-loss",
+                **LOSS_COLORS,
+            )
+            sample = gr.Image(label="Newest sample grid (one row per class)", type="pil", elem_id="ldm-sample")
+            log = gr.Textbox(label="Log (newest lines)", lines=12, max_lines=40, autoscroll=True, elem_id="ldm-log")
+    timer = gr.Timer(POLL_SECONDS, active=False)
+    fields = form.in_field_order()
+    folders = [form["data_dir"], form["latent_dir"], form["autoencoder"]]
+    live = [progress, loss_plot, sample, log, timer]
+    start.click(app.start_training, fields, [train_message, timer], api_name="start_training").then(
+        app.poll, None, live, api_visibility="private"
+    )
+    stop.click(app.stop_training, None, train_message, api_name="stop_training")
+    resume.click(app.resume_training, None, [train_message, timer], api_name="resume_training").then(
+        app.poll, None, live, api_visibility="private"
+    )
+    timer.tick(app.poll, None, live, api_name="poll", show_progress="hidden")
+    save.click(app.save_settings, [settings_file, *fields], train_message, api_name="save_settings")
+    load.click(app.load_settings, settings_file, [*fields, train_message], api_name="load_settings")
+    return TrainingTab(fields, folders, train_message, timer, live)
+
+
+def runs_tab(app: LdmApp, tabs: gr.Tabs, inference: InferenceTab, training: TrainingTab) -> RunsTab:
+    """Every run of the workspace: status table, details, newest samples and loss; use one or resume it."""
+    with gr.Row(elem_classes="ldm-stack"):
+        run_pick = gr.Dropdown(
+            label="Run",
+            choices=[],
+            info="A run folder of the workspace",
+            scale=4,
+            allow_custom_value=True,
+            elem_id="ldm-run-pick",
+        )
+        runs_refresh = gr.Button("Refresh", scale=1, min_width=90, elem_id="ldm-runs-refresh")
+        use = gr.Button("Use for inference", variant="primary", scale=2, min_width=150, elem_id="ldm-use")
+        resume_run = gr.Button("Resume training", scale=2, min_width=150, elem_id="ldm-resume-run")
+    runs_table = gr.Dataframe(label="Runs (newest first)", interactive=False, wrap=True, elem_id="ldm-runs-table")
+    run_details = gr.Markdown()
+    with gr.Row(elem_classes="ldm-stack"):
+        run_sample = gr.Image(label="Newest sample grid", type="pil", elem_id="ldm-run-sample")
+        run_loss = gr.LinePlot(x="step", y="loss", color="series", label="Loss curve", **LOSS_COLORS)
+    runs_refresh.click(app.runs_table, None, [runs_table, run_pick], api_name="runs")
+    run_pick.change(app.show_run, run_pick, [run_details, run_sample, run_loss], api_name="run_details")
+    use.click(
+        app.use_for_inference,
+        run_pick,
+        [inference.model, tabs, run_details, inference.notice],
+        api_name="use_for_inference",
+    )
+    # any run with a checkpoint, started here or by `ldm train`; progress shows in the Training tab
+    resume_run.click(
+        app.resume_run, run_pick, [training.message, training.timer, tabs, run_details], api_name="resume_run"
+    ).then(app.poll, None, training.live, api_visibility="private")
+    return RunsTab(runs_table, run_pick)
+
+
 def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
     """Build the app's Blocks for ``workspace`` (created if missing). Launch it with :func:`launch_app`."""
     app = LdmApp(workspace, device=device)
-    sampling = SamplingConfig()
     with gr.Blocks(title="ldm: latent diffusion studio") as demo:
         demo.ldm_app = app  # the handlers' state, for tests; nothing is held in module globals
         with gr.Column(elem_id="ldm-header"):
@@ -138,281 +427,12 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                 f"Workspace: `{app.ws.root}`"
             )
         with gr.Tabs(selected="inference") as tabs:
-            # ---------------------------------------------------------------------------------- Inference
             with gr.Tab("Inference", id="inference"):
-                notice = gr.Markdown(elem_id="ldm-notice")
-                with gr.Row(elem_classes="ldm-stack"):
-                    model = gr.Dropdown(
-                        label="Model",
-                        choices=[],
-                        info="A run (runs/NAME with an exported pipeline) or an exported pipeline folder",
-                        allow_custom_value=True,  # choices change at run time; the handler checks the path
-                        scale=4,
-                        elem_id="ldm-model",
-                    )
-                    refresh = gr.Button("Refresh", scale=1, min_width=90)
-                model_note = gr.Markdown()
-                with gr.Row(elem_classes="ldm-stack"):
-                    with gr.Column(scale=2, min_width=280):
-                        class_choice = gr.Dropdown(
-                            label="Class",
-                            choices=[],
-                            info="The class to generate (from the chosen model)",
-                            allow_custom_value=True,
-                        )
-                        class_text = gr.Textbox(
-                            label="…or type a class name",
-                            placeholder="e.g. smiling",
-                            info="If filled, wins over the dropdown; case and spaces do not matter",
-                            elem_id="ldm-class-text",
-                        )
-                        class_examples = gr.Dataset(
-                            components=[class_text], samples=[], label="Classes of this model (click one)"
-                        )
-                        negative = gr.Dropdown(
-                            label="Negative class",
-                            choices=[NO_NEGATIVE],
-                            value=NO_NEGATIVE,
-                            info="Guidance pushes away from this class instead of from 'no class'",
-                            allow_custom_value=True,
-                        )
-                        with gr.Row():
-                            num_images = gr.Slider(
-                                1, 16, value=sampling.num_images, step=1, label="Images", info="How many to draw"
-                            )
-                            sampler = gr.Dropdown(
-                                label="Sampler",
-                                choices=list(SCHEDULER_NAMES),
-                                value=sampling.scheduler,
-                                info="dpm++ is fast and good; ddpm is the slow original",
-                            )
-                        steps = gr.Slider(
-                            1,
-                            100,
-                            value=sampling.num_inference_steps,
-                            step=1,
-                            label="Steps",
-                            info="Denoising steps: more is slower and a little finer (20-30 is plenty for dpm++)",
-                            elem_id="ldm-steps",
-                        )
-                        guidance = gr.Slider(
-                            1.0,
-                            10.0,
-                            value=sampling.guidance_scale,
-                            step=0.25,
-                            label="Guidance scale",
-                            info="How strongly to follow the class (1 = off, 2-5 usual)",
-                        )
-                        with gr.Row():
-                            seed = gr.Number(
-                                value=sampling.seed, precision=0, label="Seed", info="Same seed, same images"
-                            )
-                            randomize = gr.Checkbox(
-                                value=True, label="Randomise seed", info="Draw a new seed on every Generate"
-                            )
-                        generate = gr.Button("Generate", variant="primary", elem_id="ldm-generate")
-                        message = gr.Markdown(elem_id="ldm-message")
-                    with gr.Column(scale=3, min_width=280):
-                        gallery = gr.Gallery(
-                            label="Images", columns=4, height="auto", object_fit="contain", elem_id="ldm-gallery"
-                        )
-                        snapshot = gr.Image(
-                            label="Timestep snapshots (first image)", type="filepath", elem_id="ldm-snapshot"
-                        )
-                        files = gr.File(
-                            label="Download PNGs (parameters embedded)", file_count="multiple", elem_id="ldm-files"
-                        )
-                        params = gr.Code(label="Parameters", language="json", wrap_lines=True, elem_id="ldm-params")
-                class_examples.click(lambda sample: sample[0], class_examples, class_text, api_visibility="private")
-                refresh.click(app.refresh_models, model, [model, notice], api_name="refresh_models")
-                model.change(
-                    app.select_model, model, [class_choice, negative, class_examples, model_note], api_name="classes"
-                )
-                generate.click(
-                    app.generate,
-                    [model, class_choice, class_text, num_images, sampler, steps, guidance, negative, seed, randomize],
-                    [gallery, snapshot, files, params, message, seed],
-                    api_name="generate",
-                    concurrency_limit=1,
-                )
-
-            # ---------------------------------------------------------------------------------- Training
-            with gr.Tab("Training", id="training") as training_tab:
-                with gr.Row(elem_classes="ldm-stack"):
-                    with gr.Column(scale=2, min_width=280):
-                        form = SettingsForm()
-                        folder = dict(choices=[], allow_custom_value=True)  # discovered at run time; free text too
-                        gr.Markdown("### Data")
-                        form.add(
-                            gr.Dropdown,
-                            "data_dir",
-                            "Data folder",
-                            info="Folder of class subfolders of images, inside the workspace (e.g. data/faces)",
-                            **folder,
-                            elem_id="ldm-data-dir",
-                        )
-                        form.add(
-                            gr.Radio,
-                            "preprocess",
-                            "Preprocess",
-                            info="yes: encode the data folder into a latent cache first; no: use the latent folder",
-                            choices=list(PREPROCESS),
-                            elem_id="ldm-preprocess",
-                        )
-                        form.add(
-                            gr.Dropdown,
-                            "latent_dir",
-                            "Latent folder",
-                            info="Latent cache: written when preprocessing (empty = data/latents/RUN), else read",
-                            **folder,
-                            elem_id="ldm-latent-dir",
-                        )
-                        form.add(
-                            gr.Dropdown,
-                            "autoencoder",
-                            "Autoencoder",
-                            info="Encodes images to latents: train one on your data here, or a folder / hub id",
-                            choices=[TRAIN_HERE],
-                            allow_custom_value=True,
-                        )
-                        gr.Markdown("### Model and training")
-                        with gr.Row():
-                            form.add(gr.Dropdown, "preset", "Model preset", info="UNet size", elem_id="ldm-preset")
-                            form.add(gr.Checkbox, "ema", "EMA", info="Average the weights (smoother samples)")
-                        with gr.Row():
-                            form.add(
-                                gr.Radio, "loss", "Loss", info="MSE: classic; MAE (L1): robust; Huber: in between"
-                            )
-                            form.add(gr.Radio, "optimizer", "Optimizer", info="AdamW is usual")
-                        with gr.Row():
-                            form.add(
-                                gr.Number, "epochs", "Epochs", info="Passes over the data (0 = no limit)", precision=0
-                            )
-                            form.add(
-                                gr.Number,
-                                "batch_size",
-                                "Batch size",
-                                info="Latents per step",
-                                precision=0,
-                                elem_id="ldm-batch-size",
-                            )
-                            form.add(gr.Number, "learning_rate", "Learning rate", info="Peak rate (3e-4 usual)")
-                        with gr.Row():
-                            form.add(
-                                gr.Slider,
-                                "label_dropout",
-                                "Guidance dropout",
-                                info="Share of steps without the class, for guidance (0.1 usual)",
-                                minimum=0.0,
-                                maximum=0.5,
-                                step=0.01,
-                            )
-                            form.add(
-                                gr.Number,
-                                "max_minutes",
-                                "Max minutes",
-                                info="Time budget (0 = none)",
-                                elem_id="ldm-max-minutes",
-                            )
-                            form.add(
-                                gr.Number,
-                                "max_steps",
-                                "Max steps",
-                                info="Step budget (0 = none)",
-                                precision=0,
-                                elem_id="ldm-max-steps",
-                            )
-                        form.add(
-                            gr.Textbox,
-                            "run_name",
-                            "Run name",
-                            info="The run goes to runs/NAME",
-                            elem_id="ldm-run-name",
-                        )
-                        form.add(
-                            gr.Textbox,
-                            "extra",
-                            "Extra settings",
-                            info="More config keys as key=value (one per line); see configs/*.yaml",
-                            lines=2,
-                            placeholder="training.sample_every=100\ndata.image_size=32",
-                            elem_id="ldm-extra",
-                        )
-                        with gr.Row():
-                            start = gr.Button("Start", variant="primary", elem_id="ldm-start")
-                            stop = gr.Button("Stop", variant="stop", elem_id="ldm-stop")
-                            resume = gr.Button("Resume", elem_id="ldm-resume")
-                        with gr.Accordion("Save / load settings", open=False):
-                            settings_file = gr.Textbox(
-                                value=DEFAULT_SETTINGS_FILE,
-                                label="Settings file",
-                                info="A .yaml file inside the workspace",
-                            )
-                            with gr.Row():
-                                save = gr.Button("Save settings")
-                                load = gr.Button("Load settings")
-                        train_message = gr.Markdown(elem_id="ldm-train-message")
-                    with gr.Column(scale=3, min_width=280):
-                        progress = gr.HTML(elem_id="ldm-progress")
-                        loss_plot = gr.LinePlot(
-                            x="step",
-                            y="loss",
-                            color="series",
-                            label="Loss",
-                            elem_id="ldm-loss",
-                            **LOSS_COLORS,
-                        )
-                        sample = gr.Image(
-                            label="Newest sample grid (one row per class)", type="pil", elem_id="ldm-sample"
-                        )
-                        log = gr.Textbox(
-                            label="Log (newest lines)", lines=12, max_lines=40, autoscroll=True, elem_id="ldm-log"
-                        )
-                timer = gr.Timer(POLL_SECONDS, active=False)
-                fields = form.in_field_order()
-                folders = [form["data_dir"], form["latent_dir"], form["autoencoder"]]
-                live = [progress, loss_plot, sample, log, timer]
-                start.click(app.start_training, fields, [train_message, timer], api_name="start_training").then(
-                    app.poll, None, live, api_visibility="private"
-                )
-                stop.click(app.stop_training, None, train_message, api_name="stop_training")
-                resume.click(app.resume_training, None, [train_message, timer], api_name="resume_training").then(
-                    app.poll, None, live, api_visibility="private"
-                )
-                timer.tick(app.poll, None, live, api_name="poll", show_progress="hidden")
-                save.click(app.save_settings, [settings_file, *fields], train_message, api_name="save_settings")
-                load.click(app.load_settings, settings_file, [*fields, train_message], api_name="load_settings")
-
-            # ---------------------------------------------------------------------------------- Runs
-            with gr.Tab("Runs", id="runs") as runs_tab:
-                with gr.Row(elem_classes="ldm-stack"):
-                    run_pick = gr.Dropdown(
-                        label="Run",
-                        choices=[],
-                        info="A run folder of the workspace",
-                        scale=4,
-                        allow_custom_value=True,
-                        elem_id="ldm-run-pick",
-                    )
-                    runs_refresh = gr.Button("Refresh", scale=1, min_width=90, elem_id="ldm-runs-refresh")
-                    use = gr.Button("Use for inference", variant="primary", scale=2, min_width=150, elem_id="ldm-use")
-                    resume_run = gr.Button("Resume training", scale=2, min_width=150, elem_id="ldm-resume-run")
-                runs_table = gr.Dataframe(
-                    label="Runs (newest first)", interactive=False, wrap=True, elem_id="ldm-runs-table"
-                )
-                run_details = gr.Markdown()
-                with gr.Row(elem_classes="ldm-stack"):
-                    run_sample = gr.Image(label="Newest sample grid", type="pil", elem_id="ldm-run-sample")
-                    run_loss = gr.LinePlot(x="step", y="loss", color="series", label="Loss curve", **LOSS_COLORS)
-                runs_refresh.click(app.runs_table, None, [runs_table, run_pick], api_name="runs")
-                run_pick.change(app.show_run, run_pick, [run_details, run_sample, run_loss], api_name="run_details")
-                use.click(
-                    app.use_for_inference, run_pick, [model, tabs, run_details, notice], api_name="use_for_inference"
-                )
-                # any run with a checkpoint, started here or by `ldm train`; progress shows in the Training tab
-                resume_run.click(
-                    app.resume_run, run_pick, [train_message, timer, tabs, run_details], api_name="resume_run"
-                ).then(app.poll, None, live, api_visibility="private")
+                inference = inference_tab(app)
+            with gr.Tab("Training", id="training") as training_tab_block:
+                training = training_tab(app)
+            with gr.Tab("Runs", id="runs") as runs_tab_block:
+                runs = runs_tab(app, tabs, inference, training)
 
         def on_load() -> list[Any]:
             """Page (re)load: discover models, runs and folders, and reattach to the running job."""
@@ -420,18 +440,26 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
             folders = app.discovered_folders()
             table, pick = app.runs_table()
             running = app.jobs.current()
-            form = app.job_settings() if running else [gr.update() for _ in fields]
+            form = app.job_settings() if running else [gr.update() for _ in training.fields]
             return [model_update, note, *folders, table, pick, *form, *app.poll()]
 
         demo.load(
             on_load,
             None,
-            [model, notice, *folders, runs_table, run_pick, *fields, *live],
+            [
+                inference.model,
+                inference.notice,
+                *training.folders,
+                runs.table,
+                runs.pick,
+                *training.fields,
+                *training.live,
+            ],
             api_name="load",
         )
         # opening a tab re-discovers the workspace, so folders and runs made meanwhile (e.g. by the CLI) appear
-        training_tab.select(app.discovered_folders, None, folders, api_visibility="private")
-        runs_tab.select(app.runs_table, None, [runs_table, run_pick], api_visibility="private")
+        training_tab_block.select(app.discovered_folders, None, training.folders, api_visibility="private")
+        runs_tab_block.select(app.runs_table, None, [runs.table, runs.pick], api_visibility="private")
     return demo
 
 

@@ -156,9 +156,9 @@ class PipelineCache:
         return max((p.stat().st_mtime for p in files if p.exists()), default=0.0)
 
     def get(self, path: Path) -> Any:
-        from ldm.diffusion.sampling import find_pipeline_folder, load_pipeline
+        from ldm.diffusion.pipeline import load_pipeline
 
-        folder = find_pipeline_folder(path).resolve()
+        folder = RunFolder.find_pipeline(path).resolve()
         key, stamp = str(folder), self._stamp(folder)
         with self._lock:
             hit = self._items.get(key)
@@ -204,9 +204,7 @@ class LdmApp:
 
     def class_names(self, model: str | None) -> list[str]:
         """Class names of a run or pipeline folder, read from its model_index.json (no weights loaded)."""
-        from ldm.diffusion.sampling import find_pipeline_folder
-
-        folder = find_pipeline_folder(self._model_path(model))
+        folder = RunFolder.find_pipeline(self._model_path(model))
         index = read_json(folder / "model_index.json") or {}
         id2label = index.get("id2label")
         if not isinstance(id2label, dict):
@@ -263,7 +261,9 @@ class LdmApp:
 
         import torch
 
-        from ldm.diffusion.sampling import resolve_class, sample_to_folder
+        from ldm.config import SamplingConfig
+        from ldm.diffusion.pipeline import resolve_class
+        from ldm.diffusion.sample_files import sample_to_folder
 
         path = self._model_path(model)
         names = self.class_names(str(path))
@@ -286,23 +286,20 @@ class LdmApp:
             progress(min(1.0, done[0] / total), desc=f"denoising step {min(done[0], total)}/{total}")
 
         folder = self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(names[class_id])}-seed{seed}"
+        sampling = SamplingConfig(
+            scheduler=sampler,
+            num_inference_steps=steps,
+            guidance_scale=float(guidance),
+            num_images=n,
+            seed=seed,
+            negative_class=neg or "",
+            batch_size=batch_size,
+        )
         t0 = time.perf_counter()
         with torch.no_grad():
             # writes <class>-seed<S>.png carrying their parameters (ldm sample --from-image regenerates them)
             out = sample_to_folder(
-                pipe,
-                [class_id],
-                folder,
-                num_images=n,
-                scheduler=sampler,
-                num_inference_steps=steps,
-                guidance_scale=float(guidance),
-                negative_class=neg,
-                seed=seed,
-                snapshots=True,
-                batch_size=batch_size,
-                model_path=path,
-                callback=on_step,
+                pipe, [class_id], folder, sampling, snapshots=True, model_path=path, callback=on_step
             )
         seconds = time.perf_counter() - t0
         progress(1.0, desc="done")
@@ -515,6 +512,6 @@ class LdmApp:
 
 
 def _slug(name: str) -> str:
-    from ldm.diffusion.sampling import slugify
+    from ldm.diffusion.sample_files import slugify
 
     return slugify(name)

@@ -3,8 +3,8 @@
     ldm export --run runs/faces --out exported/faces
     ldm export --run runs/faces --checkpoint step-002000 --out exported/faces-2k
 
-Load the result with ``ClassConditionalLatentDiffusionPipeline.from_pretrained(dir)`` (``ldm.diffusion.pipeline``), or with
-plain diffusers: ``DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir, trust_remote_code=True)``.
+Load the result with ``ClassConditionalLatentDiffusionPipeline.from_pretrained(dir)`` (``ldm.diffusion.pipeline``), or
+with plain diffusers: ``DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir, trust_remote_code=True)``.
 """
 
 from __future__ import annotations

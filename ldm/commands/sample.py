@@ -11,6 +11,7 @@ Defaults (sampler, steps, guidance, images per class, seed) come from the run's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ldm.choices import SCHEDULER_NAMES
@@ -64,32 +65,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give --run RUN (a run folder or an exported pipeline folder), or --from-image PNG")
     if not args.classes:
         raise UserError("give at least one --class NAME")
-    from ldm.diffusion.sampling import find_pipeline_folder, load_pipeline, sample_to_folder
+    from ldm.diffusion.pipeline import load_pipeline
+    from ldm.diffusion.sample_files import sample_to_folder
+    from ldm.run_folder import RunFolder
 
     run_dir = Path(args.run)
-    folder = find_pipeline_folder(run_dir)
+    folder = RunFolder.find_pipeline(run_dir)
     sc = _sampling_defaults(run_dir if folder != run_dir else None)
     scheduler = args.scheduler or sc.scheduler
     if scheduler.strip().lower() not in SCHEDULER_NAMES:
         raise UserError(f"unknown scheduler {scheduler!r}; accepted: {', '.join(SCHEDULER_NAMES)}")
     pipe = load_pipeline(folder, device=args.device)
-    files = sample_to_folder(
-        pipe,
-        args.classes,
-        args.out,
-        num_images=args.num_images if args.num_images is not None else sc.num_images,
-        scheduler=scheduler.strip().lower(),
-        num_inference_steps=args.num_inference_steps
-        if args.num_inference_steps is not None
-        else sc.num_inference_steps,
-        guidance_scale=args.guidance_scale if args.guidance_scale is not None else sc.guidance_scale,
-        negative_class=args.negative_class if args.negative_class is not None else (sc.negative_class or None),
-        seed=args.seed if args.seed is not None else sc.seed,
-        snapshots=args.snapshots,
-        snapshot_timesteps=tuple(args.snapshot_timesteps or sc.snapshot_timesteps),
-        batch_size=args.batch_size if args.batch_size is not None else sc.batch_size,
-        model_path=folder,
-    )
+    flags = ("num_images", "num_inference_steps", "guidance_scale", "negative_class", "seed", "batch_size")
+    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    if args.snapshot_timesteps:
+        given["snapshot_timesteps"] = tuple(args.snapshot_timesteps)
+    sampling = dataclasses.replace(sc, scheduler=scheduler.strip().lower(), **given)
+    files = sample_to_folder(pipe, args.classes, args.out, sampling, snapshots=args.snapshots, model_path=folder)
     for p in files.images:
         print(p)
     if files.grid:
@@ -103,9 +95,10 @@ def _from_image(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from ldm.diffusion.provenance import read_parameters, save_png_with_parameters
-    from ldm.diffusion.sampling import find_pipeline_folder, load_pipeline, model_identity, regenerate
+    from ldm.diffusion.pipeline import load_pipeline
+    from ldm.diffusion.sample_files import model_identity, read_parameters, regenerate, save_png_with_parameters
     from ldm.errors import UserError
+    from ldm.run_folder import RunFolder
 
     params = read_parameters(args.from_image)
     if params.get("kind") != "image":
@@ -114,7 +107,7 @@ def _from_image(args: argparse.Namespace) -> int:
     source = args.run or model.get("path")
     if not source:
         raise UserError(f"{args.from_image} names no model path; give --run RUN")
-    folder = find_pipeline_folder(source)
+    folder = RunFolder.find_pipeline(source)
     # Pixel-identical results need the device and dtype of the original (CPU float32 by default).
     device = args.device or "cpu"
     pipe = load_pipeline(folder, device=device)

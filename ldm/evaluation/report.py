@@ -4,8 +4,9 @@
 
 writes ``<run>/eval.json``, ``<run>/eval.md`` and ``<run>/memorisation.png``. The metric functions work on feature
 arrays ``(N, D)`` (numpy or torch), so they are tested on sets with known answers; :func:`evaluate_run` wires them to
-the Inception extractor (:mod:`ldm.evaluation.inception`), the class classifier (:mod:`ldm.evaluation.classifier`), the sampler and the
-autoencoder. :class:`QuickEvaluator` is the cheap version the trainer calls every ``eval_every`` steps.
+the Inception extractor (:mod:`ldm.evaluation.inception`), the class classifier (:mod:`ldm.evaluation.classifier`),
+the pipeline and the autoencoder. :class:`QuickEvaluator` is the cheap version the trainer calls every
+``eval_every`` steps.
 """
 
 from __future__ import annotations
@@ -310,97 +311,37 @@ def generate_images(
     batch_size: int = 16,
     log: Callable[[str], Any] | None = None,
 ) -> torch.Tensor:
-    """Generate one image per class id with a pipeline (``ldm.diffusion.sampling.load_pipeline``); image i uses seed ``seed + i``.
+    """Generate one image per class id with ``pipe`` (a class-conditional pipeline, :mod:`ldm.diffusion.pipeline`),
+    ``batch_size`` at a time; image i uses seed ``seed + i``. The UNet runs in eval mode (its flag is restored).
 
     Returns float images (N, C, H, W) in [-1, 1] on CPU.
     """
     import torch
 
-    from ldm.diffusion.sampling import generate, make_scheduler
-
     log = log or (lambda m: None)
-    sched = make_scheduler(scheduler, pipe.scheduler.config)
     out = []
     t0 = time.time()
-    for i in range(0, len(class_ids), batch_size):
-        ids = [int(c) for c in class_ids[i : i + batch_size]]
-        res = generate(
-            pipe.unet,
-            pipe.vae,
-            sched,
-            ids,
-            null_class_id=pipe.null_class_id,
-            scaling_factor=float(pipe.config.scaling_factor),
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            seeds=list(range(seed + i, seed + i + len(ids))),
-        )
-        out.append(res.pixels.float().cpu())
-        log(f"generated {min(i + batch_size, len(class_ids))}/{len(class_ids)} ({time.time() - t0:.0f} s)")
+    was_training = pipe.unet.training
+    pipe.unet.eval()
+    try:
+        for i in range(0, len(class_ids), batch_size):
+            ids = [int(c) for c in class_ids[i : i + batch_size]]
+            res = pipe(
+                ids,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                seeds=list(range(seed + i, seed + i + len(ids))),
+                scheduler=scheduler,
+            )
+            out.append(res.pixels)
+            log(f"generated {min(i + batch_size, len(class_ids))}/{len(class_ids)} ({time.time() - t0:.0f} s)")
+    finally:
+        pipe.unet.train(was_training)
     return torch.cat(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # figures and reports
-
-
-def memorisation_figure(
-    fake: torch.Tensor,
-    real: torch.Tensor,
-    mem: dict[str, Any],
-    path: str | Path,
-    num_pairs: int = 8,
-    captions: Sequence[str] | None = None,
-) -> list[int]:
-    """Save the ``num_pairs`` generated images closest to a training image, each above its nearest training image.
-
-    ``fake`` (M, C, H, W) and ``real`` (N, C, H, W) in [-1, 1]; ``mem`` from :func:`memorisation`. Returns the
-    indices of the generated images shown (closest first).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dist = np.asarray(mem["nn_distance"])
-    order = [int(i) for i in np.argsort(dist)[:num_pairs]]
-    k = max(1, len(order))
-    fig, axes = plt.subplots(2, k, figsize=(1.5 * k + 0.4, 3.6), squeeze=False)
-
-    def show(ax: Any, img: torch.Tensor) -> None:
-        a = ((img.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-        ax.imshow(a[..., 0] if a.shape[-1] == 1 else a, cmap="gray" if a.shape[-1] == 1 else None, vmin=0, vmax=1)
-        ax.set_xticks([])
-        ax.set_yticks([])
-
-    for j in range(k):
-        for r in range(2):
-            axes[r, j].axis("off")
-        if j >= len(order):
-            continue
-        i = order[j]
-        show(axes[0, j], fake[i])
-        show(axes[1, j], real[mem["nn_index"][i]])
-        for r in range(2):
-            axes[r, j].axis("on")
-        ratio = dist[i] / mem["threshold"] if mem["threshold"] > 0 else float("inf")
-        flag = "  COPY?" if dist[i] < mem["threshold"] else ""
-        axes[0, j].set_title((captions[i] + "\n" if captions else "") + f"d/median={ratio:.2f}{flag}", fontsize=7)
-    axes[0, 0].set_ylabel("generated", fontsize=8)
-    axes[1, 0].set_ylabel("nearest\ntraining", fontsize=8)
-    fig.suptitle(
-        "Closest generated/training pairs (Inception features); d/median < 1: closer than real images are to each "
-        "other",
-        fontsize=8,
-    )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return order
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -530,6 +471,29 @@ def _run_settings(run: Path) -> tuple[Path, Any]:
     return run, cfg
 
 
+def _load_classifier(
+    scan: FolderScan,
+    image_size: int,
+    channels: int,
+    cache_dir: str | Path | None,
+    steps: int | None,
+    device: str,
+    log: Callable[[str], Any] | None,
+) -> Any:
+    """The class classifier of the real data at this image size (trained on first use, then cached)."""
+    from ldm.evaluation.classifier import TRAIN_STEPS, load_or_train_classifier
+
+    return load_or_train_classifier(
+        scan,
+        image_size=image_size,
+        channels=channels,
+        cache_dir=cache_dir,
+        steps=steps or TRAIN_STEPS,
+        device=device,
+        log=log,
+    )
+
+
 def evaluate_run(
     run: str | Path,
     real: str | Path,
@@ -558,9 +522,9 @@ def evaluate_run(
     """
     from ldm.data.folders import scan_image_folder
     from ldm.device import default_device
-    from ldm.diffusion.sampling import find_pipeline_folder, load_pipeline
-    from ldm.evaluation.classifier import TRAIN_STEPS, load_or_train_classifier
+    from ldm.diffusion.pipeline import load_pipeline
     from ldm.evaluation.inception import load_inception
+    from ldm.figures import memorisation_figure
     from ldm.utils import atomic_write_json, atomic_write_text
 
     log = log or (lambda m: None)
@@ -569,7 +533,7 @@ def evaluate_run(
     if num_samples < 2:
         raise UserError(f"--num-samples must be at least 2 (FID/KID need two images), got {num_samples}")
     extractor = load_inception(device=device or "cpu")  # fails early, naming the extra, before any generation
-    folder = find_pipeline_folder(run)
+    folder = RunFolder.find_pipeline(run)
     out_dir, cfg = _run_settings(run if run.is_dir() else folder)
     if guidance_scale is None:
         guidance_scale = float(cfg.sampling.guidance_scale) if cfg is not None else 3.0
@@ -607,15 +571,7 @@ def evaluate_run(
     )
     per_class = {k: v for k, v in per_class.items() if k in model_classes}
 
-    clf = load_or_train_classifier(
-        scan,
-        image_size=image_size,
-        channels=channels,
-        cache_dir=cache_dir,
-        steps=classifier_steps or TRAIN_STEPS,
-        device=device,
-        log=log,
-    )
+    clf = _load_classifier(scan, image_size, channels, cache_dir, classifier_steps, device, log)
     predicted = clf.predict(fake).numpy()
     acc = class_accuracy(predicted, fake_labels, scan.classes)
     acc["per_class"] = {k: v for k, v in acc["per_class"].items() if k in model_classes}
@@ -735,7 +691,6 @@ class QuickEvaluator:
         log: Callable[[str], Any] | None = None,
     ) -> None:
         from ldm.data.folders import scan_image_folder
-        from ldm.evaluation.classifier import TRAIN_STEPS, load_or_train_classifier
         from ldm.evaluation.inception import load_inception
 
         if num_samples < 2:
@@ -749,47 +704,25 @@ class QuickEvaluator:
         self.extractor = load_inception(device=device)
         scan = scan_image_folder(real)
         self.real = load_real_set(scan, image_size, channels, self.extractor, cache_dir, log)
-        self.classifier = load_or_train_classifier(
-            scan,
-            image_size=image_size,
-            channels=channels,
-            cache_dir=cache_dir,
-            steps=classifier_steps or TRAIN_STEPS,
-            device=device,
-            log=log,
-        )
+        self.classifier = _load_classifier(scan, image_size, channels, cache_dir, classifier_steps, device, log)
 
-    def __call__(
-        self, unet: Any, vae: Any, train_scheduler_config: Any, *, class_names: Sequence[str], scaling_factor: float
-    ) -> dict[str, Any]:
-        """Generate, then ``{"eval_kid", "eval_kid_std", "eval_class_accuracy", "eval_num_samples",
-        "eval_seconds"}`` (KID against all real images; accuracy = share recognised as the requested class)."""
-        import torch
-
-        from ldm.diffusion.sampling import generate, make_scheduler
-
+    def __call__(self, pipe: Any) -> dict[str, Any]:
+        """Generate with ``pipe`` (its UNet's ``training`` flag is restored), then ``{"eval_kid", "eval_kid_std",
+        "eval_class_accuracy", "eval_num_samples", "eval_seconds"}`` (KID against all real images; accuracy = share
+        recognised as the requested class)."""
         t0 = time.time()
+        class_names = pipe.class_names
         to_data = _class_map(class_names, self.real.scan.classes, self.real.scan.root)
         class_ids = [i % len(class_names) for i in range(self.num_samples)]
-        sched = make_scheduler(self.scheduler, train_scheduler_config)
-        was_training = unet.training
-        unet.eval()
-        try:
-            with torch.no_grad():
-                res = generate(
-                    unet,
-                    vae,
-                    sched,
-                    class_ids,
-                    null_class_id=len(class_names),
-                    scaling_factor=float(scaling_factor),
-                    num_inference_steps=self.num_inference_steps,
-                    guidance_scale=self.guidance_scale,
-                    seeds=list(range(self.seed, self.seed + self.num_samples)),
-                )
-        finally:
-            unet.train(was_training)
-        fake = res.pixels.float().cpu()
+        fake = generate_images(
+            pipe,
+            class_ids,
+            scheduler=self.scheduler,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+            batch_size=self.num_samples,
+        )
         if fake.shape[1] != self.real.images.shape[1]:
             from ldm.evaluation.classifier import match_channels
 
@@ -807,52 +740,7 @@ class QuickEvaluator:
         }
 
 
-def quick_eval(
-    evaluator: QuickEvaluator,
-    unet: Any,
-    vae: Any,
-    train_scheduler_config: Any,
-    *,
-    class_names: Sequence[str],
-    scaling_factor: float,
-) -> dict[str, Any]:
-    """One training-time evaluation (see :class:`QuickEvaluator`); returns a dict to merge into a metrics.jsonl row.
-
-    ``unet``: the class-conditional UNet (EMA weights preferably; its ``training`` flag is restored),
-    ``vae``: the diffusers autoencoder of the latent cache, ``train_scheduler_config``: the training DDPM scheduler's
-    config, ``class_names``: in label order (the null class id is ``len(class_names)``).
-    """
-    return evaluator(unet, vae, train_scheduler_config, class_names=class_names, scaling_factor=scaling_factor)
-
-
-def plot_eval_metrics(records: Sequence[dict[str, Any]], path: str | Path) -> bool:
-    """Draw ``eval_kid`` (with its std) and ``eval_class_accuracy`` against ``step`` from metrics.jsonl rows into
-    ``path`` (PNG, written atomically). Returns False (and writes nothing) when no row holds an evaluation."""
-    rows = [r for r in records if isinstance(r.get("eval_kid"), (int, float)) and "step" in r]
-    if not rows:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in rows]
-    kid = np.asarray([r["eval_kid"] for r in rows])
-    std = np.asarray([r.get("eval_kid_std") or 0.0 for r in rows])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
-    a1.plot(steps, kid, "o-")
-    a1.fill_between(steps, kid - std, kid + std, alpha=0.25)
-    a1.set_xlabel("step")
-    a1.set_ylabel("KID (lower is better)")
-    a2.plot(steps, [r.get("eval_class_accuracy") for r in rows], "o-", color="tab:green")
-    a2.set_ylim(0, 1)
-    a2.set_xlabel("step")
-    a2.set_ylabel("class accuracy")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return True
+def quick_eval(evaluator: QuickEvaluator, pipe: Any) -> dict[str, Any]:
+    """One training-time evaluation (see :class:`QuickEvaluator`) of ``pipe`` (the trainer wraps its EMA UNet, the
+    cache's autoencoder and a sampler in a pipeline); returns a dict to merge into a metrics.jsonl row."""
+    return evaluator(pipe)

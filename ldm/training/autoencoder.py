@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ldm.errors import UserError
+from ldm.figures import recon_grid
 from ldm.models.autoencoder import PatchDiscriminator, build_autoencoder_kl, decode, encode
 from ldm.run_folder import RunFolder
 from ldm.training.loop import BatchStream, TrainingLoop, make_ema
@@ -39,34 +40,6 @@ def _load_images(data_dir: str | Path, image_size: int, channels: int, seed: int
     train_idx, hold_idx = holdout_split(scan.samples, holdout_fraction, seed)
     images = torch.stack([load_image(p, image_size, channels) for p, _ in scan.samples])
     return images[train_idx], images[hold_idx], scan
-
-
-def recon_grid(originals: torch.Tensor, recons: torch.Tensor, per_row: int = 8, pad: int = 2) -> Any:
-    """A PIL image: originals in the top row(s), their reconstructions in as many rows below, a grey gap between.
-
-    ``originals``, ``recons``: ``(B, C, H, W)`` in [-1, 1], C = 1 or 3.
-    """
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    b, c, h, w = originals.shape
-    rows = math.ceil(b / per_row)
-    cols = min(b, per_row)
-    canvas = torch.full((3, 2 * rows * (h + pad) + pad + pad, cols * (w + pad) + pad), 0.5)
-    for block, imgs in enumerate((originals, recons)):
-        imgs = (
-            ((imgs.detach().float().cpu().clamp(-1, 1) + 1) / 2).expand(-1, 3, -1, -1)
-            if c == 1
-            else ((imgs.detach().float().cpu().clamp(-1, 1) + 1) / 2)
-        )
-        for i in range(b):
-            r, col = divmod(i, per_row)
-            y = pad + (block * rows + r) * (h + pad) + block * pad  # an extra gap between the two blocks
-            x = pad + col * (w + pad)
-            canvas[:, y : y + h, x : x + w] = imgs[i]
-    arr = (canvas.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
 
 
 def check_autoencoder_config(cfg: Config) -> None:
@@ -306,7 +279,7 @@ class AutoencoderTrainer(TrainingLoop):
             if self.on_log is not None:
                 self.on_log(self.record)
         if ac.sample_every > 0 and step % ac.sample_every == 0:
-            self.recon_grid()
+            self.save_recon_grid()
             held = self.evaluate(self.averaged(), self.hold_x)
             self.run_folder.append_metrics({"step": step, "seconds": round(self._elapsed(), 2), "holdout": held})
         if ac.checkpoint_every > 0 and step % ac.checkpoint_every == 0 and not at_end:
@@ -332,7 +305,7 @@ class AutoencoderTrainer(TrainingLoop):
         y = decode(m, encode(m, x.to(self.device)))
         return {"psnr": float(psnr(y.cpu(), x).mean()), "ssim": float(ssim(y.cpu(), x).mean())}
 
-    def recon_grid(self) -> Path:
+    def save_recon_grid(self) -> Path:
         """``recon/step-XXXXXX.png``: the shown images above their reconstructions by the EMA weights."""
         m = self.averaged()
         rec = decode(m, encode(m, self.show.to(self.device))).cpu()
@@ -348,7 +321,7 @@ class AutoencoderTrainer(TrainingLoop):
             self.save_checkpoint()
         step, train_seconds = self.step_count, self._elapsed()
         final = self.averaged()
-        grid_path = self.recon_grid()
+        grid_path = self.save_recon_grid()
         result: dict[str, Any] = {
             "steps": step,
             "train_seconds": round(train_seconds, 1),

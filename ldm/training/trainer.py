@@ -36,7 +36,8 @@ import torch
 
 from ldm.config import Config, TrainingConfig, to_dict
 from ldm.errors import UserError
-from ldm.run_folder import RunFolder, labelled_grid, plot_loss, save_png
+from ldm.figures import labelled_grid, plot_loss
+from ldm.run_folder import RunFolder, save_png
 from ldm.training.loop import BatchStream, TrainingDiverged, TrainingLoop, make_ema
 from ldm.training.optim import lr_factor, make_optimizer
 from ldm.utils import atomic_dir
@@ -377,7 +378,7 @@ class Trainer(TrainingLoop):
         self.acc.wait_for_everyone()
 
     def evaluate(self) -> None:
-        from ldm.evaluation.report import plot_eval_metrics
+        from ldm.figures import plot_eval_metrics
 
         t_eval = time.monotonic()
         row = self.quick_eval()
@@ -518,35 +519,32 @@ class Trainer(TrainingLoop):
         """Small-sample KID and class accuracy of the EMA weights; the row appended to metrics.jsonl."""
         from ldm.evaluation.report import quick_eval
 
-        res = quick_eval(
-            self.evaluator,
+        res = quick_eval(self.evaluator, self.pipeline(self.tc.sample_scheduler))
+        return {"step": self.step_count, "elapsed": round(self._elapsed(), 2), **res}
+
+    def pipeline(self, scheduler: str) -> Any:
+        """The EMA weights (a float32 copy), the cache's autoencoder and the sampler ``scheduler`` as a
+        :class:`~ldm.diffusion.pipeline.ClassConditionalLatentDiffusionPipeline` (in memory, nothing saved)."""
+        from ldm.diffusion.pipeline import build_pipeline
+
+        return build_pipeline(
             self._eval_unet(),
             self._vae(),
             self.scheduler.config,
-            class_names=self.classes,
-            scaling_factor=self.cache.scaling_factor,
+            self.classes,
+            float(self.cache.scaling_factor),
+            scheduler=scheduler,
         )
-        return {"step": self.step_count, "elapsed": round(self._elapsed(), 2), **res}
 
     def sample_grid(self) -> Path:
         """Decode a fixed-noise grid (one row per class, same seeds in every row) with the EMA weights."""
-        from ldm.diffusion.sampling import generate, make_scheduler
-
         tc = self.tc
         cols = max(1, tc.sample_num_images)
-        class_ids = [k for k in range(self.num_classes) for _ in range(cols)]
-        seeds = [tc.sample_seed + j for _ in range(self.num_classes) for j in range(cols)]
-        result = generate(
-            self._eval_unet(),
-            self._vae(),
-            make_scheduler(tc.sample_scheduler, self.scheduler.config),
-            class_ids,
-            null_class_id=self.null_class_id,
-            scaling_factor=self.cache.scaling_factor,
+        result = self.pipeline(tc.sample_scheduler)(
+            [k for k in range(self.num_classes) for _ in range(cols)],
             num_inference_steps=tc.sample_num_inference_steps,
             guidance_scale=tc.sample_guidance_scale,
-            seeds=seeds,
-            latent_shape=self.latent_shape,
+            seeds=[tc.sample_seed + j for _ in range(self.num_classes) for j in range(cols)],
         )
         rows = [result.images[k * cols : (k + 1) * cols] for k in range(self.num_classes)]
         title = (
@@ -560,16 +558,7 @@ class Trainer(TrainingLoop):
 
     def export(self) -> Path:
         """Write the EMA model as a diffusers pipeline into ``out/pipeline`` (atomically)."""
-        from ldm.diffusion.pipeline import build_pipeline
-
-        pipe = build_pipeline(
-            self._eval_unet(),
-            self._vae(),
-            self.scheduler.config,
-            self.classes,
-            float(self.cache.scaling_factor),
-            scheduler=self.cfg.sampling.scheduler,
-        )
+        pipe = self.pipeline(self.cfg.sampling.scheduler)
         final = self.run_folder.pipeline_dir
         with atomic_dir(final) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
