@@ -267,7 +267,6 @@ class AutoencoderTrainer(TrainingLoop):
                 f"{len(self.scan.classes)} classes from {self.data_dir}; latent {ac.latent_channels} channels, "
                 f"down factor {ac.down_factor}; device {self.device}, mixed precision {self.mixed_precision}"
             )
-        self.last_ckpt_step = self.step_count if self.resume_from is not None else -1
 
     def after_step(self, at_end: bool) -> None:
         ac, step = self.ac, self.step_count
@@ -284,7 +283,6 @@ class AutoencoderTrainer(TrainingLoop):
             self.run_folder.append_metrics({"step": step, "seconds": round(self._elapsed(), 2), "holdout": held})
         if ac.checkpoint_every > 0 and step % ac.checkpoint_every == 0 and not at_end:
             self.save_checkpoint()
-            self.last_ckpt_step = step
         rate = (step - self.start_step) / max(time.monotonic() - self.t0, 1e-9)
         self.bar_postfix(loss=f"{self.record['rec_loss']:.4f}", it_s=f"{rate:.2f}")
 
@@ -317,8 +315,7 @@ class AutoencoderTrainer(TrainingLoop):
         """A final checkpoint, grid and evaluation; ``vae/`` with its scaling factor; ``eval.json``."""
         from ldm.utils import atomic_dir, atomic_write_json
 
-        if self.last_ckpt_step != self.step_count:
-            self.save_checkpoint()
+        self.checkpoint_unless_saved()
         step, train_seconds = self.step_count, self._elapsed()
         final = self.averaged()
         grid_path = self.save_recon_grid()

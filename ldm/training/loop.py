@@ -213,6 +213,8 @@ class TrainingLoop:
         self.last_loss: float | None = None
         self.max_steps, self.max_minutes, self.horizon = 0, 0.0, None
         self.generator: torch.Generator | None = None  # the stage's own random source, saved with checkpoints
+        self.last_ckpt: Path | None = None  # the newest checkpoint of this run and its step
+        self.last_ckpt_step = -1
         self.t0 = time.monotonic()  # reset by run(); set here so step() works on its own (benchmarks)
         self.load_source(Path(source))
 
@@ -397,7 +399,14 @@ class TrainingLoop:
             self.run_folder.mark_latest(final)
             self.run_folder.prune_checkpoints(self.keep_checkpoints)
         self.acc.wait_for_everyone()
+        self.last_ckpt, self.last_ckpt_step = final, self.step_count
         return final
+
+    def checkpoint_unless_saved(self) -> Path:
+        """The checkpoint of the current step: written now unless it already exists (the end of a run)."""
+        if self.last_ckpt_step != self.step_count:
+            self.save_checkpoint()
+        return self.last_ckpt
 
     def read_checkpoint_state(self) -> dict[str, Any]:
         """``state.json`` of the checkpoint being resumed; restores the step, elapsed time and last loss."""
@@ -476,6 +485,11 @@ class TrainingLoop:
                 # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
                 self.run_folder.truncate_metrics(0)
                 self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
+        if (
+            self.resume_from is not None
+            and RunFolder.of_checkpoint(self.resume_from).path.resolve() == self.out.resolve()
+        ):
+            self.last_ckpt, self.last_ckpt_step = self.resume_from, self.step_count  # no copy of it at the end
         self.begin()
         self.status("running", "starting")
         self.open_bar()

@@ -37,7 +37,7 @@ import torch
 from ldm.config import Config, TrainingConfig, to_dict
 from ldm.errors import UserError
 from ldm.figures import labelled_grid, plot_loss
-from ldm.run_folder import RunFolder, save_png
+from ldm.run_folder import save_png
 from ldm.training.loop import BatchStream, TrainingDiverged, TrainingLoop, make_ema
 from ldm.training.optim import lr_factor, make_optimizer
 from ldm.utils import atomic_dir
@@ -318,13 +318,7 @@ class Trainer(TrainingLoop):
         self._images_window = 0
         self.records = self.run_folder.read_metrics() if self.main else []
         self.last_grid: Path | None = None
-        self.last_ckpt: Path | None = None
-        self.last_sample_step, self.last_ckpt_step = -1, -1
-        if (
-            self.resume_from is not None
-            and RunFolder.of_checkpoint(self.resume_from).path.resolve() == self.out.resolve()
-        ):
-            self.last_ckpt, self.last_ckpt_step = self.resume_from, self.step_count
+        self.last_sample_step = -1
 
     def after_step(self, at_end: bool) -> None:
         tc = self.tc
@@ -393,16 +387,14 @@ class Trainer(TrainingLoop):
         self.t0 += time.monotonic() - t_eval  # the time budget is for training
 
     def checkpoint_and_export(self) -> None:
-        self.last_ckpt = self.save_checkpoint()
-        self.last_ckpt_step = self.step_count
+        self.save_checkpoint()
         if self.main:
             self.export()
             self.log(f"step {self.step_count}: checkpoint -> {self.last_ckpt}, pipeline exported")
 
     def finish(self, state: str, reason: str) -> TrainResult:
         """The end, whatever ended it: a final checkpoint, a final grid, the export."""
-        if self.last_ckpt_step != self.step_count:
-            self.last_ckpt = self.save_checkpoint()
+        self.checkpoint_unless_saved()
         pipeline_dir = None
         if self.main:
             if self.last_sample_step != self.step_count:
