@@ -188,8 +188,6 @@ class AutoencoderTrainer(TrainingLoop):
     def step(self) -> dict[str, Any]:
         """One optimiser step of the autoencoder (and of the discriminator when it is on); returns the metrics record
         of the step (``step, seconds, lr, loss, rec_loss, kl`` and the GAN terms)."""
-        import torch.nn.functional as F
-
         from ldm.training.optim import lr_factor
 
         ac, tf = self.ac, self._time_fraction()
@@ -199,7 +197,7 @@ class AutoencoderTrainer(TrainingLoop):
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         x = self._batch()
-        model, disc = self.raw_model, self.disc  # encode/decode are not forward(): called on the module itself
+        model = self.raw_model  # encode/decode are not forward(): called on the module itself
         model.train()
         with self.acc.autocast():
             posterior = model.encode(x).latent_dist
@@ -210,36 +208,18 @@ class AutoencoderTrainer(TrainingLoop):
         # the pixel count here, so kl_weight means what it means in the paper's configs
         kl = posterior.kl().float().mean() / x[0].numel()
         loss = rec_loss + ac.kl_weight * kl
+        use_disc = self.disc is not None and self.step_count >= ac.disc_start
         gan: dict[str, Any] = {}
-        use_disc = disc is not None and self.step_count >= ac.disc_start
         if use_disc:
-            disc.requires_grad_(False)
-            g_loss = -disc(y).mean()
-            if ac.disc_adaptive:
-                # VQGAN eq. 7: balance the two gradients at the decoder's last layer
-                last_layer = self.raw_model.decoder.conv_out.weight
-                g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-                g_adv = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-                d_weight = (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0, 1e4).detach() * ac.disc_weight
-            else:
-                d_weight = torch.tensor(ac.disc_weight)
-            loss = loss + d_weight * g_loss
-            gan.update(g_loss=float(g_loss.detach()), d_weight=float(d_weight))
+            adversarial, gan = self._adversarial_loss(y, rec_loss)
+            loss = loss + adversarial
         self.optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(float(loss.detach())):
             return {"step": self.step_count + 1, "loss": float(loss.detach())}  # the loop stops, nothing stepped
         self.acc.backward(loss)
         self.optimizer.step()
         if use_disc:
-            disc.requires_grad_(True)
-            # hinge loss (Lim & Ye 2017), as in the LDM / VQGAN discriminators
-            d_loss = 0.5 * (F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean())
-            self.disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            for g in self.disc_opt.param_groups:
-                g["lr"] = lr
-            self.disc_opt.step()
-            gan["d_loss"] = float(d_loss.detach())
+            gan["d_loss"] = self._discriminator_step(x, y.detach(), lr)
         if self.ema is not None:
             self.ema.step(self.raw_model.parameters())
         self.step_count += 1
@@ -252,6 +232,35 @@ class AutoencoderTrainer(TrainingLoop):
             "kl": float(kl.detach()),
             **gan,
         }
+
+    def _adversarial_loss(self, y: torch.Tensor, rec_loss: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The generator's GAN term for reconstructions ``y``, weighted, and its record (``g_loss``, ``d_weight``)."""
+        ac, disc = self.ac, self.disc
+        disc.requires_grad_(False)
+        g_loss = -disc(y).mean()
+        if ac.disc_adaptive:
+            # VQGAN eq. 7: balance the two gradients at the decoder's last layer
+            last_layer = self.raw_model.decoder.conv_out.weight
+            g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+            g_adv = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+            d_weight = (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0, 1e4).detach() * ac.disc_weight
+        else:
+            d_weight = torch.tensor(ac.disc_weight)
+        return d_weight * g_loss, {"g_loss": float(g_loss.detach()), "d_weight": float(d_weight)}
+
+    def _discriminator_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
+        """One step of the discriminator on real images ``x`` and reconstructions ``y``; returns its loss."""
+        import torch.nn.functional as F
+
+        self.disc.requires_grad_(True)
+        # hinge loss (Lim & Ye 2017), as in the LDM / VQGAN discriminators
+        d_loss = 0.5 * (F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(y)).mean())
+        self.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        for g in self.disc_opt.param_groups:
+            g["lr"] = lr
+        self.disc_opt.step()
+        return float(d_loss.detach())
 
     def train_step(self) -> float:
         self.record = self.step()
