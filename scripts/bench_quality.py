@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         vae_source = prepare_autoencoder(args, cfg, workdir)
         manifest = prepare_latents(args.data, vae_source, workdir / "latents", cfg, device=args.device, progress=False)
         cache = load_latent_cache(workdir / "latents")
-        log(f"latents: {manifest['num_images']} x {tuple(cache.latent_shape)}, scaling {cache.scaling_factor:.4f}")
-        channels = int(manifest["channels"])
+        log(f"latents: {manifest.num_images} x {tuple(cache.latent_shape)}, scaling {cache.scaling_factor:.4f}")
+        channels = int(manifest.channels)
         real = load_real_set(scan, args.image_size, channels, extractor, args.cache_dir, log)
         clf = load_or_train_classifier(scan, image_size=args.image_size, channels=channels, cache_dir=args.cache_dir,
                                        device=args.device, log=log)  # fmt: skip

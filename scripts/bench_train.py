@@ -167,6 +167,8 @@ def write_cache(root: Path, batch: int, side: int, num_classes: int) -> Path:
     import torch
     from diffusers import AutoencoderKL
 
+    from ldm.data.manifest import FORMAT_VERSION, AutoencoderInfo, Manifest
+
     vae_dir = root / "vae"
     torch.manual_seed(0)
     AutoencoderKL(
@@ -188,19 +190,18 @@ def write_cache(root: Path, batch: int, side: int, num_classes: int) -> Path:
     labels = np.arange(n, dtype=np.int64) % num_classes
     np.save(cache / "labels.npy", labels)
     classes = [f"class{k}" for k in range(num_classes)]
-    manifest = {
-        "format_version": 1,
-        "packed": True,
-        "classes": classes,
-        "counts": {c: int((labels == k).sum()) for k, c in enumerate(classes)},
-        "num_images": n,
-        "image_size": side * 2,
-        "channels": 3,
-        "latent_shape": [4, side, side],
-        "autoencoder": {"source": str(vae_dir), "class_name": "AutoencoderKL", "content_hash": "bench"},
-        "scaling_factor": 1.0,
-    }
-    (cache / "manifest.json").write_text(json.dumps(manifest))
+    Manifest(
+        format_version=FORMAT_VERSION,
+        packed=True,
+        classes=classes,
+        counts={c: int((labels == k).sum()) for k, c in enumerate(classes)},
+        num_images=n,
+        image_size=side * 2,
+        channels=3,
+        latent_shape=[4, side, side],
+        autoencoder=AutoencoderInfo(source=str(vae_dir), class_name="AutoencoderKL", content_hash="bench"),
+        scaling_factor=1.0,
+    ).save(cache)
     return cache
 
 

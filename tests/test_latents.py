@@ -67,26 +67,26 @@ def test_prepare_writes_cache_and_reruns_do_nothing(
         "files",
         "skipped",
     ):
-        assert key in m
+        assert key in m.to_dict()
     on_disk = json.loads((out / MANIFEST).read_text())
-    assert on_disk == json.loads(json.dumps(m))
-    assert m["num_images"] == 200 and m["counts"] == {f"s{i}": 10 for i in sorted(range(1, 21), key=str)}
-    assert m["classes"][:3] == ["s1", "s10", "s11"]
-    assert m["latent_shape"] == [4, 8, 8] and m["image_size"] == 16 and m["channels"] == 3
-    assert m["autoencoder"]["content_hash"] == hash_folder(tiny_vae_dir)
-    assert m["autoencoder"]["class_name"] == "AutoencoderKL"
-    assert m["preprocessing"]["image_size"] == 16 and "centre" in m["preprocessing"]["crop"]
-    assert m["skipped"] == [] and not (out / ".incomplete").exists()
+    assert on_disk == json.loads(json.dumps(m.to_dict()))
+    assert m.num_images == 200 and m.counts == {f"s{i}": 10 for i in sorted(range(1, 21), key=str)}
+    assert m.classes[:3] == ["s1", "s10", "s11"]
+    assert m.latent_shape == [4, 8, 8] and m.image_size == 16 and m.channels == 3
+    assert m.autoencoder.content_hash == hash_folder(tiny_vae_dir)
+    assert m.autoencoder.class_name == "AutoencoderKL"
+    assert m.preprocessing["image_size"] == 16 and "centre" in m.preprocessing["crop"]
+    assert m.skipped == [] and not (out / ".incomplete").exists()
     assert sorted(p.name for p in (out / "s7").iterdir()) == [f"{n}.npy" for n in range(10)]
 
     cache = load_latent_cache(out)
     assert cache.latents.shape == (200, 4, 8, 8) and cache.latents.dtype == torch.float32
     assert cache.labels.tolist() == [k for k in range(20) for _ in range(10)]
-    assert cache.latent_shape == (4, 8, 8) and cache.classes == m["classes"]
+    assert cache.latent_shape == (4, 8, 8) and cache.classes == m.classes
     assert abs(cache.latents.std().item() - 1.0) < 1e-3  # "auto": unit variance over the dataset
-    assert cache.scaling_factor == pytest.approx(1.0 / m["latent_stats"]["std"])
+    assert cache.scaling_factor == pytest.approx(1.0 / m.latent_stats.std)
     # per-image files hold the same scaled latents as the packed array, in label order
-    first_s10 = m["files"][10]
+    first_s10 = m.files[10]
     assert first_s10["latent"] == "s10/0.npy" and first_s10["image"].startswith("s10/") and first_s10["label"] == 1
     assert np.array_equal(np.load(out / "s10" / "0.npy"), cache.latents[10].numpy())
     assert np.load(out / "s10" / "0.npy").dtype == np.float32
@@ -100,7 +100,7 @@ def test_prepare_writes_cache_and_reruns_do_nothing(
             att_faces, str(tiny_vae_dir), out, _cfg("autoencoder.scaling_factor=auto"), device="cpu", progress=False
         )
     assert "up to date" in capsys.readouterr().out
-    assert again == on_disk and _mtimes(out) == before
+    assert again.to_dict() == on_disk and _mtimes(out) == before
 
     # a different image size or autoencoder is refused, naming what differs
     with pytest.raises(CacheMismatchError, match=r"image_size: cache has 16, requested 8(.|\n)*--overwrite"):
@@ -120,7 +120,7 @@ def test_prepare_writes_cache_and_reruns_do_nothing(
 
     # --overwrite replaces it; "config" takes the autoencoder config's factor
     m2 = prepare_latents(att_faces, str(other_vae), out, _cfg(), device="cpu", progress=False, overwrite=True)
-    assert m2["scaling_factor"] == 0.5 and m2["autoencoder"]["content_hash"] == hash_folder(other_vae)
+    assert m2.scaling_factor == 0.5 and m2.autoencoder.content_hash == hash_folder(other_vae)
     c2 = load_latent_cache(out)
     assert torch.allclose(c2.latents, cache.latents / cache.scaling_factor * 0.5, atol=1e-5)
 
@@ -154,7 +154,7 @@ def test_killed_prepare_leaves_incomplete_cache_then_rerun_completes(
     m = prepare_latents(att_faces, str(tiny_vae_dir), out, _cfg(), batch_size=32, device="cpu", progress=False)
     cache = load_latent_cache(out)
     assert len(cache) == 200 and not (out / "stray.npy").exists()
-    assert m["scaling_factor"] == pytest.approx(0.18215)  # "config": the diffusers default in the VAE's config
+    assert m.scaling_factor == pytest.approx(0.18215)  # "config": the diffusers default in the VAE's config
 
 
 def test_overwrite_with_stale_manifest_removes_it_first(
@@ -225,7 +225,7 @@ def test_prepare_skips_bad_files_of_synth_faces(tiny_vae_dir, tmp_path, capsys):
     assert "15 latents of shape (4, 8, 8) in 5 classes" in text and "sleepy/broken.png" in text
     assert "far from unit variance" in text  # the diffusers default 0.18215 does not fit this untrained VAE
     cache = load_latent_cache(out)
-    assert cache.classes == list(SYNTH_CLASSES) and cache.manifest["skipped"][0][0] == "sleepy/broken.png"
+    assert cache.classes == list(SYNTH_CLASSES) and cache.manifest.skipped[0][0] == "sleepy/broken.png"
     assert cache.labels.tolist() == [k for k in range(5) for _ in range(3)]
 
 
@@ -263,7 +263,7 @@ def test_prepare_from_a_train_vae_run_folder(tiny_vae_dir, tmp_path):
     shutil.copytree(tiny_vae_dir, run / "vae")  # the layout ldm train-vae writes
     make_synth_faces(tmp_path / "faces", per_class=2)
     m = prepare_latents(tmp_path / "faces", str(run), tmp_path / "cache", _cfg(), device="cpu", progress=False)
-    assert m["autoencoder"]["source"] == str(run) and m["autoencoder"]["content_hash"] == hash_folder(tiny_vae_dir)
+    assert m.autoencoder.source == str(run) and m.autoencoder.content_hash == hash_folder(tiny_vae_dir)
     assert load_latent_cache(tmp_path / "cache").latents.shape == (10, 4, 8, 8)
 
 

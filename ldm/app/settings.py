@@ -20,6 +20,7 @@ from ldm.app.jobs import Phase
 from ldm.app.workspace import Workspace
 from ldm.choices import LOSS_LABELS, OPTIMIZER_LABELS, UNET_PRESETS
 from ldm.config import Config, ConfigError, from_dict, load_config, parse_override, to_dict
+from ldm.data.manifest import MANIFEST, Manifest
 from ldm.errors import UserError
 from ldm.run_folder import RunFolder
 from ldm.utils import atomic_write_text
@@ -265,9 +266,9 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
         phases.append(Phase("prepare", argv, str(latents)))
     else:
         latents = ws.resolve(s.latent_dir, what="latent folder")
-        if not (latents / "manifest.json").is_file():
+        if not Manifest.exists(latents):
             raise UserError(
-                f"latent folder {s.latent_dir!r} has no manifest.json, so it is not a (complete) latent cache; "
+                f"latent folder {s.latent_dir!r} has no {MANIFEST}, so it is not a (complete) latent cache; "
                 "choose preprocess = yes to build one from a data folder"
             )
     train = _ldm("train", "--latents", str(latents), "--out", str(run)) + overrides

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ldm.data.manifest import MANIFEST
 from ldm.errors import UserError
 from ldm.run_folder import RunFolder
 
@@ -25,7 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".pbm
 # folders discovery never enters: environments, caches, VCS metadata
 SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "test-artifacts"}
 # files that mark a folder as something other than a class folder of images
-MARKERS = (*RunFolder.MARKERS, "config.json", "manifest.json", "model_index.json")
+MARKERS = (*RunFolder.MARKERS, "config.json", MANIFEST, "model_index.json")
 MAX_DEPTH = 4  # levels below the root searched for datasets, caches, runs and pipelines
 APP_DIR = ".ldm-app"  # the app's own state inside the workspace (job file, generated images, settings)
 
@@ -54,7 +55,7 @@ class Discovery:
     """Everything found in one walk of the workspace, paths absolute."""
 
     datasets: list[Path] = field(default_factory=list)  # folders of class subfolders of images
-    caches: list[Path] = field(default_factory=list)  # latent caches (manifest.json)
+    caches: list[Path] = field(default_factory=list)  # latent caches (with a manifest)
     runs: list[Path] = field(default_factory=list)  # diffusion run folders
     vae_runs: list[Path] = field(default_factory=list)  # ldm train-vae run folders (vae/config.json)
     autoencoders: list[Path] = field(default_factory=list)  # standalone diffusers autoencoder folders
@@ -211,7 +212,7 @@ class Workspace:
                 if "model_index.json" in names:
                     found.pipelines.append(d)
                     return
-                if "manifest.json" in names:
+                if MANIFEST in names:
                     found.caches.append(d)
                     return
                 if RunFolder(d).has_vae:

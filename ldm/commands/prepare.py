@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no autoencoder given: pass --vae (hub id, diffusers folder or train-vae run folder)")
     out = Path(args.out) if args.out else Path("data/latents") / Path(args.data).resolve().name
 
-    from ldm.data.latents import describe_cache, prepare_latents
+    from ldm.data.latents import prepare_latents
 
     manifest = prepare_latents(
         args.data,
@@ -50,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         pack=not args.no_pack,
     )
-    print(describe_cache(manifest, out))
+    print(manifest.describe(out))
     return 0

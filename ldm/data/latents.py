@@ -8,9 +8,10 @@ Layout (the one the original project used, plus a manifest)::
     CACHE/latents.npy       all latents (N, C, H, W) in label order, and CACHE/labels.npy (N,) int64: fast loading
     CACHE/manifest.json     classes, counts, sizes, autoencoder source and content hash, scaling factor, ...
 
-``manifest.json`` is written last, atomically: a cache without it is incomplete (a killed ``prepare``) and
-:func:`load_latent_cache` refuses it. While a cache is being written, ``CACHE/.incomplete`` marks it as ours, so
-a rerun may finish it, while a folder that is neither a cache nor empty is never overwritten.
+``manifest.json`` (:class:`ldm.data.manifest.Manifest`) is written last, atomically: a cache without it is
+incomplete (a killed ``prepare``) and :func:`load_latent_cache` refuses it. While a cache is being written,
+``CACHE/.incomplete`` marks it as ours, so a rerun may finish it, while a folder that is neither a cache nor empty
+is never overwritten.
 
 The scaling factor is applied here and only here (the latent diffusion paper, section 4.3.2 / appendix G: scale
 latents to unit variance). ``autoencoder.scaling_factor`` chooses it: a number; ``"config"`` = the autoencoder
@@ -33,15 +34,14 @@ import numpy as np
 from ldm.choices import SCALING_FACTOR_MODES
 from ldm.config import Config, to_dict
 from ldm.data.folders import PREPROCESSING, FolderScan, ImageFolderDataset, list_class_files, scan_image_folder
+from ldm.data.manifest import FORMAT_VERSION, MANIFEST, AutoencoderInfo, LatentStats, Manifest
 from ldm.device import default_device
 from ldm.errors import CacheMismatchError, DataError, UserError
-from ldm.utils import atomic_write_json, hash_folder
+from ldm.utils import hash_folder
 
 if TYPE_CHECKING:
     import torch
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 MARKER = ".incomplete"  # present while prepare writes the folder; removed after the manifest is in place
 
 
@@ -52,7 +52,7 @@ class LatentCache:
     latents: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
-    manifest: dict
+    manifest: Manifest
     scaling_factor: float
     latent_shape: tuple[int, int, int]
 
@@ -81,19 +81,18 @@ def listing_fingerprint(root: str | Path) -> str:
     return h.hexdigest()
 
 
-def _quick_up_to_date(old: dict, data_dir: Path, vae_source: str, settings: dict) -> bool:
+def _quick_up_to_date(old: Manifest, data_dir: Path, vae_source: str, settings: dict) -> bool:
     """True when the complete cache described by ``old`` certainly matches: same settings, same file listing and the
     same autoencoder folder content, checked without loading the autoencoder or decoding images."""
-    ae = old.get("autoencoder") or {}
-    folder = ae.get("folder")
-    if any(old.get(k) != v for k, v in settings.items()) or ae.get("source") != str(vae_source) or not folder:
+    ae = old.autoencoder
+    if any(getattr(old, k) != v for k, v in settings.items()) or ae.source != str(vae_source) or not ae.folder:
         return False
     try:
-        if old.get("listing_fingerprint") != listing_fingerprint(data_dir):
+        if old.listing_fingerprint != listing_fingerprint(data_dir):
             return False
     except (DataError, OSError):
         return False
-    return Path(folder).is_dir() and hash_folder(folder) == ae.get("content_hash")
+    return Path(ae.folder).is_dir() and hash_folder(ae.folder) == ae.content_hash
 
 
 def _scaling_setting(cfg: Config) -> float | str:
@@ -108,21 +107,17 @@ def _scaling_setting(cfg: Config) -> float | str:
 
 
 def _is_cache_dir(out: Path) -> bool:
-    return (out / MANIFEST).is_file() or (out / MARKER).exists()
+    return Manifest.exists(out) or (out / MARKER).exists()
 
 
-def _read_manifest(out: Path) -> dict | None:
+def _read_manifest(out: Path) -> Manifest | None:
     try:
-        return json.loads((out / MANIFEST).read_text())
+        return Manifest.load(out)
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(
-            f"{out / MANIFEST} is not valid JSON ({e}); rebuild the cache with ldm prepare --overwrite"
-        ) from None
 
 
-def _differences(old: dict, new: dict) -> list[str]:
+def _differences(old: Manifest, new: Manifest) -> list[str]:
     """What makes an existing manifest ``old`` a different cache from the one ``new`` describes."""
     diffs = []
 
@@ -130,14 +125,14 @@ def _differences(old: dict, new: dict) -> list[str]:
         if a != b:
             diffs.append(f"{label}: cache has {a!r}, requested {b!r}")
 
-    cmp("format_version", old.get("format_version"), new["format_version"])
-    cmp("autoencoder content hash", old.get("autoencoder", {}).get("content_hash"), new["autoencoder"]["content_hash"])
-    cmp("image_size", old.get("image_size"), new["image_size"])
-    cmp("channels", old.get("channels"), new["channels"])
-    cmp("preprocessing", old.get("preprocessing"), new["preprocessing"])
-    cmp("scaling_factor setting", old.get("scaling_factor_setting"), new["scaling_factor_setting"])
-    cmp("data_dir", old.get("data_dir"), new["data_dir"])
-    if old.get("data_dir") == new["data_dir"] and old.get("data_fingerprint") != new["data_fingerprint"]:
+    cmp("format_version", old.format_version, new.format_version)
+    cmp("autoencoder content hash", old.autoencoder.content_hash, new.autoencoder.content_hash)
+    cmp("image_size", old.image_size, new.image_size)
+    cmp("channels", old.channels, new.channels)
+    cmp("preprocessing", old.preprocessing, new.preprocessing)
+    cmp("scaling_factor setting", old.scaling_factor_setting, new.scaling_factor_setting)
+    cmp("data_dir", old.data_dir, new.data_dir)
+    if old.data_dir == new.data_dir and old.data_fingerprint != new.data_fingerprint:
         diffs.append("data: files were added, removed or modified since the cache was made")
     return diffs
 
@@ -153,7 +148,7 @@ def _start_writing(out: Path, overwrite: bool) -> None:
                 "refusing to write into it: choose a new or empty folder"
             )
         # the manifest goes first: from here on the folder can never load as a complete cache
-        (out / MANIFEST).unlink(missing_ok=True)
+        Manifest.path(out).unlink(missing_ok=True)
         (out / MARKER).touch()
         for p in out.iterdir():
             if p.name == MARKER:
@@ -179,7 +174,7 @@ def prepare_latents(
     progress: bool = True,
     overwrite: bool = False,
     pack: bool = True,
-) -> dict:
+) -> Manifest:
     """Encode every readable image of ``data_dir/<class>/...`` with the autoencoder at ``vae_source`` into ``out``.
 
     Images are loaded as ``cfg.data.image_size`` squares with ``cfg.data.channels`` channels in [-1, 1]; the cache
@@ -215,11 +210,8 @@ def prepare_latents(
     }
     old = _read_manifest(out) if out.is_dir() and not overwrite else None
     if old is not None and _quick_up_to_date(old, root, vae_source, settings):
-        print(f"latent cache {out} is up to date ({old['num_images']} latents); nothing to do")
+        print(f"latent cache {out} is up to date ({old.num_images} latents); nothing to do")
         return old
-
-    import torch
-    from tqdm.auto import tqdm
 
     from ldm.models import autoencoder as ae_lib
 
@@ -236,38 +228,34 @@ def prepare_latents(
             f"data.image_size={image_size} is not a multiple of the autoencoder's down factor {ae.down_factor}"
         )
 
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "classes": scan.classes,
-        "counts": scan.counts(),
-        "num_images": len(scan.samples),
-        "image_size": image_size,
-        "channels": channels,
-        "latent_shape": None,  # filled in after encoding
-        "autoencoder": {
-            "source": str(vae_source),
-            "class_name": type(ae.model).__name__,
-            "content_hash": ae.content_hash,
-            "down_factor": ae.down_factor,
-            "latent_channels": ae.latent_channels,
-            "config_scaling_factor": ae.scaling_factor,
-            # SD3/Flux-style autoencoders also shift latents; recorded, not applied (the pipeline only scales)
-            "config_shift_factor": getattr(ae.model.config, "shift_factor", None),
-            # the model folder itself (a run's vae/, a hub snapshot): lets a rerun check the hash without loading it
-            "folder": str(Path(ae.folder).resolve()) if getattr(ae, "folder", None) else None,
-        },
-        "scaling_factor": None,
-        "scaling_factor_setting": setting,
-        "preprocessing": preprocessing,
-        "data_dir": str(root),
-        "data_fingerprint": data_fingerprint(scan),
-        "listing_fingerprint": listing_fingerprint(scan.root),
-    }
+    manifest = Manifest(  # latent_shape, scaling_factor and what follows them are filled in after encoding
+        format_version=FORMAT_VERSION,
+        classes=scan.classes,
+        counts=scan.counts(),
+        num_images=len(scan.samples),
+        image_size=image_size,
+        channels=channels,
+        autoencoder=AutoencoderInfo(
+            source=str(vae_source),
+            class_name=type(ae.model).__name__,
+            content_hash=ae.content_hash,
+            down_factor=ae.down_factor,
+            latent_channels=ae.latent_channels,
+            config_scaling_factor=ae.scaling_factor,
+            config_shift_factor=getattr(ae.model.config, "shift_factor", None),
+            folder=str(Path(ae.folder).resolve()) if getattr(ae, "folder", None) else None,
+        ),
+        scaling_factor_setting=setting,
+        preprocessing=preprocessing,
+        data_dir=str(root),
+        data_fingerprint=data_fingerprint(scan),
+        listing_fingerprint=listing_fingerprint(scan.root),
+    )
 
     if old is not None:
         diffs = _differences(old, manifest)
         if not diffs:
-            print(f"latent cache {out} is up to date ({old['num_images']} latents); nothing to do")
+            print(f"latent cache {out} is up to date ({old.num_images} latents); nothing to do")
             return old
         raise CacheMismatchError(
             f"the latent cache in {out} was made differently:\n  "
@@ -277,34 +265,69 @@ def prepare_latents(
     _start_writing(out, overwrite)
 
     # encode everything first (unscaled): the "auto" scaling factor needs the statistics of the whole dataset
-    ds = ImageFolderDataset(scan, image_size, channels)
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=cfg.data.num_workers, drop_last=False
-    )
-    chunks = []
     t0 = time.perf_counter()
-    with (
-        torch.inference_mode(),
-        tqdm(total=len(ds), desc="encoding", unit="img", disable=not progress, dynamic_ncols=True) as bar,
-    ):
-        for images, _ in loader:
-            z = ae_lib.encode(ae, images.to(device))
-            chunks.append(z.float().cpu().numpy())
-            bar.update(len(images))
-    z = np.concatenate(chunks)  # (N, C, H, W) unscaled
+    ds = ImageFolderDataset(scan, image_size, channels)
+    z = _encode_all(ae, ds, device, batch_size, cfg.data.num_workers, progress)
     seconds = time.perf_counter() - t0
     std = float(z.std(dtype=np.float64))
-    if setting == "auto" or (setting == "config" and ae.scaling_factor is None):
+    scale = _scaling_factor(setting, z, ae.scaling_factor)
+    z *= np.float32(scale)
+    manifest.files = _write_latents(out, z, scan, pack)
+    manifest.latent_stats = LatentStats(  # of the unscaled latents
+        mean=float(z.mean(dtype=np.float64) / scale),
+        std=std,
+        channel_mean=(z.mean(axis=(0, 2, 3), dtype=np.float64) / scale).tolist(),
+        channel_std=(z.std(axis=(0, 2, 3), dtype=np.float64) / scale).tolist(),
+    )
+    manifest.latent_shape = list(z.shape[1:])
+    manifest.scaling_factor = scale
+    manifest.packed = ["latents.npy", "labels.npy"] if pack else []
+    manifest.skipped = [[p.relative_to(scan.root).as_posix(), reason] for p, reason in scan.skipped]
+    manifest.config = to_dict(cfg.data)
+    manifest.device = str(device)
+    manifest.encode_seconds = round(seconds, 3)
+    manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    manifest.save(out)  # last: from now on the cache is complete
+    (out / MARKER).unlink(missing_ok=True)
+    return manifest
+
+
+def _encode_all(
+    ae: Any, ds: ImageFolderDataset, device: str, batch_size: int, num_workers: int, progress: bool
+) -> np.ndarray:
+    """Unscaled posterior means of every image of ``ds``, in order: float32 ``(N, C, H, W)``."""
+    import torch
+
+    from ldm.models.autoencoder import encode
+    from ldm.progress import progress_bar
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    chunks = []
+    with (
+        torch.inference_mode(),
+        progress_bar(total=len(ds), desc="encoding", unit="img", disable=not progress, dynamic_ncols=True) as bar,
+    ):
+        for images, _ in loader:
+            chunks.append(encode(ae, images.to(device)).float().cpu().numpy())
+            bar.update(len(images))
+    return np.concatenate(chunks)
+
+
+def _scaling_factor(setting: str, z: np.ndarray, config_scaling_factor: float | None) -> float:
+    """The factor latents are multiplied by: 1/std for "auto" (or "config" without one), the autoencoder's
+    ``scaling_factor`` for "config", else the number given."""
+    if setting == "auto" or (setting == "config" and config_scaling_factor is None):
+        std = float(z.std(dtype=np.float64))
         if not std > 0:
             raise UserError("all latents are identical (std 0): cannot scale them to unit variance")
-        scale = 1.0 / std
-    elif setting == "config":
-        scale = float(ae.scaling_factor)
-    else:
-        scale = float(setting)
-    z *= np.float32(scale)
-    labels = np.array([label for _, label in scan.samples], dtype=np.int64)
+        return 1.0 / std
+    if setting == "config":
+        return float(config_scaling_factor)
+    return float(setting)
 
+
+def _write_latents(out: Path, z: np.ndarray, scan: FolderScan, pack: bool) -> list[dict[str, Any]]:
+    """``out/<class>/<n>.npy`` per image (and the packed arrays); returns the manifest's ``files`` entries."""
     files = []
     index = {name: 0 for name in scan.classes}
     for i, (path, label) in enumerate(scan.samples):
@@ -316,50 +339,8 @@ def prepare_latents(
         files.append({"latent": rel, "image": path.relative_to(scan.root).as_posix(), "label": int(label)})
     if pack:
         _save_npy(out / "latents.npy", z)
-        _save_npy(out / "labels.npy", labels)
-
-    manifest.update(
-        latent_shape=list(z.shape[1:]),
-        scaling_factor=scale,
-        latent_stats={  # of the unscaled latents: lets a consumer check or redo the scaling
-            "mean": float(z.mean(dtype=np.float64) / scale),
-            "std": std,
-            "channel_mean": (z.mean(axis=(0, 2, 3), dtype=np.float64) / scale).tolist(),
-            "channel_std": (z.std(axis=(0, 2, 3), dtype=np.float64) / scale).tolist(),
-        },
-        packed=["latents.npy", "labels.npy"] if pack else [],
-        files=files,
-        skipped=[[p.relative_to(scan.root).as_posix(), reason] for p, reason in scan.skipped],
-        config=to_dict(cfg.data),
-        device=str(device),
-        encode_seconds=round(seconds, 3),
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )
-    atomic_write_json(out / MANIFEST, manifest)  # last: from now on the cache is complete
-    (out / MARKER).unlink(missing_ok=True)
-    return manifest
-
-
-def _latent_files(path: Path, manifest: dict) -> list[tuple[str, int]]:
-    """(relative .npy path, label) of every latent in label order. ``files`` entries may be dicts (written here)
-    or plain relative paths (hand-written manifests); without ``files``, ``<class>/<n>.npy`` are listed by n."""
-    classes = list(manifest["classes"])
-    if "files" not in manifest:
-        out = []
-        for k, name in enumerate(classes):
-            found = sorted((path / name).glob("*.npy"), key=lambda p: (len(p.stem), p.stem))  # 2 before 10
-            out.extend((f"{name}/{p.name}", k) for p in found)
-        return out
-    out = []
-    for f in manifest["files"]:
-        if isinstance(f, dict):
-            out.append((f["latent"], int(f["label"])))
-        else:
-            name = Path(f).parts[0]
-            if name not in classes:
-                raise ValueError(f"manifest file entry {f!r} is not inside a class folder ({', '.join(classes)})")
-            out.append((str(f), classes.index(name)))
-    return out
+        _save_npy(out / "labels.npy", np.array([label for _, label in scan.samples], dtype=np.int64))
+    return files
 
 
 def load_latent_cache(path: str | Path) -> LatentCache:
@@ -382,19 +363,19 @@ def load_latent_cache(path: str | Path) -> LatentCache:
                 f"run ldm prepare again with the same --out to finish it"
             )
         raise UserError(f"{path} is not a latent cache (no {MANIFEST}); {hint}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.format_version != FORMAT_VERSION:
         raise UserError(
-            f"{path / MANIFEST} has format_version {manifest.get('format_version')!r}; this version of ldm reads "
+            f"{Manifest.path(path)} has format_version {manifest.format_version!r}; this version of ldm reads "
             f"{FORMAT_VERSION}: rebuild it with ldm prepare --overwrite"
         )
-    shape = tuple(int(s) for s in manifest["latent_shape"])
-    n = int(manifest["num_images"])
+    shape = tuple(int(s) for s in manifest.latent_shape)
+    n = int(manifest.num_images)
     try:
-        if manifest.get("packed") and (path / "latents.npy").is_file():
+        if manifest.packed and (path / "latents.npy").is_file():
             z = np.load(path / "latents.npy", allow_pickle=False)
             y = np.load(path / "labels.npy", allow_pickle=False)
         else:
-            entries = _latent_files(path, manifest)
+            entries = manifest.entries(path)
             z = np.stack([np.load(path / rel, allow_pickle=False) for rel, _ in entries]) if entries else np.zeros(0)
             y = np.array([label for _, label in entries], dtype=np.int64)
     except (OSError, ValueError) as e:
@@ -409,33 +390,8 @@ def load_latent_cache(path: str | Path) -> LatentCache:
     return LatentCache(
         latents=torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)),
         labels=torch.from_numpy(y.astype(np.int64)),
-        classes=list(manifest["classes"]),
+        classes=list(manifest.classes),
         manifest=manifest,
-        scaling_factor=float(manifest["scaling_factor"]),
+        scaling_factor=float(manifest.scaling_factor),
         latent_shape=shape,
     )
-
-
-def describe_cache(manifest: dict, path: str | Path) -> str:
-    """One paragraph summary of a cache for the CLI."""
-    ae = manifest["autoencoder"]
-    scaled_std = manifest["latent_stats"]["std"] * manifest["scaling_factor"]
-    text = (
-        f"latent cache {path}: {manifest['num_images']} latents of shape {tuple(manifest['latent_shape'])} "
-        f"in {len(manifest['classes'])} classes\n"
-        f"  images {manifest['image_size']}x{manifest['image_size']}, {manifest['channels']} channels; "
-        f"autoencoder {ae['source']} ({ae['class_name']}, hash {ae['content_hash'][:12]})\n"
-        f"  scaling factor {manifest['scaling_factor']:.6g} ({manifest['scaling_factor_setting']}); "
-        f"latent std {scaled_std:.4g} scaled, {manifest['latent_stats']['std']:.4g} unscaled"
-    )
-    if not 0.5 <= scaled_std <= 2.0:
-        text += (
-            "\n  note: the scaled latents are far from unit variance (the diffusion noise schedule assumes about 1); "
-            "autoencoder.scaling_factor=auto rescales them to 1"
-        )
-    skipped = manifest.get("skipped") or []
-    if skipped:
-        text += f"\n  skipped {len(skipped)} unreadable files:"
-        text += "".join(f"\n    {p}: {reason}" for p, reason in skipped[:10])
-        text += f"\n    ... and {len(skipped) - 10} more (see manifest.json)" if len(skipped) > 10 else ""
-    return text

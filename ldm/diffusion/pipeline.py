@@ -497,8 +497,6 @@ def pipeline_from_checkpoint(
     manifest of the latent cache it was trained on), the noise schedule from the run's config, class names from the
     run's class list (or the checkpoint's state).
     """
-    import json
-
     from diffusers import UNet2DModel
 
     from ldm.diffusion.objective import make_train_scheduler
@@ -525,21 +523,25 @@ def pipeline_from_checkpoint(
         raise UserError(f"{run} has no {folder.classes_path.name} and the checkpoint names no classes")
     weights = ckpt / "unet_ema" if (ckpt / "unet_ema").is_dir() else ckpt / "unet"
     unet = UNet2DModel.from_pretrained(weights).eval().requires_grad_(False)
-    manifest = folder.read_inputs()  # the same keys as the cache manifest has for these two
-    manifest_file = folder.inputs_path
-    if manifest is None:  # a run from before the inputs were recorded: ask the latent cache
+    from ldm.data.manifest import MANIFEST, Manifest
+    from ldm.models.autoencoder import load_autoencoder
+
+    inputs = folder.read_inputs()
+    if inputs is not None:
+        source, scaling_factor = (inputs.get("autoencoder") or {}).get("source"), inputs.get("scaling_factor")
+        recorded_in = folder.inputs_path
+    else:  # a run from before the inputs were recorded: ask the latent cache
         latents = Path(state.get("latents") or "")
-        manifest_file = latents / "manifest.json"
-        if not manifest_file.is_file():
+        if not Manifest.exists(latents):
             raise UserError(
-                f"the latent cache the run was trained on ({latents}) is gone (no manifest.json): "
+                f"the latent cache the run was trained on ({latents}) is gone (no {MANIFEST}): "
                 "its autoencoder and scaling factor are unknown"
             )
-        manifest = json.loads(manifest_file.read_text())
-    source = (manifest.get("autoencoder") or {}).get("source")
+        manifest = Manifest.load(latents)
+        source, scaling_factor = manifest.autoencoder.source, manifest.scaling_factor
+        recorded_in = Manifest.path(latents)
     if not source:
-        raise UserError(f"{manifest_file} names no autoencoder source")
-    from ldm.models.autoencoder import load_autoencoder
+        raise UserError(f"{recorded_in} names no autoencoder source")
 
     vae = load_autoencoder(source, device="cpu").model
     pipe = build_pipeline(
@@ -547,7 +549,7 @@ def pipeline_from_checkpoint(
         vae,
         make_train_scheduler(cfg.diffusion).config,
         classes,
-        float(manifest["scaling_factor"]),
+        float(scaling_factor),
         scheduler=scheduler or cfg.sampling.scheduler,
     )
     return pipe.to(device)

@@ -414,19 +414,18 @@ def eval_markdown(result: dict[str, Any]) -> str:
 # reconstruction
 
 
-def reconstruction_metrics(
+def heldout_reconstruction(
     model_folder: str | Path, real: RealSet, fraction: float, seed: int, device: str = "cpu", batch_size: int = 16
 ) -> dict[str, Any]:
-    """Autoencoder PSNR/SSIM (``ldm.evaluation.metrics``) on the held-out real images (``holdout_split(fraction, seed)``, the
-    split ``ldm train-vae`` uses with the run's ``data.holdout_fraction`` and ``autoencoder.seed``)."""
-    import torch
-
+    """:func:`ldm.evaluation.metrics.reconstruction_metrics` of the pipeline's autoencoder on the held-out real
+    images (``holdout_split(fraction, seed)``, the split ``ldm train-vae`` uses with the run's
+    ``data.holdout_fraction`` and ``autoencoder.seed``), plus the split and the autoencoder's source."""
     try:
-        from ldm.evaluation.metrics import psnr, ssim
         from ldm.models.autoencoder import decode, encode, load_autoencoder
     except ImportError as e:  # the autoencoder module is another stage; eval still reports the rest
         return {"psnr": None, "ssim": None, "skipped": f"autoencoder modules unavailable ({e})"}
     from ldm.data.folders import holdout_split
+    from ldm.evaluation.metrics import reconstruction_metrics
 
     _, hold = holdout_split(real.scan.samples, fraction, seed)
     if not hold:
@@ -437,17 +436,10 @@ def reconstruction_metrics(
         from ldm.evaluation.classifier import match_channels
 
         images = match_channels(images, ae.in_channels)
-    p, s = [], []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].to(device)
-            y = decode(ae, encode(ae, x)).float().cpu()
-            p.append(psnr(y, x.cpu()).reshape(-1))
-            s.append(ssim(y, x.cpu()).reshape(-1))
+    images = images.cpu()
+    recon = decode(ae, encode(ae, images, batch_size), batch_size)  # batches go to ``device`` and back
     return {
-        "psnr": float(torch.cat(p).mean()),
-        "ssim": float(torch.cat(s).mean()),
-        "num_images": len(hold),
+        **reconstruction_metrics(recon, images),
         "holdout": {"fraction": fraction, "seed": seed},
         "autoencoder": ae.source,
     }
@@ -600,7 +592,7 @@ def evaluate_run(
     fraction = float(cfg.data.holdout_fraction) if cfg is not None else 0.1
     ae_seed = int(cfg.autoencoder.seed) if cfg is not None else 0
     log("autoencoder reconstruction on held-out real images")
-    recon = reconstruction_metrics(folder, realset, fraction, ae_seed, device=device, batch_size=batch_size)
+    recon = heldout_reconstruction(folder, realset, fraction, ae_seed, device=device, batch_size=batch_size)
 
     result = {
         "model": str(run),

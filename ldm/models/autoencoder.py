@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,41 +194,43 @@ def _is_tiny(model: Any) -> bool:
     return type(model).__name__ == "AutoencoderTiny"
 
 
+def _in_batches(
+    ae: LoadedAutoencoder | Any, x: torch.Tensor, batch_size: int, fn: Callable[[Any, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``fn(model, batch)`` over ``x`` in batches of ``batch_size`` (each moved to the model's device and dtype) under
+    ``torch.no_grad``; the results concatenated as float32 on ``x``'s device."""
+    import torch
+
+    model = ae.model if isinstance(ae, LoadedAutoencoder) else ae
+    p = next(model.parameters())
+    out = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            out.append(fn(model, x[i : i + batch_size].to(p.device, p.dtype)).float().to(x.device))
+    return torch.cat(out) if out else x.new_zeros((0,))
+
+
+def _encode_batch(model: Any, x: torch.Tensor) -> torch.Tensor:
+    return model.encode(x).latents if _is_tiny(model) else model.encode(x).latent_dist.mean
+
+
+def _decode_batch(model: Any, z: torch.Tensor) -> torch.Tensor:
+    return model.decode(z).sample.float().clamp(-1, 1)
+
+
 def encode(ae: LoadedAutoencoder | Any, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """Images ``(B, C, H, W)`` in [-1, 1] -> **unscaled** latents ``(B, c, H/f, W/f)`` float32 on the images' device.
 
     ``AutoencoderKL``: the posterior mean; ``AutoencoderTiny``: its latents. ``ae`` is a :class:`LoadedAutoencoder`
     or a bare diffusers autoencoder. Runs in batches of ``batch_size`` under ``torch.no_grad``.
     """
-    import torch
-
-    model = ae.model if isinstance(ae, LoadedAutoencoder) else ae
-    p = next(model.parameters())
-    out = []
-    with torch.no_grad():
-        for i in range(0, images.shape[0], batch_size):
-            x = images[i : i + batch_size].to(p.device, p.dtype)
-            if _is_tiny(model):
-                z = model.encode(x).latents
-            else:
-                z = model.encode(x).latent_dist.mean
-            out.append(z.float().to(images.device))
-    return torch.cat(out) if out else images.new_zeros((0,))
+    return _in_batches(ae, images, batch_size, _encode_batch)
 
 
 def decode(ae: LoadedAutoencoder | Any, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """Unscaled latents ``(B, c, h, w)`` -> images ``(B, C, h*f, w*f)`` float32 in [-1, 1] (clamped), on the
     latents' device. Runs in batches of ``batch_size`` under ``torch.no_grad``."""
-    import torch
-
-    model = ae.model if isinstance(ae, LoadedAutoencoder) else ae
-    p = next(model.parameters())
-    out = []
-    with torch.no_grad():
-        for i in range(0, latents.shape[0], batch_size):
-            z = latents[i : i + batch_size].to(p.device, p.dtype)
-            out.append(model.decode(z).sample.float().clamp(-1, 1).to(latents.device))
-    return torch.cat(out) if out else latents.new_zeros((0,))
+    return _in_batches(ae, latents, batch_size, _decode_batch)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

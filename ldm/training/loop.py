@@ -258,9 +258,7 @@ class TrainingLoop:
 
     def _echo(self, msg: str) -> None:
         if self.bar is not None:
-            from tqdm.auto import tqdm
-
-            tqdm.write(msg)
+            self.bar.write(msg)  # above the bar, which is redrawn below it
         elif self.progress:
             print(msg, flush=True)
 
@@ -282,9 +280,9 @@ class TrainingLoop:
     def open_bar(self) -> None:
         self.bar = None
         if self.main and self.progress:
-            from tqdm.auto import tqdm
+            from ldm.progress import progress_bar
 
-            self.bar = tqdm(
+            self.bar = progress_bar(
                 total=self.horizon, initial=self.step_count, unit="step", desc=self.label, dynamic_ncols=True
             )
 

@@ -452,17 +452,16 @@ class Trainer(TrainingLoop):
         from ldm.utils import describe_device, library_versions
 
         m = self.cache.manifest
-        ae = m.get("autoencoder") or {}
         return {
             "latents": {
                 "path": str(self.latents_path.resolve()),
-                "data_dir": m.get("data_dir"),
-                "data_fingerprint": m.get("data_fingerprint"),
-                "listing_fingerprint": m.get("listing_fingerprint"),
+                "data_dir": m.data_dir,
+                "data_fingerprint": m.data_fingerprint,
+                "listing_fingerprint": m.listing_fingerprint,
                 "num_latents": len(self.cache.latents),
                 "latent_shape": list(self.latent_shape),
             },
-            "autoencoder": {k: ae.get(k) for k in ("source", "class_name", "content_hash", "folder")},
+            "autoencoder": {k: getattr(m.autoencoder, k) for k in ("source", "class_name", "content_hash", "folder")},
             "scaling_factor": float(self.cache.scaling_factor),
             "mixed_precision": self.mixed_precision,
             "device": describe_device(self.device),
@@ -474,7 +473,7 @@ class Trainer(TrainingLoop):
         if self.vae is None:
             from ldm.models.autoencoder import load_autoencoder
 
-            source = self.cache.manifest.get("autoencoder", {}).get("source")
+            source = self.cache.manifest.autoencoder.source
             if not source:
                 raise UserError(f"the latent cache manifest {self.latents_path} names no autoencoder source")
             self.vae = load_autoencoder(source, device=self.device).model
@@ -486,18 +485,18 @@ class Trainer(TrainingLoop):
         from ldm.evaluation.report import QuickEvaluator
 
         tc, m = self.tc, self.cache.manifest
-        real = tc.eval_data or m.get("data_dir") or ""
+        real = tc.eval_data or m.data_dir or ""
         if not real or not Path(real).is_dir():
             raise UserError(
                 f"training.eval_every={tc.eval_every} needs the real images: training.eval_data="
-                f"{tc.eval_data!r} and the latent cache's data_dir={m.get('data_dir')!r} is not a folder; set "
+                f"{tc.eval_data!r} and the latent cache's data_dir={m.data_dir!r} is not a folder; set "
                 "training.eval_data=DIR (one subfolder per class) or training.eval_every=0"
             )
         self.log(f"quick evaluation every {tc.eval_every} steps: {tc.eval_num_samples} samples against {real}")
         return QuickEvaluator(
             real,
-            image_size=int(m.get("image_size") or self.cfg.data.image_size),
-            channels=int(m.get("channels") or self.cfg.data.channels),
+            image_size=int(m.image_size or self.cfg.data.image_size),
+            channels=int(m.channels or self.cfg.data.channels),
             num_samples=tc.eval_num_samples,
             scheduler=tc.sample_scheduler,
             num_inference_steps=tc.sample_num_inference_steps,
