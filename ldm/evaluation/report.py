@@ -516,7 +516,6 @@ def evaluate_run(
     from ldm.device import default_device
     from ldm.diffusion.pipeline import load_pipeline
     from ldm.evaluation.inception import load_inception
-    from ldm.figures import memorisation_figure
     from ldm.utils import atomic_write_json, atomic_write_text
 
     log = log or (lambda m: None)
@@ -569,25 +568,11 @@ def evaluate_run(
     acc["per_class"] = {k: v for k, v in acc["per_class"].items() if k in model_classes}
     acc["counts"] = {k: v for k, v in acc["counts"].items() if k in model_classes}
 
-    mem = memorisation(fake_feats, real_feats)
     fig_path = RunFolder(out_dir).memorisation_plot_path
     captions = [model_classes[c] for c in class_ids]
-    shown = (
-        memorisation_figure(fake, realset.images, mem, fig_path, num_pairs, captions)
-        if write
-        else [int(i) for i in np.argsort(mem["nn_distance"])[:num_pairs]]
+    memorised = memorisation_report(
+        fake, fake_feats, realset, scan, captions, seed, num_pairs, fig_path if write else None
     )
-    pairs = [
-        {
-            "generated_index": i,
-            "class": captions[i],
-            "seed": seed + i,
-            "training_image": str(Path(scan.samples[mem["nn_index"][i]][0]).relative_to(scan.root)),
-            "distance": mem["nn_distance"][i],
-            "ratio": mem["nn_distance"][i] / mem["threshold"] if mem["threshold"] > 0 else None,
-        }
-        for i in shown
-    ]
 
     fraction = float(cfg.data.holdout_fraction) if cfg is not None else 0.1
     ae_seed = int(cfg.autoencoder.seed) if cfg is not None else 0
@@ -623,15 +608,7 @@ def evaluate_run(
         "class_accuracy": acc,
         "classifier": clf.summary(),
         "reconstruction": recon,
-        "memorisation": {
-            "feature_space": "L2-normalised Inception pool3 features",
-            "threshold": mem["threshold"],
-            "threshold_definition": "median over real images of the distance to their nearest other real image",
-            "share_below_threshold": mem["share_below_threshold"],
-            "median_ratio": mem["median_ratio"],
-            "figure": fig_path.name,
-            "closest_pairs": pairs,
-        },
+        "memorisation": memorised,
         "seconds": {"generation": round(gen_seconds, 1), "total": round(time.time() - t_start, 1)},
     }
     if write:
@@ -640,6 +617,49 @@ def evaluate_run(
         atomic_write_text(written.eval_report_path, eval_markdown(result))
         log(f"wrote {written.eval_path}, {written.eval_report_path} and {fig_path}")
     return result
+
+
+def memorisation_report(
+    fake: torch.Tensor,
+    fake_feats: np.ndarray,
+    realset: Any,
+    scan: FolderScan,
+    captions: list[str],
+    seed: int,
+    num_pairs: int,
+    figure: Path | None,
+) -> dict[str, Any]:
+    """The ``memorisation`` section of ``eval.json``: how close generated images come to their nearest training
+    image in Inception space, the ``num_pairs`` closest pairs (image i was generated with seed ``seed + i``), and
+    their side-by-side figure written to ``figure`` (None: no figure)."""
+    from ldm.figures import memorisation_figure
+
+    mem = memorisation(fake_feats, realset.features)
+    shown = (
+        memorisation_figure(fake, realset.images, mem, figure, num_pairs, captions)
+        if figure is not None
+        else [int(i) for i in np.argsort(mem["nn_distance"])[:num_pairs]]
+    )
+    pairs = [
+        {
+            "generated_index": i,
+            "class": captions[i],
+            "seed": seed + i,
+            "training_image": str(Path(scan.samples[mem["nn_index"][i]][0]).relative_to(scan.root)),
+            "distance": mem["nn_distance"][i],
+            "ratio": mem["nn_distance"][i] / mem["threshold"] if mem["threshold"] > 0 else None,
+        }
+        for i in shown
+    ]
+    return {
+        "feature_space": "L2-normalised Inception pool3 features",
+        "threshold": mem["threshold"],
+        "threshold_definition": "median over real images of the distance to their nearest other real image",
+        "share_below_threshold": mem["share_below_threshold"],
+        "median_ratio": mem["median_ratio"],
+        "figure": RunFolder.MEMORISATION_PLOT,
+        "closest_pairs": pairs,
+    }
 
 
 def _json_safe(x: Any) -> Any:
