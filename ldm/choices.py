@@ -48,11 +48,9 @@ OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZER_LABELS)
 # Learning-rate schedule after warm-up (training.lr_schedule)
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
-# Mixed precision of diffusion training (training.mixed_precision), in accelerate's words ("no" = float32)
-MIXED_PRECISION: tuple[str, ...] = ("auto", "no", "bf16", "fp16")
-
-# Mixed precision of autoencoder training (autoencoder.mixed_precision)
-AUTOENCODER_MIXED_PRECISION: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+# Mixed precision of both trainers (training.mixed_precision, autoencoder.mixed_precision), in accelerate's words
+# ("no" = float32); "fp32" is the autoencoder's older spelling of "no" (ldm.device.normalize_precision)
+MIXED_PRECISION: tuple[str, ...] = ("auto", "no", "bf16", "fp16", "fp32")
 
 # Pixel reconstruction loss of autoencoder training (autoencoder.recon_loss)
 RECON_LOSSES: tuple[str, ...] = ("l1", "mse")

@@ -20,7 +20,6 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from ldm.choices import (
-    AUTOENCODER_MIXED_PRECISION,
     BETA_SCHEDULES,
     DOWN_FACTORS,
     LOSSES,
@@ -76,7 +75,9 @@ class AutoencoderConfig:
     disc_adaptive: bool = True  # VQGAN adaptive discriminator weight (balances gradients); False = fixed disc_weight
     sample_every: int = 200  # steps between reconstruction grids and held-out PSNR lines (0 = only at the end)
     log_every: int = 10  # steps between metrics.jsonl lines
-    mixed_precision: Literal[AUTOENCODER_MIXED_PRECISION] = "auto"  # autocast; auto: bf16 on CUDA and bf16 CPUs
+    checkpoint_every: int = 1000  # steps between checkpoints, for --resume (0 = only at the end)
+    keep_checkpoints: int = 2  # keep the newest K checkpoints
+    mixed_precision: Literal[MIXED_PRECISION] = "auto"  # autocast; auto: bf16 on CUDA and bf16 CPUs; fp32 = no
     channels_last: bool = False  # channels-last memory format for the convolutions
     device: str = "auto"  # "auto" (cuda, mps, else cpu), or a torch device string
     seed: int = 0  # seed of weights, data order and held-out split

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, hashing, device choice, seeding, environment defaults of the entry points."""
+"""Small shared helpers: atomic writes, hashing, seeding, environment defaults of the entry points."""
 
 from __future__ import annotations
 
@@ -105,16 +105,6 @@ def hash_folder(folder: str | Path, patterns: tuple[str, ...] = ("*.safetensors"
         h.update(str(p.relative_to(folder)).encode())
         h.update(sha256_file(p).encode())
     return h.hexdigest()
-
-
-def default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def describe_device(device: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Prints, all measured in the same run:
   * (a) a plain loop written like the original project (``model(noisy, t, class_labels).sample``, ``F.mse_loss``,
     AdamW, float32, no channels-last, no autocast) and (b) the real ``ldm.training.trainer.Trainer.step()`` with the
     default config (mixed precision "auto", EMA, gradient clipping, label dropout, min-SNR weights) and the
-    same preset and batch; (c) the same with ``training.channels_last`` flipped; (d) ``ldm.diffusion.objective``'s
+    same preset and batch; (c) the same with ``training.channels_last`` flipped; (d) this script's
     ``make_train_step`` with fused AdamW and a foreach EMA (the changes recommended for the trainer);
   * images/s (wall clock, median over the timed steps), CPU seconds per step (less sensitive to other processes
     on a shared machine), achieved GFLOP/s from the FLOPs of one forward + backward pass
@@ -33,7 +33,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 1.5  # issue 3: our trainer's step at least 1.5x the original's plain float32 loop
@@ -204,7 +206,7 @@ def write_cache(root: Path, batch: int, side: int, num_classes: int) -> Path:
 
 
 def trainer_step_factory(cache: Path, out: Path, preset: str, batch: int, overrides: list[str]):
-    """``Trainer.step`` of ldm.training.trainer with the default config (and ``overrides``): exactly the training step."""
+    """``Trainer.step`` of ldm.training.trainer with the default config (and ``overrides``): the training step."""
     from ldm.config import load_config
     from ldm.training.trainer import Trainer
 
@@ -221,21 +223,91 @@ def trainer_step_factory(cache: Path, out: Path, preset: str, batch: int, overri
     return step, trainer
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# variant (d): a hand-written step with the recommended changes (only this benchmark uses it)
+
+
+def try_compile(module: Any) -> Any:
+    """``torch.compile(module)`` if a C compiler and inductor are usable here, else ``module`` (warning printed).
+
+    Off by default: compiling the training graph costs many minutes on a small CPU and was not measured faster
+    than the eager bf16 step (numbers in docs/benchmarks.md)."""
+    import shutil
+    import warnings
+
+    import torch
+
+    if not hasattr(torch, "compile"):
+        warnings.warn("torch.compile unavailable in this torch; training eagerly", stacklevel=2)
+        return module
+    if str(next(module.parameters()).device).startswith("cpu") and not (
+        shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    ):
+        warnings.warn("torch.compile needs a C compiler on CPU and none was found; training eagerly", stacklevel=2)
+        return module
+    return torch.compile(module)
+
+
+def make_train_step(
+    unet: Any,
+    scheduler: Any,
+    optimizer: Any,
+    cfg: Any,
+    null_class_id: int,
+    mixed_precision: str = "no",
+    channels_last: bool = False,
+    compile: bool = False,
+    max_grad_norm: float = 0.0,
+    device: str | None = None,
+) -> Callable[..., Any]:
+    """A function ``step(latents (B,C,h,w), labels (B,), generator) -> loss`` doing one optimiser step.
+
+    ``unet`` goes to train mode with :class:`ldm.models.unet.CPUFriendlyAttnProcessor`, channels-last and compiled if
+    asked. Forward and loss under autocast (``mixed_precision`` already resolved), backward, optional gradient
+    clipping at ``max_grad_norm`` (0 = off), ``optimizer.step()`` and ``zero_grad(set_to_none=True)``. The returned
+    loss is a detached float32 scalar tensor; call ``.item()`` only when logging, to avoid a sync per step.
+    """
+    import torch
+
+    from ldm.device import autocast_context
+    from ldm.diffusion.objective import diffusion_loss
+    from ldm.models.unet import set_attention_processor
+
+    device = device or str(next(unet.parameters()).device)
+    set_attention_processor(unet)  # a model loaded with from_pretrained has diffusers' default processor
+    unet.train()
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    model = try_compile(unet) if compile else unet  # shares parameters with unet
+    params = [p for p in unet.parameters() if p.requires_grad]
+
+    def step(latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last)
+        with autocast_context(mixed_precision, device):
+            loss = diffusion_loss(model, scheduler, latents, labels, cfg, null_class_id, generator)
+        loss.backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
 def fast_step_factory(cache: Path, preset: str, batch: int):
-    """``ldm.diffusion.objective.make_train_step`` (fused AdamW, clipping at 1, bf16 if "auto" says so, no channels-last) plus
+    """:func:`make_train_step` (fused AdamW, clipping at 1, bf16 if "auto" says so, no channels-last) plus
     a foreach EMA update: the trainer's step with the changes this benchmark recommends, for comparison."""
     import torch
     from diffusers.training_utils import EMAModel
 
     from ldm.config import load_config
     from ldm.data.latents import load_latent_cache
-    from ldm.diffusion.objective import (
-        make_train_scheduler,
-        make_train_step,
-        optimizer_kwargs,
-        resolve_mixed_precision,
-    )
+    from ldm.device import resolve_mixed_precision
+    from ldm.diffusion.objective import make_train_scheduler
     from ldm.models.unet import build_unet
+    from ldm.training.optim import optimizer_kwargs
 
     cfg = load_config(None, [f"unet.preset={preset}", f"training.batch_size={batch}"])
     lc = load_latent_cache(cache)
@@ -314,7 +386,7 @@ def main() -> int:
         print(f"  {k:32s} {v:8.1f} GFLOP/s")
     print(f"  {'machine peak':32s} {best:8.1f} GFLOP/s", flush=True)
 
-    from ldm.diffusion.objective import resolve_mixed_precision
+    from ldm.device import resolve_mixed_precision
     from ldm.models.unet import PRESETS
 
     if args.preset not in PRESETS:

@@ -312,6 +312,46 @@ def test_resume_plan_for_a_run_not_started_by_the_app(tmp_path):
         plan_resume_run(ws, "runs/cli")
 
 
+def test_autoencoder_runs_are_listed_and_resumed_with_train_vae(tmp_path):
+    """An `ldm train-vae` run (status.json, checkpoints, vae/) is a run of the Runs tab and an autoencoder choice, not
+    an inference model; Resume builds `ldm train-vae --data <its dataset> --out <run> --resume latest`."""
+    from ldm.app.settings import plan_resume_run
+
+    ws = Workspace(tmp_path)
+    run, data = tmp_path / "runs" / "faces-vae", tmp_path / "data" / "faces"
+    data.mkdir(parents=True)
+    ckpt = run / "checkpoints" / "step-000005"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text(json.dumps({"kind": "autoencoder", "step": 5, "data_dir": str(data)}))
+    (run / "checkpoints" / "latest").write_text("step-000005\n")
+    (run / "status.json").write_text(json.dumps({"state": "stopped", "step": 5, "kind": "autoencoder"}))
+    (run / "vae").mkdir()
+    (run / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    (run / "recon").mkdir()
+    (run / "recon" / "step-000005.png").write_bytes(b"")
+
+    found = ws.discover()
+    assert found.runs == [run] and found.vae_runs == [run]
+    info = ws.runs(found)[0]
+    assert info.kind == "autoencoder" and info.state == "stopped" and info.newest_sample.name == "step-000005.png"
+    assert ws.models(found) == []
+    plan = plan_resume_run(ws, "runs/faces-vae")
+    assert [p.name for p in plan.phases] == ["train-vae"]
+    argv = plan.phases[0].argv
+    assert argv[argv.index("train-vae") :] == [
+        "train-vae",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--resume",
+        "latest",
+    ]
+    (ckpt / "state.json").write_text(json.dumps({"kind": "autoencoder", "step": 5, "data_dir": "/etc"}))
+    with pytest.raises(UserError, match="outside the workspace"):
+        plan_resume_run(ws, "runs/faces-vae")
+
+
 def test_runs_tab_resumes_a_stopped_cli_run(tmp_path):
     """A run stopped outside the app (here: the trainer's safe stop after one step) continues from the Runs tab."""
     from fakes import write_tiny_latent_cache

@@ -102,9 +102,9 @@ def test_should_stop_ends_early_but_saves_and_config_comes_first(att_faces: Path
     out = tmp_path / "run"
     seen = []
 
-    def stop() -> bool:
+    def stop() -> bool:  # polled after every step, as in the diffusion trainer
         seen.append((out / "config.yaml").is_file())
-        return len(seen) > 2  # two steps, then stop
+        return len(seen) >= 2  # two steps, then stop
 
     cfg = load_config(None, TINY + ["autoencoder.max_steps=1000", "autoencoder.ema_decay=0"])
     result = train_vae(cfg, att_faces, out, progress=False, should_stop=stop)
@@ -256,7 +256,7 @@ def test_recon_grid_puts_originals_above_reconstructions():
 
 def test_cli_bad_key_dry_run_and_stop_flag(tmp_path: Path, capsys):
     from ldm.cli import main
-    from ldm.commands.train_vae import _StopFlag
+    from ldm.commands._common import StopFlag
 
     code = main(["train-vae", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "autoencoder.bogus_key=1"])
     assert code == 2
@@ -270,7 +270,64 @@ def test_cli_bad_key_dry_run_and_stop_flag(tmp_path: Path, capsys):
     assert printed["autoencoder"]["max_minutes"] == 2.0 and printed["autoencoder"]["down_factor"] == 4
     assert not (tmp_path / "r").exists()
 
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         assert not stop()
         os.kill(os.getpid(), signal.SIGTERM)  # handled: sets the flag instead of killing the process
         assert stop()
+
+
+def test_train_vae_resumes_exactly_and_keeps_the_run_folder_layout(att_faces: Path, tmp_path: Path, capsys):
+    """Stop after 3 steps, resume: the same next losses and the same final weights as an uninterrupted run (with the
+    discriminator, flips and the EMA in play); checkpoints, status.json and the CLI's --resume as in `ldm train`."""
+    from safetensors.torch import load_file
+
+    from ldm.cli import main
+    from ldm.run_folder import RunFolder
+
+    extra = ["autoencoder.max_steps=6", "autoencoder.max_minutes=0", "autoencoder.sample_every=0"]
+    extra += ["autoencoder.disc_weight=0.1", "autoencoder.disc_start=2", "data.hflip=true"]
+    cfg = load_config(None, TINY + extra)
+    full: list[float] = []
+    train_vae(cfg, att_faces, tmp_path / "full", progress=False, on_log=lambda r: full.append(r["loss"]))
+
+    part: list[float] = []
+    polls = {"n": 0}
+
+    def stop_after_3() -> bool:
+        polls["n"] += 1
+        return polls["n"] >= 3
+
+    run = tmp_path / "part"
+    result = train_vae(
+        cfg, att_faces, run, progress=False, should_stop=stop_after_3, on_log=lambda r: part.append(r["loss"])
+    )
+    assert result["stopped_early"] and result["steps"] == 3 and part == full[:3]
+    status = RunFolder(run).read_status()
+    assert status["state"] == "stopped" and status["step"] == 3 and status["kind"] == "autoencoder"
+    ckpt = RunFolder(run).latest_checkpoint()
+    assert ckpt.name == "step-000003"
+    for name in ("autoencoder/diffusion_pytorch_model.safetensors", "autoencoder_ema", "optimizer.pt", "rng.pt"):
+        assert (ckpt / name).exists(), name
+    for name in ("discriminator.pt", "state.json"):
+        assert (ckpt / name).exists(), name
+    assert json.loads((ckpt / "state.json").read_text())["data_dir"] == str(att_faces.resolve())
+    with pytest.raises(UserError, match="--resume latest"):
+        train_vae(cfg, att_faces, run, progress=False)
+
+    rest: list[float] = []
+    result = train_vae(cfg, None, run, progress=False, resume="latest", on_log=lambda r: rest.append(r["loss"]))
+    assert result["steps"] == 6 and not result["stopped_early"]
+    assert rest == full[3:]  # bit-identical: data order, flips, posterior noise, optimisers, EMA and discriminator
+    a = load_file(tmp_path / "full" / "vae" / "diffusion_pytorch_model.safetensors")
+    b = load_file(run / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "rec_loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert RunFolder(run).read_status()["state"] == "finished"
+    assert [p.name for p in RunFolder(run).checkpoints()] == ["step-000003", "step-000006"]  # keep_checkpoints=2
+
+    # the CLI: --resume without --data and --config continues on the run's own dataset and config
+    assert main(["train-vae", "--out", str(run), "--resume", "latest", "--max-steps", "7", "--no-progress"]) == 0
+    assert RunFolder(run).read_status()["step"] == 7 and "finished after 7 steps" in capsys.readouterr().out
+    assert main(["train-vae", "--out", str(tmp_path / "new"), "--max-steps", "1"]) == 2
+    assert "--data DIR is required" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from ldm.errors import UserError
 CONFIG_CHOICES = {
     "autoencoder.down_factor": choices.DOWN_FACTORS,
     "autoencoder.recon_loss": choices.RECON_LOSSES,
-    "autoencoder.mixed_precision": choices.AUTOENCODER_MIXED_PRECISION,
+    "autoencoder.mixed_precision": choices.MIXED_PRECISION,
     "autoencoder.scaling_factor": choices.SCALING_FACTOR_MODES,
     "unet.preset": choices.UNET_PRESETS,
     "diffusion.beta_schedule": choices.BETA_SCHEDULES,
@@ -73,8 +73,8 @@ def test_the_library_implements_every_loss_prediction_type_and_beta_schedule():
 
 
 def test_the_trainer_builds_every_optimizer_and_precision():
-    from ldm.diffusion.objective import resolve_mixed_precision
-    from ldm.training.trainer import make_optimizer
+    from ldm.device import resolve_mixed_precision
+    from ldm.training.optim import make_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(3))]
     built = {type(make_optimizer(params, TrainingConfig(optimizer=name))).__name__ for name in choices.OPTIMIZERS}

@@ -9,15 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ldm.config import DiffusionConfig, UNetConfig
-from ldm.diffusion.objective import (
-    diffusion_loss,
-    make_train_scheduler,
-    make_train_step,
-    min_snr_weights,
-    resolve_mixed_precision,
-    snr,
-    try_compile,
-)
+from ldm.device import resolve_mixed_precision
+from ldm.diffusion.objective import diffusion_loss, make_train_scheduler, min_snr_weights, snr
 from ldm.errors import UserError
 from ldm.models.unet import build_unet
 
@@ -209,22 +202,6 @@ def test_same_seed_same_loss_other_seed_other_loss(tiny_unet, batch):
     assert a.dtype == torch.float32 and a.ndim == 0
 
 
-@pytest.mark.parametrize("mixed_precision,channels_last", [("no", False), ("bf16", True)])
-def test_loss_falls_when_overfitting_one_batch(batch, mixed_precision, channels_last):
-    latents, labels = batch
-    torch.manual_seed(0)
-    unet = build_unet(UNetConfig(preset="tiny"), sample_size=8, in_channels=4, num_classes=NUM_CLASSES)
-    cfg = DiffusionConfig(label_dropout=0.0)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=3e-3)
-    step = make_train_step(
-        unet, make_train_scheduler(cfg), optimizer, cfg, NUM_CLASSES, mixed_precision, channels_last, max_grad_norm=1.0
-    )
-    # Same noise and timesteps every step (a fresh generator with one seed), so the loss is a function of the weights.
-    losses = [step(latents, labels, torch.Generator().manual_seed(0)).item() for _ in range(30)]
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert losses[-1] < 0.5 * losses[0], losses
-
-
 def test_resolve_mixed_precision():
     assert resolve_mixed_precision("no", "cpu") == "no"
     assert resolve_mixed_precision("bf16", "cpu") == "bf16"
@@ -233,11 +210,8 @@ def test_resolve_mixed_precision():
         resolve_mixed_precision("fp16", "cpu")
     with pytest.raises(UserError, match="auto, no, bf16, fp16"):
         resolve_mixed_precision("fp8", "cpu")
-
-
-def test_compile_falls_back_without_a_compiler(monkeypatch, tiny_unet):
-    import shutil
-
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.warns(UserWarning, match="C compiler"):
-        assert try_compile(tiny_unet) is tiny_unet
+    # the autoencoder's spelling of float32 is the same setting; errors name the key they are about
+    assert resolve_mixed_precision("fp32", "cpu", "autoencoder.mixed_precision") == "no"
+    with pytest.raises(UserError, match="autoencoder.mixed_precision"):
+        resolve_mixed_precision("fp8", "cpu", "autoencoder.mixed_precision")
+    assert resolve_mixed_precision("auto", "mps") == "no"

@@ -1,7 +1,8 @@
-"""Diffusion training: the CLI writes a full run folder; exact resume; safe stop; NaN stop; keep-last-K; refusals.
+"""Diffusion training: the CLI writes a full run folder; exact resume; safe stop; NaN stop; keep-last-K; refusals;
+one step's maths (overfitting, clipping, accumulation) and the learning-rate schedules of both stages.
 
-Tiny everything: the ``tiny`` UNet preset on a fake latent cache of 8x8x4 latents (3 classes), decoded by a tiny
-AutoencoderKL the test saves itself.
+Tiny everything: the ``tiny`` UNet preset on a latent cache of 8x8x4 latents (3 classes) the test writes, decoded by
+a tiny AutoencoderKL it saves itself; the real data, model and trainer modules throughout.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import shutil
 import sys
 import types
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,60 +44,6 @@ TINY = [
     "training.sample_num_images=2",
     "diffusion.num_train_timesteps=100",
 ]
-
-
-def _install_stand_ins() -> None:
-    """Until ldm.data.latents / ldm.models.autoencoder land: minimal loaders of the documented layout (tests only)."""
-    try:
-        import ldm.data.latents  # noqa: F401
-    except ModuleNotFoundError:
-        from dataclasses import dataclass
-
-        mod = types.ModuleType("ldm.data.latents")
-
-        @dataclass
-        class LatentCache:
-            latents: torch.Tensor
-            labels: torch.Tensor
-            classes: list
-            manifest: dict
-            scaling_factor: float
-            latent_shape: tuple
-
-        def load_latent_cache(path):
-            path = Path(path)
-            manifest = json.loads((path / "manifest.json").read_text())
-            xs, ys = [], []
-            for k, name in enumerate(manifest["classes"]):
-                for f in sorted((path / name).glob("*.npy")):
-                    xs.append(torch.from_numpy(np.load(f)))
-                    ys.append(k)
-            return LatentCache(
-                torch.stack(xs).float(),
-                torch.tensor(ys),
-                list(manifest["classes"]),
-                manifest,
-                float(manifest["scaling_factor"]),
-                tuple(manifest["latent_shape"]),
-            )
-
-        mod.LatentCache, mod.load_latent_cache = LatentCache, load_latent_cache
-        sys.modules["ldm.data.latents"] = mod
-    try:
-        import ldm.models.autoencoder  # noqa: F401
-    except ModuleNotFoundError:
-        mod = types.ModuleType("ldm.models.autoencoder")
-
-        def load_autoencoder(source, device="cpu", dtype=torch.float32):
-            from diffusers import AutoencoderKL
-
-            return types.SimpleNamespace(model=AutoencoderKL.from_pretrained(source).to(device).eval(), source=source)
-
-        mod.load_autoencoder = load_autoencoder
-        sys.modules["ldm.models.autoencoder"] = mod
-
-
-_install_stand_ins()
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +125,87 @@ def test_loss_falls_when_overfitting_one_batch(cache, tmp_path, prediction_type)
     assert len(losses) == 60
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert last < 0.65 * first, (first, last)  # measured: epsilon 0.88 -> 0.41, v 1.02 -> 0.58
+
+
+def _trainer(cache, out, *overrides: str):
+    from ldm.training.trainer import Trainer
+
+    trainer = Trainer(_cfg("training.max_steps=1000", *overrides), cache, out, device="cpu", progress=False)
+    trainer.setup()
+    return trainer
+
+
+@pytest.mark.parametrize("mixed_precision,channels_last", [("no", False), ("bf16", True)])
+def test_trainer_step_overfits_one_batch(cache, tmp_path, mixed_precision, channels_last):
+    """The real Trainer.step on the whole cache as one batch, with the same noise and timesteps at every step (the
+    generator reseeded, the data position rewound), so the loss is a function of the weights only."""
+    trainer = _trainer(
+        cache,
+        tmp_path / "run",
+        "training.batch_size=12",
+        "training.learning_rate=3e-3",
+        "training.lr_schedule=constant",
+        "training.warmup_steps=0",
+        "training.ema=false",
+        f"training.mixed_precision={mixed_precision}",
+        f"training.channels_last={str(channels_last).lower()}",
+        "diffusion.label_dropout=0",
+    )
+    assert trainer.mixed_precision == mixed_precision  # a bare `no` (YAML false) is the setting "no"
+    losses = []
+    for _ in range(30):
+        trainer.generator.manual_seed(0)
+        trainer.stream.load_state_dict({"epoch": 0, "offset": 0, "n": 12, "seed": 0})
+        losses.append(trainer.step()[0])
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_gradient_clipping_bounds_the_update(cache, tmp_path, monkeypatch):
+    """A loss scaled by 1e6 gives a huge gradient; clipped at max_grad_norm, one plain SGD step moves the weights by
+    exactly lr * max_grad_norm (in the parameters' joint L2 norm)."""
+    import ldm.diffusion.objective
+
+    real = ldm.diffusion.objective.diffusion_loss
+    monkeypatch.setattr(ldm.diffusion.objective, "diffusion_loss", lambda *a, **k: real(*a, **k) * 1e6)
+    sgd = ["training.optimizer=sgd", "training.momentum=0", "training.weight_decay=0", "training.warmup_steps=0"]
+    trainer = _trainer(cache, tmp_path / "run", *sgd, "training.learning_rate=0.01", "training.max_grad_norm=0.5")
+    before = [p.detach().clone() for p in trainer.raw_model.parameters()]
+    _, grad_norm, lr = trainer.step()
+    assert lr == 0.01 and grad_norm > 1e3  # the norm before clipping
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(trainer.raw_model.parameters(), before)))
+    assert float(moved) == pytest.approx(0.01 * 0.5, rel=1e-3)
+
+
+def test_accumulating_k_micro_batches_equals_one_batch_k_times_larger(cache, tmp_path, monkeypatch):
+    """3 micro-batches of 4 and one batch of 12 (the same 12 latents, each with the same noise and timestep): the
+    same weights after one optimiser step, up to float rounding."""
+    import ldm.diffusion.objective
+
+    real = ldm.diffusion.objective.diffusion_loss
+
+    def per_latent_noise(unet, scheduler, latents, labels, cfg, null_class_id, generator=None):
+        # each latent draws its noise and timestep from a generator seeded by its own bytes
+        losses = []
+        for x, y in zip(latents, labels):
+            g = torch.Generator().manual_seed(zlib.crc32(x.cpu().numpy().tobytes()))
+            losses.append(real(unet, scheduler, x[None], y[None], cfg, null_class_id, g))
+        return torch.stack(losses).mean()
+
+    monkeypatch.setattr(ldm.diffusion.objective, "diffusion_loss", per_latent_noise)
+    common = ["training.optimizer=sgd", "training.momentum=0", "training.learning_rate=0.05", "training.ema=false"]
+    common += ["training.warmup_steps=0", "training.max_grad_norm=0", "diffusion.label_dropout=0"]
+    common += ["training.mixed_precision=no"]  # float32: bf16 rounding would differ with the summation order
+    a = _trainer(cache, tmp_path / "a", *common, "training.batch_size=4", "training.gradient_accumulation_steps=3")
+    b = _trainer(cache, tmp_path / "b", *common, "training.batch_size=12", "training.gradient_accumulation_steps=1")
+    before = [p.detach().clone() for p in b.raw_model.parameters()]
+    loss_a, loss_b = a.step()[0], b.step()[0]
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    changed = 0
+    for pa, pb, p0 in zip(a.raw_model.parameters(), b.raw_model.parameters(), before):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+        changed += int(not torch.equal(pb, p0))
+    assert changed > 0  # the step did move the weights
 
 
 def test_resume_continues_exactly(cache, tmp_path):
@@ -424,3 +453,45 @@ def test_loss_png_redraws_are_throttled_but_the_last_is_forced(tmp_path, monkeyp
         clock[0] += 1.0
     # first log draws at once; then every ~15.5 s (30 x 0.5 s draw); the last one is forced
     assert drawn == [1, 16, 31, 40]
+
+
+# The learning rate of both stages, at a few steps and time shares: values computed from the code before the two
+# schedules became one helper (the diffusion trainer's lr_factor, the autoencoder's _cosine_lr).
+DIFFUSION_LR = {  # (schedule, warmup_steps): factors at steps 0, 4, 9, 10, 11, 50, 99, 100, 150 with horizon 100
+    ("cosine", 0): [1.0, 0.996057350657239, 0.9801468428384715, 0.9755282581475768, 0.9704403844771128, 0.5,
+                    0.0002467198171342, 0.0, 0.0],
+    ("cosine", 10): [0.1, 0.5, 1.0, 1.0, 0.9996954135095479, 0.5868240888334653, 0.00030458649045211894, 0.0, 0.0],
+    ("constant", 10): [0.1, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+}  # fmt: skip
+# time budget only: factors at (step, time share) (0, .5) (5, .3) (10, 0) (20, .25) (30, .5) (40, 1.2)
+DIFFUSION_LR_TIME = {
+    ("cosine", 0): [0.5, 0.7938926261462366, 1.0, 0.8535533905932737, 0.5, 0.0],
+    ("cosine", 10): [0.1, 0.6, 1.0, 0.8535533905932737, 0.5, 0.0],
+    ("constant", 10): [0.1, 0.6, 1.0, 1.0, 1.0, 1.0],
+}
+AUTOENCODER_LR = {  # warmup_steps: lr at peak 2e-3, max_steps 100, (step, time share) as below
+    0: [0.002, 0.001992114701314478, 0.0015877852522924731, 0.0019510565162951536, 0.001, 4.934396342684e-07, 0.0],
+    10: [0.0002, 0.000996057350657239, 0.0015877852522924731, 0.0019510565162951536, 0.001, 4.934396342684e-07, 0.0],
+}
+AUTOENCODER_AT = [(0, 0.0), (4, 0.0), (9, 0.3), (10, 0.1), (50, 0.0), (99, 0.0), (100, 0.0)]
+
+
+def test_learning_rate_schedules_of_both_stages_keep_their_values():
+    from ldm.training.optim import lr_factor
+
+    for (schedule, warmup), want in DIFFUSION_LR.items():
+        got = [lr_factor(s, warmup, schedule, horizon=100) for s in (0, 4, 9, 10, 11, 50, 99, 100, 150)]
+        assert got == want, (schedule, warmup)
+    for (schedule, warmup), want in DIFFUSION_LR_TIME.items():
+        at = ((0, 0.5), (5, 0.3), (10, 0.0), (20, 0.25), (30, 0.5), (40, 1.2))
+        got = [lr_factor(s, warmup, schedule, horizon=None, time_fraction=f) for s, f in at]
+        assert got == want, (schedule, warmup)
+    for warmup, want in AUTOENCODER_LR.items():
+        got = [
+            2e-3 * lr_factor(s, warmup, horizon=100, time_fraction=f, decay_during_warmup=True)
+            for s, f in AUTOENCODER_AT
+        ]
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-18), warmup
+    # the cosine reaches 0 at the horizon and the warm-up rises linearly
+    assert lr_factor(99, 0, horizon=100) > 0 and lr_factor(100, 0, horizon=100) == 0.0
+    assert [lr_factor(s, 4, "constant") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]

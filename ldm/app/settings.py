@@ -220,7 +220,7 @@ def load_settings(ws: Workspace, path_text: str) -> TrainSettings:
 @dataclass
 class JobPlan:
     run: Path  # runs/<name>
-    latents: Path  # the latent cache train reads
+    latents: Path  # the latent cache train reads (an autoencoder run: its dataset)
     phases: list[Phase]
     log: Path
     info: dict[str, Any]  # stored in the job file (used by Resume)
@@ -256,6 +256,8 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
             if not RunFolder(vae).has_vae:  # reuse one trained by an earlier start
                 phases.append(Phase("train-vae", _ldm("train-vae", "--data", str(data), "--out", str(vae)), str(vae)))
                 phases[-1].argv += stage_overrides
+                if RunFolder(vae).latest_checkpoint() is not None:  # an earlier start was interrupted: continue it
+                    phases[-1].argv += ["--resume", RunFolder.LATEST]
             vae_source = str(vae)
         else:
             vae_source = _autoencoder_source(ws, s.autoencoder)
@@ -301,6 +303,12 @@ def plan_resume_run(ws: Workspace, run_text: str | Path | None, info: dict[str, 
     ckpt = RunFolder(run).latest_checkpoint()
     if ckpt is None:
         raise UserError(f"run {ws.rel(run)} has no checkpoint yet, so it cannot be resumed; start it again instead")
+    state = RunFolder.read_checkpoint_state(ckpt)
+    if state.get("kind") == "autoencoder":  # an `ldm train-vae` run continues on the dataset it records
+        data = ws.resolve(state.get("data_dir"), what=f"dataset of run {ws.rel(run)}")
+        argv = _ldm("train-vae", "--data", str(data), "--out", str(run), "--resume", RunFolder.LATEST)
+        phases = [Phase("train-vae", argv, str(run))]
+        return JobPlan(run=run, latents=data, phases=phases, log=run / "app-job.log", info={"data": str(data)})
     info = dict(info or {})
     recorded = info.get("latents") or RunFolder.checkpoint_latents(ckpt)
     if not recorded:

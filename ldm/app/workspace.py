@@ -33,16 +33,17 @@ APP_DIR = ".ldm-app"  # the app's own state inside the workspace (job file, gene
 
 @dataclass
 class RunInfo:
-    """What the app shows about one diffusion run folder (``ldm train --out``)."""
+    """What the app shows about one run folder (``ldm train --out`` or ``ldm train-vae --out``)."""
 
     path: Path
     name: str  # path relative to the workspace root
+    kind: str  # "diffusion" or "autoencoder" (status.json's kind)
     state: str  # running | finished | stopped | failed | interrupted (running but its process is gone) | new
     step: int
     max_steps: int
     last_loss: float | None
     message: str
-    newest_sample: Path | None  # samples/step-XXXXXX.png with the highest step
+    newest_sample: Path | None  # samples/step-XXXXXX.png with the highest step (autoencoder: recon/)
     loss_plot: Path | None  # loss.png
     has_pipeline: bool  # pipeline/ exported (at the end of training)
     has_checkpoint: bool  # checkpoints/latest present (resumable)
@@ -214,11 +215,13 @@ class Workspace:
                 if MANIFEST in names:
                     found.caches.append(d)
                     return
-                if RunFolder(d).is_diffusion_run:
-                    found.runs.append(d)
-                    return
                 if RunFolder(d).has_vae:
                     found.vae_runs.append(d)
+                    if RunFolder(d).status_path.exists():  # trained by `ldm train-vae`: also a run of the Runs tab
+                        found.runs.append(d)
+                    return
+                if RunFolder(d).is_diffusion_run:
+                    found.runs.append(d)
                     return
                 if "config.json" in names and _config_class(d).startswith("Autoencoder"):
                     found.autoencoders.append(d)
@@ -255,11 +258,13 @@ class Workspace:
         step = status.get("step")
         if not isinstance(step, int):
             step = int(metrics[-1].get("step", 0)) if metrics else 0
-        samples = folder.sample_grids()
+        kind = str(status.get("kind") or "diffusion")
+        samples = folder.recon_grids() if kind == "autoencoder" else folder.sample_grids()
         mtimes = [p.stat().st_mtime for p in (folder.status_path, folder.metrics_path) if p.exists()]
         return RunInfo(
             path=run,
             name=self.rel(run),
+            kind=kind,
             state=state,
             step=step,
             max_steps=int(status.get("max_steps") or 0),
@@ -284,6 +289,8 @@ class Workspace:
         found = found or self.discover()
         out = []
         for info in self.runs(found):
+            if info.kind == "autoencoder":
+                continue
             if info.has_pipeline:
                 out.append((f"{info.name}  (run, {info.state}, step {info.step})", str(info.path)))
             elif info.has_checkpoint:

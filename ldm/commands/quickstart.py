@@ -39,13 +39,10 @@ def _step(title: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ldm.commands._common import dry_run, resolve_config
+    from ldm.commands._common import dry_run, flag_overrides, resolve_config
 
-    extra = []
-    if args.vae_minutes is not None:
-        extra.append(f"autoencoder.max_minutes={args.vae_minutes}")
-    if args.train_minutes is not None:
-        extra.append(f"training.max_minutes={args.train_minutes}")
+    extra = flag_overrides("autoencoder", max_minutes=args.vae_minutes)
+    extra += flag_overrides("training", max_minutes=args.train_minutes)
     cfg = resolve_config(args, extra)
 
     ws = Path(args.workspace).resolve()
@@ -86,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ldm.training.autoencoder import train_vae
 
-        result = train_vae(cfg, data_dir, vae_run, progress=True)
+        # an earlier start was interrupted: continue it
+        resume = RunFolder.LATEST if RunFolder(vae_run).latest_checkpoint() is not None else None
+        result = train_vae(cfg, data_dir, vae_run, progress=True, resume=resume)
         print(f"   done in {time.monotonic() - t:.0f}s: {result}")
         vae_source = str(vae_run)
 

@@ -11,12 +11,17 @@ Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and the
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
-import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ldm.commands._common import add_config_arguments, dry_run, resolve_config
+from ldm.commands._common import (
+    add_config_arguments,
+    add_resume_argument,
+    dry_run,
+    resolve_training_config,
+    run_stoppable,
+)
 from ldm.run_folder import RunFolder
 
 HELP = "train the diffusion model on a latent cache (resumable, safe to stop with Ctrl-C)"
@@ -35,13 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-minutes", type=float, default=None, help="stop after M minutes of training (training.max_minutes)"
     )
-    p.add_argument(
-        "--resume",
-        default=None,
-        metavar="latest|PATH",
-        help="continue from the newest checkpoint of --out ('latest'), a run folder or a checkpoint folder; "
-        f"without --config the run's own {RunFolder.CONFIG} is used",
-    )
+    add_resume_argument(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: accelerate's choice)")
     p.add_argument(
         "--no-progress", action="store_true", help=f"no progress bar (the log still goes to {RunFolder.LOG})"
@@ -55,63 +54,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM -> a stop request polled by the trainer; a second SIGINT raises KeyboardInterrupt."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._old: dict[int, object] = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.event.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.event.set()
-        name = signal.Signals(signum).name
-        print(
-            f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again to abort without saving)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-    def __call__(self) -> bool:
-        return self.event.is_set()
-
-
 def run(args: argparse.Namespace) -> int:
-    extra = []
-    if args.max_steps is not None:
-        extra.append(f"training.max_steps={args.max_steps}")
-    if args.epochs is not None:
-        extra.append(f"training.epochs={args.epochs}")
-    if args.max_minutes is not None:
-        extra.append(f"training.max_minutes={args.max_minutes}")
     from ldm.errors import UserError
 
+    budget = {"max_steps": args.max_steps, "epochs": args.epochs, "max_minutes": args.max_minutes}
+    cfg, ckpt = resolve_training_config(args, "training", **budget)
     recorded = None
-    if args.resume is not None:
-        # Continuing a run means continuing its recipe: start from its own resolved config, on its own cache.
-        ckpt = RunFolder(args.out).resolve_resume(args.resume)
-        run_config = RunFolder.of_checkpoint(ckpt).config_path
-        if args.config is None and run_config.is_file():
-            args.config = str(run_config)
-        if args.latents is None:
-            recorded = RunFolder.checkpoint_latents(ckpt)
-            if recorded is None:
-                raise UserError(f"--resume: checkpoint {ckpt} does not record its latent cache; pass --latents CACHE")
-            args.latents = str(recorded)
+    if ckpt is not None and args.latents is None:
+        # continuing a run: on the cache it was trained on
+        recorded = RunFolder.checkpoint_latents(ckpt)
+        if recorded is None:
+            raise UserError(f"--resume: checkpoint {ckpt} does not record its latent cache; pass --latents CACHE")
+        args.latents = str(recorded)
     elif args.latents is None:
         raise UserError("--latents CACHE is required for a new run (a folder made by `ldm prepare`)")
-    cfg = resolve_config(args, extra)
     if dry_run(args, cfg):
         return 0
     if not Path(args.latents).is_dir():
@@ -122,27 +78,17 @@ def run(args: argparse.Namespace) -> int:
             )
         raise UserError(f"--latents {args.latents}: no such folder (make one with `ldm prepare`)")
 
-    import torch
+    from ldm.training.trainer import train
 
-    from ldm.training.trainer import TrainingDiverged, train
+    def start(stop: Callable[[], bool]) -> Any:
+        progress = not args.no_progress
+        return train(
+            cfg, args.latents, args.out, resume=args.resume, should_stop=stop, progress=progress, device=args.device
+        )
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-
-    with _StopFlag() as stop:
-        try:
-            result = train(
-                cfg,
-                args.latents,
-                args.out,
-                resume=args.resume,
-                should_stop=stop,
-                progress=not args.no_progress,
-                device=args.device,
-            )
-        except TrainingDiverged as e:
-            print(f"ldm train: error: {e}", file=sys.stderr)
-            return 1
+    result = run_stoppable("train", args.threads, start)
+    if result is None:
+        return 1
     if args.no_progress:  # with progress on, the trainer's log already echoed it
         print(result.message)
     return 0

@@ -35,8 +35,9 @@ from ldm.choices import SCALING_FACTOR_MODES
 from ldm.config import Config, to_dict
 from ldm.data.folders import PREPROCESSING, FolderScan, ImageFolderDataset, list_class_files, scan_image_folder
 from ldm.data.manifest import FORMAT_VERSION, MANIFEST, AutoencoderInfo, LatentStats, Manifest
+from ldm.device import default_device
 from ldm.errors import CacheMismatchError, DataError, UserError
-from ldm.utils import default_device, hash_folder
+from ldm.utils import hash_folder
 
 if TYPE_CHECKING:
     import torch

@@ -1,4 +1,4 @@
-"""The diffusion objective: DDPM noise schedule, loss, and a fast training step.
+"""The diffusion objective: DDPM noise schedule and loss.
 
     scheduler = make_train_scheduler(cfg.diffusion)
     loss = diffusion_loss(unet, scheduler, latents, labels, cfg.diffusion, null_class_id=num_classes, generator=g)
@@ -11,11 +11,9 @@ of Hang et al. 2023 (https://arxiv.org/abs/2303.09556).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ldm.choices import BETA_SCHEDULES, LOSSES, MIXED_PRECISION, PREDICTION_TYPES
+from ldm.choices import BETA_SCHEDULES, LOSSES, PREDICTION_TYPES
 from ldm.errors import UserError
 
 if TYPE_CHECKING:
@@ -128,160 +126,3 @@ def diffusion_loss(
     if cfg.snr_gamma is not None:
         per_sample = per_sample * min_snr_weights(snr(scheduler, t), cfg.snr_gamma, cfg.prediction_type)
     return per_sample.mean()
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# speed: precision, memory format, compilation
-
-
-def cpu_bf16_is_fast() -> bool:
-    """Whether this CPU runs bfloat16 convolutions through oneDNN's AVX-512 kernels (where bf16 autocast pays)."""
-    import torch
-
-    try:
-        cap = torch.backends.cpu.get_cpu_capability()
-        return cap.startswith("AVX512") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_mixed_precision(setting: str, device: str) -> str:
-    """``"auto"`` / ``"no"`` / ``"bf16"`` / ``"fp16"`` -> the precision to use: ``"no"``, ``"bf16"`` or ``"fp16"``.
-
-    ``auto``: on CUDA bf16 where supported, else fp16; on CPU bf16 where oneDNN has AVX-512 bf16 kernels, else
-    ``"no"``; ``"no"`` on other devices (MPS). Measured on the 2-core AVX-512 development machine (AMD EPYC, no
-    native bf16 instructions), seed preset, 16x16x4 latents, batch 64, CPU seconds per step on one thread (median
-    of 5, machine shared, about +-10%): float32 1.46 s; bf16 autocast 0.89 s (with the attention fix in
-    :class:`ldm.models.unet.CPUFriendlyAttnProcessor`, else 1.44 s: the fused bf16 attention kernel eats the gain);
-    bf16 + channels-last 1.24 s (GroupNorm's channels-last kernels are slow). Whole steps from
-    ``scripts/bench_train.py`` (img/s, median of 8, load average ~3): 1 thread: plain float32 loop 41.8, this
-    step with fused AdamW + EMA 68.2 (1.63x); 2 threads: 87.3 vs 110.6 (1.27x; bf16 kernels scale worse to 2 threads).
-    A CPU without AVX-512 falls back to float32. An explicit setting is returned as is, except fp16 off CUDA
-    (CPU fp16 autocast is slow and unsupported for many ops), which is a :class:`UserError`.
-    """
-    if setting not in MIXED_PRECISION:
-        raise UserError(f"training.mixed_precision {setting!r}; accepted: {', '.join(MIXED_PRECISION)}")
-    dev = str(device).split(":")[0]
-    if setting == "auto":
-        if dev == "cuda":
-            import torch
-
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if dev == "cpu":
-            return "bf16" if cpu_bf16_is_fast() else "no"
-        return "no"
-    if setting == "fp16" and dev != "cuda":
-        raise UserError(f"mixed_precision='fp16' needs CUDA (device is {device!r}); use 'bf16' or 'no'")
-    return setting
-
-
-def optimizer_kwargs(device: str) -> dict[str, Any]:
-    """Extra keyword arguments for torch's Adam/AdamW on ``device``: ``fused=True`` (one kernel for all parameters)
-    on CPU and CUDA, ``{}`` elsewhere. Same maths as the default implementation."""
-    dev = str(device).split(":")[0]
-    return {"fused": True} if dev in ("cpu", "cuda") else {}
-
-
-def autocast_context(mixed_precision: str, device: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``"bf16"`` / ``"fp16"`` on ``device``'s type, a no-op context for ``"no"``."""
-    import torch
-
-    if mixed_precision == "no":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
-    if dtype is None:
-        raise UserError(f"mixed_precision {mixed_precision!r}; accepted here: no, bf16, fp16 (resolve 'auto' first)")
-    return torch.autocast(device_type=str(device).split(":")[0], dtype=dtype)
-
-
-def to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """A 4-D tensor in channels-last memory format (same values and shape); other tensors unchanged."""
-    import torch
-
-    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
-
-
-def prepare_unet_for_training(unet: Any, channels_last: bool = False, compile: bool = False) -> Any:
-    """Put ``unet`` in train mode, channels-last if asked, and return the module to call (maybe compiled).
-
-    Also (re)installs :class:`ldm.models.unet.CPUFriendlyAttnProcessor` (``build_unet`` already does; a model loaded
-    with ``from_pretrained`` has diffusers' default processor). Channels-last is off by default: measured slower
-    for these GroupNorm-heavy UNets on CPU (see :func:`resolve_mixed_precision`).
-
-    The returned module shares parameters with ``unet``: save, EMA-update and export ``unet`` itself, call the
-    returned one. ``compile=True`` tries ``torch.compile`` and falls back to eager (with a warning) when no
-    working compiler is present.
-    """
-    import torch
-
-    from ldm.models.unet import set_attention_processor
-
-    set_attention_processor(unet)
-    unet.train()
-    if channels_last:
-        unet.to(memory_format=torch.channels_last)
-    if compile:
-        return try_compile(unet)
-    return unet
-
-
-def try_compile(module: Any) -> Any:
-    """``torch.compile(module)`` if a C compiler and inductor are usable here, else ``module`` (warning printed).
-
-    Not used by default: on the 2-core development machine (shared, loaded) compiling the seed preset's training
-    graph took 29 min wall / 151 CPU-s in the main process, and the compiled bf16 step (1.04 CPU-s) was no faster
-    than the eager bf16 step with :class:`ldm.models.unet.CPUFriendlyAttnProcessor` (0.89 CPU-s).
-    """
-    import shutil
-    import warnings
-
-    import torch
-
-    if not hasattr(torch, "compile"):
-        warnings.warn("torch.compile unavailable in this torch; training eagerly", stacklevel=2)
-        return module
-    if str(next(module.parameters()).device).startswith("cpu") and not (
-        shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    ):
-        warnings.warn("torch.compile needs a C compiler on CPU and none was found; training eagerly", stacklevel=2)
-        return module
-    return torch.compile(module)
-
-
-def make_train_step(
-    unet: Any,
-    scheduler: DDPMScheduler,
-    optimizer: torch.optim.Optimizer,
-    cfg: DiffusionConfig,
-    null_class_id: int,
-    mixed_precision: str = "no",
-    channels_last: bool = False,
-    compile: bool = False,
-    max_grad_norm: float = 0.0,
-    device: str | None = None,
-) -> Callable[..., torch.Tensor]:
-    """A function ``step(latents (B,C,h,w), labels (B,), generator) -> loss`` doing one optimiser step.
-
-    Forward and loss under autocast (``mixed_precision`` already resolved), backward, optional gradient clipping
-    at ``max_grad_norm`` (0 = off), ``optimizer.step()`` and ``zero_grad(set_to_none=True)``. The returned loss is a
-    detached float32 scalar tensor; call ``.item()`` only when logging, to avoid a sync per step.
-    """
-    import torch
-
-    device = device or str(next(unet.parameters()).device)
-    model = prepare_unet_for_training(unet, channels_last=channels_last, compile=compile)
-    params = [p for p in unet.parameters() if p.requires_grad]
-
-    def step(latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if channels_last:
-            latents = to_channels_last(latents)
-        with autocast_context(mixed_precision, device):
-            loss = diffusion_loss(model, scheduler, latents, labels, cfg, null_class_id, generator)
-        loss.backward()
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step

@@ -467,11 +467,11 @@ def load_pipeline(
 ) -> ClassConditionalLatentDiffusionPipeline:
     """Load the pipeline of a run folder or a pipeline folder, quietly (no progress bars).
 
-    ``device`` defaults to :func:`ldm.utils.default_device`; ``dtype`` to float32.
+    ``device`` defaults to :func:`ldm.device.default_device`; ``dtype`` to float32.
     """
     from diffusers.utils import logging as diffusers_logging
 
-    from ldm.utils import default_device
+    from ldm.device import default_device
 
     folder = RunFolder.find_pipeline(path)
     bar = diffusers_logging.is_progress_bar_enabled()

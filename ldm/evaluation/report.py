@@ -513,9 +513,10 @@ def evaluate_run(
     ``guidance_scale`` defaults to the run's ``sampling.guidance_scale`` (3.0 without a run config).
     """
     from ldm.data.folders import scan_image_folder
+    from ldm.device import default_device
     from ldm.diffusion.pipeline import load_pipeline
     from ldm.evaluation.inception import load_inception
-    from ldm.utils import atomic_write_json, atomic_write_text, default_device
+    from ldm.utils import atomic_write_json, atomic_write_text
 
     log = log or (lambda m: None)
     t_start = time.time()

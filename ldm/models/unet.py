@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 
     from ldm.config import UNetConfig
 
+# The seed's four levels: plain convolutions at the top level, self-attention at the three below.
+_ATTENTION_BELOW_TOP = dict(
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+)
+
 # Keyword arguments of UNet2DModel per preset. Sizes below are with 4 latent channels and 6 class embeddings.
 PRESETS: dict[str, dict[str, Any]] = {
     # For tests and smoke runs: two levels, one attention level, ~0.2 M parameters.
@@ -33,10 +39,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         norm_num_groups=8,
         attention_head_dim=8,
     ),
-    # The demo default for 16x16 latents on a CPU: three levels (16, 8, 4), attention only at 8x8 and 4x4
-    # (attention at 16x16 costs the most and helps the least at this size). ~4.0 M parameters and fewer FLOPs per
-    # step than seed (docs/benchmarks.md), so a few CPU minutes buy more steps; widths and depth as the seed's first
-    # three levels.
+    # For 16x16 latents on a CPU: the seed's first three levels (16, 8, 4), attention only at 8x8 and 4x4
+    # (attention at 16x16 costs the most and helps the least at this size). ~4.0 M parameters, fewer FLOPs per
+    # step than seed, so a few minutes of CPU buy more steps.
     "small": dict(
         layers_per_block=2,
         block_out_channels=(32, 64, 128),
@@ -49,23 +54,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": dict(
         layers_per_block=2,
         block_out_channels=(32, 64, 128, 256),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        **_ATTENTION_BELOW_TOP,
     ),
     # Wider than seed at every level, attention below the top level: for GPUs or long CPU runs.
     "base": dict(
         layers_per_block=2,
         block_out_channels=(64, 128, 256, 256),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        **_ATTENTION_BELOW_TOP,
         attention_head_dim=32,
     ),
     # GPU-sized: twice base's width.
     "large": dict(
         layers_per_block=2,
         block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        **_ATTENTION_BELOW_TOP,
         attention_head_dim=64,
     ),
 }

@@ -24,11 +24,9 @@ uninterrupted run. The exported model (the EMA weights as a diffusers pipeline) 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,18 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldm.choices import OPTIMIZERS
 from ldm.config import Config, TrainingConfig, to_dict
 from ldm.errors import UserError
 from ldm.figures import labelled_grid, plot_loss
-from ldm.run_folder import RunFolder, save_png
-from ldm.utils import atomic_dir, atomic_write_json
+from ldm.run_folder import save_png
+from ldm.training.loop import BatchStream, TrainingDiverged, TrainingLoop, make_ema
+from ldm.training.optim import lr_factor, make_optimizer
+from ldm.utils import atomic_dir
 
-CHECKPOINT_FORMAT = 1
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+__all__ = ["BatchStream", "TrainResult", "Trainer", "TrainingDiverged", "train"]
 
 
 @dataclass
@@ -67,73 +62,7 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# data order and learning rate: small, deterministic, resumable pieces
-
-
-class BatchStream:
-    """Endless stream of index batches over ``n`` items: a fresh permutation per epoch, seeded by (seed, epoch).
-
-    The position is ``(epoch, offset)``; the permutation of an epoch is recomputed from the seed, so the state is two
-    integers. A batch that runs past the end of an epoch continues into the next one (every batch has the same
-    size, and no image is dropped, even when the cache is smaller than a batch).
-    """
-
-    def __init__(self, n: int, seed: int):
-        if n < 1:
-            raise ValueError("BatchStream needs at least one item")
-        self.n, self.seed = n, seed
-        self.epoch, self.offset = 0, 0
-        self._perm: torch.Tensor | None = None
-
-    def _permutation(self) -> torch.Tensor:
-        if self._perm is None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._perm = torch.randperm(self.n, generator=g)
-        return self._perm
-
-    def next(self, k: int) -> torch.Tensor:
-        """The next ``k`` indices, LongTensor ``(k,)`` in ``[0, n)``."""
-        parts, need = [], k
-        while need > 0:
-            perm = self._permutation()
-            take = min(need, self.n - self.offset)
-            parts.append(perm[self.offset : self.offset + take])
-            self.offset += take
-            need -= take
-            if self.offset == self.n:
-                self.epoch, self.offset, self._perm = self.epoch + 1, 0, None
-        return torch.cat(parts)
-
-    @property
-    def images_seen(self) -> int:
-        return self.epoch * self.n + self.offset
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "seed": self.seed}
-
-    def load_state_dict(self, d: dict[str, int]) -> None:
-        if d["n"] != self.n:
-            raise UserError(f"the checkpoint was trained on a cache of {d['n']} latents, this cache has {self.n}")
-        self.epoch, self.offset, self._perm = int(d["epoch"]), int(d["offset"]), None
-
-
-def lr_factor(step: int, tc: TrainingConfig, horizon: int | None, time_fraction: float = 0.0) -> float:
-    """Learning-rate multiplier for optimiser step ``step`` (0-based): linear warm-up over ``tc.warmup_steps``, then
-    constant or a cosine decay to 0 at ``horizon`` steps (Loshchilov & Hutter 2017, https://arxiv.org/abs/1608.03983).
-
-    When no step horizon is known (only ``max_minutes`` is set), the cosine follows ``time_fraction`` (elapsed share of
-    the time budget) instead, so a time-budgeted run still ends at a low learning rate.
-    """
-    if tc.warmup_steps > 0 and step < tc.warmup_steps:
-        return (step + 1) / tc.warmup_steps
-    if tc.lr_schedule == "constant":
-        return 1.0
-    if horizon is not None:
-        span = max(1, horizon - tc.warmup_steps)
-        progress = min(1.0, (step - tc.warmup_steps) / span)
-    else:
-        progress = min(1.0, max(0.0, time_fraction))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+# budget and settings
 
 
 def step_horizon(tc: TrainingConfig, num_latents: int, latents_per_step: int) -> int | None:
@@ -168,126 +97,51 @@ def check_training_config(tc: TrainingConfig) -> None:
         raise UserError(f"training.max_grad_norm must be >= 0 (0 = no clipping), got {tc.max_grad_norm}")
 
 
-def make_optimizer(params: Any, tc: TrainingConfig, device: str = "cpu") -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay), Adam (L2 weight decay) or SGD with momentum, at ``tc.learning_rate``.
-
-    Adam/AdamW use torch's fused kernel where available (same maths, one kernel for all parameters)."""
-    from ldm.diffusion.objective import optimizer_kwargs
-
-    fused = optimizer_kwargs(device)
-    if tc.optimizer == "adamw":
-        return torch.optim.AdamW(
-            params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay, **fused
-        )
-    if tc.optimizer == "adam":
-        return torch.optim.Adam(
-            params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay, **fused
-        )
-    if tc.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=tc.learning_rate, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    raise UserError(f"training.optimizer: unknown {tc.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
-
-
-def _rng_state(noise: torch.Generator) -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "noise": noise.get_state(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any], noise: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    noise.set_state(state["noise"])
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # the trainer
 
 
-class Trainer:
-    """The state of one training run. :func:`train` is the usual entry point; the class is public so that
+class Trainer(TrainingLoop):
+    """The state of one diffusion training run. :func:`train` is the usual entry point; the class is public so that
     benchmarks time exactly this step::
 
         t = Trainer(cfg, "data/latents/demo", "/tmp/bench-run", device="cpu")
         t.setup()                       # writes config.yaml and classes.json into the run folder
         loss, grad_norm, lr = t.step()  # one optimiser step (all micro-batches), as in training
+
+    Arguments as :func:`train`'s.
     """
 
-    def __init__(
-        self,
-        cfg: Config,
-        latents: str | Path,
-        out: str | Path,
-        resume: str | Path | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        progress: bool = True,
-        on_log: Callable[[dict[str, Any]], None] | None = None,
-        device: str | None = None,
-    ):
-        self.cfg, self.tc = cfg, cfg.training
-        self.out = Path(out)
-        self.run_folder = RunFolder(self.out)
-        self.should_stop = should_stop or (lambda: False)
-        self.progress, self.on_log = progress, on_log
+    kind = "diffusion"
+    section = "training"
+    weights = "unet"
+    divergence_hint = (
+        "Try a lower training.learning_rate, training.max_grad_norm=1, or training.mixed_precision=no, then"
+    )
+
+    def check_config(self) -> None:
+        self.tc = self.cfg.training
         check_training_config(self.tc)
 
-        # Refuse before touching anything: a run folder with checkpoints is only continued on request.
-        self.resume_from: Path | None = None
-        if resume is not None:
-            self.resume_from = self.run_folder.resolve_resume(resume)
-        elif (problem := self.run_folder.existing_run_problem()) is not None:
-            raise UserError(problem)
-
-        from accelerate import Accelerator
-
+    def load_source(self, latents: Path) -> None:
         from ldm.data.latents import load_latent_cache
-        from ldm.diffusion.objective import resolve_mixed_precision
 
         self.cache = load_latent_cache(latents)
-        self.latents_path = Path(latents)
+        self.latents_path = latents
         self.classes = list(self.cache.classes)
         self.num_classes = len(self.classes)
         n, c, h, w = self.cache.latents.shape
         if h != w:
             raise UserError(f"the latent cache holds non-square latents {h}x{w}; the UNet needs square ones")
         self.latent_shape = (c, h, w)
-
-        want_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
-        probe = "cpu" if want_cpu else (device or "cuda")
-        self.mixed_precision = resolve_mixed_precision(self.tc.mixed_precision, probe)
-        self.acc = Accelerator(mixed_precision=self.mixed_precision, cpu=want_cpu)
-        self.main = self.acc.is_main_process
-        self.device = self.acc.device
-        self.world = self.acc.num_processes
         self.latents_per_step = self.tc.batch_size * self.tc.gradient_accumulation_steps * self.world
+        self.max_steps, self.max_minutes = self.tc.max_steps, self.tc.max_minutes
         self.horizon = step_horizon(self.tc, n, self.latents_per_step)
-
-        self.log = self.run_folder.log(echo=self._echo if self.main else None)
-        self.bar = None
         self._plot_at, self._plot_cost = -1e9, 0.0  # time and cost of the last loss.png redraw (see _plot)
-
-    # -- output helpers -----------------------------------------------------------------------------------------------
-
-    def _echo(self, msg: str) -> None:
-        if self.bar is not None:
-            from tqdm.auto import tqdm
-
-            tqdm.write(msg)
-        elif self.progress:
-            print(msg, flush=True)
 
     # -- setup ------------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from diffusers.training_utils import EMAModel
-
         from ldm.diffusion.objective import make_train_scheduler
         from ldm.models.unet import build_unet
 
@@ -306,24 +160,10 @@ class Trainer:
         unet = build_unet(self.cfg.unet, sample_size=h, in_channels=c, num_classes=self.num_classes)
         self.null_class_id = self.num_classes
         self.scheduler = make_train_scheduler(self.cfg.diffusion)
-        self.ema = None
-        if tc.ema:
-            self.ema = EMAModel(
-                unet.parameters(),
-                decay=tc.ema_decay,
-                use_ema_warmup=tc.ema_warmup,
-                inv_gamma=1.0,
-                power=tc.ema_power,
-                foreach=True,  # one multi-tensor update instead of a Python loop over ~300 tensors
-                model_cls=type(unet),
-                model_config=unet.config,
-            )
+        self.ema = make_ema(unet, tc.ema_decay, tc.ema_warmup, tc.ema_power) if tc.ema else None
         self.stream = BatchStream(len(self.cache.latents), tc.seed)
-        self.step_count = 0
-        self.elapsed_before = 0.0  # training seconds spent before this process (resume)
-        rng_state = None
         if self.resume_from is not None:
-            rng_state = self._load_checkpoint(unet)
+            self._load_checkpoint(unet)
         else:
             random.seed(tc.seed)
             np.random.seed(tc.seed % 2**32)
@@ -332,25 +172,16 @@ class Trainer:
             unet = unet.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(unet.parameters(), tc, str(self.device))
         self.unet, self.optimizer = self.acc.prepare(unet, optimizer)
-        self.raw_unet = self.acc.unwrap_model(self.unet)
+        self.raw_model = self.acc.unwrap_model(self.unet)
         if self.ema is not None:
             self.ema.to(self.device)
 
         # The noise generator lives on the training device; every process has its own seed and saved state.
-        self.noise = torch.Generator(device=self.device).manual_seed(tc.seed * 7919 + 1 + self.acc.process_index)
+        rank = self.acc.process_index
+        self.generator = torch.Generator(device=self.device).manual_seed(tc.seed * 7919 + 1 + rank)
         if self.resume_from is not None:
-            self.optimizer.load_state_dict(
-                torch.load(self.resume_from / "optimizer.pt", map_location="cpu", weights_only=False)
-            )
-            states = rng_state["per_process"]
-            if len(states) == self.world:
-                _set_rng_state(states[self.acc.process_index], self.noise)
-            else:
-                self.log(
-                    f"warning: the checkpoint was written by {len(states)} process(es), this run has {self.world}; "
-                    "noise generators reseeded from (seed, step), so the continuation is not bit-identical"
-                )
-                self.noise.manual_seed(tc.seed * 7919 + 1 + self.acc.process_index + 104_729 * self.step_count)
+            self.load_optimizer(self.optimizer)
+            self.restore_rng(lambda: self.generator.manual_seed(tc.seed * 7919 + 1 + rank + 104_729 * self.step_count))
 
         self.latents = self.cache.latents.to(self.device)
         self.labels = self.cache.labels.to(self.device)
@@ -362,12 +193,11 @@ class Trainer:
                 self.evaluator = self._make_evaluator()  # likewise a missing .[eval] extra or real-image folder
         self.t0 = time.monotonic()  # reset by run(); set here so step() works on its own (benchmarks)
 
-    def _load_checkpoint(self, unet: torch.nn.Module) -> dict[str, Any]:
+    def _load_checkpoint(self, unet: torch.nn.Module) -> None:
         """Load model, EMA, data position and step from ``self.resume_from`` into the fresh objects."""
-        from safetensors.torch import load_file
 
         ckpt = self.resume_from
-        state = RunFolder.read_checkpoint_state(ckpt)
+        state = self.read_checkpoint_state()
         if state.get("classes") != self.classes:
             raise UserError(
                 f"cannot resume from {ckpt}: it was trained on classes {state.get('classes')}, "
@@ -382,23 +212,26 @@ class Trainer:
                 f"cannot resume from {ckpt}: its unet config {state.get('unet')} differs from this config's "
                 f"{to_dict(self.cfg.unet)}; resume with the run's own {self.run_folder.CONFIG}"
             )
-        weights = load_file(str(ckpt / "unet" / "diffusion_pytorch_model.safetensors"))
-        unet.load_state_dict(weights)
-        if self.ema is not None:
-            ema_dir = ckpt / "unet_ema"
-            if ema_dir.is_dir():
-                # Read the EMA folder directly (EMAModel.from_pretrained warns about its own config keys).
-                ema_weights = load_file(str(ema_dir / "diffusion_pytorch_model.safetensors"))
-                self.ema.shadow_params = [ema_weights[name].clone() for name, _ in unet.named_parameters()]
-                ema_config = json.loads((ema_dir / "config.json").read_text())
-                self.ema.optimization_step = int(ema_config["optimization_step"])
-            else:  # the checkpoint was trained without EMA: start the average from the current weights
-                self.ema.shadow_params = [p.detach().clone() for p in unet.parameters()]
+        self.load_weights(unet)
         self.stream.load_state_dict(state["data"])
-        self.step_count = int(state["step"])
-        self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
-        self.last_loss = state.get("loss")
-        return torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=False)
+
+    def save_state(self, folder: Path) -> dict[str, Any]:
+        return {
+            "epoch": self._epoch(),
+            "data": self.stream.state_dict(),
+            "lr_schedule": {
+                "kind": self.tc.lr_schedule,
+                "warmup_steps": self.tc.warmup_steps,
+                "horizon": self.horizon,
+                "peak": self.tc.learning_rate,
+            },
+            "classes": self.classes,
+            "latent_shape": list(self.latent_shape),
+            "latents": str(self.latents_path.resolve()),
+            "unet": to_dict(self.cfg.unet),
+        }
+
+    # -- one optimiser step -------------------------------------------------------------------------------------------
 
     # -- one optimiser step -------------------------------------------------------------------------------------------
 
@@ -407,7 +240,11 @@ class Trainer:
         from ldm.diffusion.objective import diffusion_loss
 
         tc = self.tc
-        lr = tc.learning_rate * lr_factor(self.step_count, tc, self.horizon, self._time_fraction())
+        # the step horizon, when known, drives the cosine alone (the time share differs between runs and resumes)
+        time_fraction = self._time_fraction() if self.horizon is None else 0.0
+        lr = tc.learning_rate * lr_factor(
+            self.step_count, tc.warmup_steps, tc.lr_schedule, self.horizon, time_fraction
+        )
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.unet.train()
@@ -422,7 +259,7 @@ class Trainer:
             last = micro == tc.gradient_accumulation_steps - 1
             with self.acc.no_sync(self.unet) if not last else contextlib.nullcontext(), self.acc.autocast():
                 loss = diffusion_loss(
-                    self.unet, self.scheduler, x, y, self.cfg.diffusion, self.null_class_id, self.noise
+                    self.unet, self.scheduler, x, y, self.cfg.diffusion, self.null_class_id, self.generator
                 )
             self.acc.backward(loss / tc.gradient_accumulation_steps)
             total += loss.detach().float()
@@ -436,53 +273,178 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.step(self.raw_unet.parameters())
+            self.ema.step(self.raw_model.parameters())
         self.step_count += 1
         return mean_loss, grad_norm, lr
 
-    # -- timing -----------------------------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        loss, grad_norm, lr = self.step()
+        self._window.append((loss, grad_norm))
+        self._images_window += self.latents_per_step
+        self._lr = lr
+        return loss
 
-    def _elapsed(self) -> float:
-        return self.elapsed_before + (time.monotonic() - self.t0)
+    def _epoch(self) -> float:
+        return self.stream.images_seen / self.stream.n
 
-    def _time_fraction(self) -> float:
-        if self.tc.max_minutes <= 0:
-            return 0.0
-        return self._elapsed() / (60.0 * self.tc.max_minutes)
-
-    def _eta(self) -> float | None:
-        done = self.step_count - self.start_step
-        if done <= 0:
-            return None
-        per_step = (time.monotonic() - self.t0) / done
-        etas = []
-        if self.horizon is not None:
-            etas.append(max(0, self.horizon - self.step_count) * per_step)
-        if self.tc.max_minutes > 0:
-            etas.append(max(0.0, 60.0 * self.tc.max_minutes - self._elapsed()))
-        return min(etas) if etas else None
-
-    def _stop_reason(self) -> str | None:
-        tc = self.tc
-        if tc.max_steps > 0 and self.step_count >= tc.max_steps:
-            return f"reached max_steps={tc.max_steps}"
-        if tc.epochs > 0 and self.stream.images_seen >= tc.epochs * self.stream.n:
-            return f"reached epochs={tc.epochs}"
-        if tc.max_minutes > 0 and self._elapsed() >= 60.0 * tc.max_minutes:
-            return f"reached max_minutes={tc.max_minutes:g}"
+    def extra_stop_reason(self) -> str | None:
+        if self.tc.epochs > 0 and self.stream.images_seen >= self.tc.epochs * self.stream.n:
+            return f"reached epochs={self.tc.epochs}"
         return None
+
+    def status_extra(self) -> dict[str, Any]:
+        return {"epoch": round(self._epoch(), 4)}
+
+    # -- the periodic work after a step: log, sample grid, quick evaluation, checkpoint ----------------------------
+
+    def begin(self) -> None:
+        from ldm.models.unet import describe_unet
+
+        tc = self.tc
+        if self.main:
+            self.log(
+                f"training on {len(self.cache.latents)} latents {self.latent_shape} x {self.num_classes} classes "
+                f"({', '.join(self.classes[:8])}{', ...' if self.num_classes > 8 else ''}) from {self.latents_path}"
+            )
+            self.log(describe_unet(self.raw_model))
+            budget = [f"{k}={getattr(tc, k)}" for k in ("max_steps", "epochs", "max_minutes") if getattr(tc, k)]
+            self.log(
+                f"device {self.device} x {self.world} process(es), mixed precision {self.mixed_precision}; "
+                f"{self.latents_per_step} latents per optimiser step; stop at {' or '.join(budget)}"
+                + (f" (~{self.horizon} steps)" if self.horizon else "")
+            )
+        self._window: list[tuple[float, float | None]] = []
+        self._t_window = time.monotonic()
+        self._images_window = 0
+        self.records = self.run_folder.read_metrics() if self.main else []
+        self.last_grid: Path | None = None
+        self.last_sample_step = -1
+
+    def after_step(self, at_end: bool) -> None:
+        tc = self.tc
+        if at_end or (tc.log_every > 0 and self.step_count % tc.log_every == 0):
+            self.log_window(force_plot=at_end)
+        if tc.sample_every > 0 and self.step_count % tc.sample_every == 0 and not at_end:
+            self.save_samples()
+        if self.evaluator is not None and self.step_count % tc.eval_every == 0:
+            self.evaluate()
+        if tc.checkpoint_every > 0 and self.step_count % tc.checkpoint_every == 0 and not at_end:
+            self.checkpoint_and_export()
+
+    def log_window(self, force_plot: bool = False) -> None:
+        """One metrics record: the means over the steps since the last one; the log line, loss.png, status.json."""
+        now = time.monotonic()
+        window, lr = self._window, self._lr
+        norms = [g for _, g in window if g is not None]
+        record = {
+            "step": self.step_count,
+            "epoch": round(self._epoch(), 4),
+            "loss": sum(v for v, _ in window) / len(window),
+            "lr": lr,
+            "grad_norm": sum(norms) / len(norms) if norms else None,
+            "images_per_sec": round(self._images_window / max(now - self._t_window, 1e-9), 2),
+            "elapsed": round(self._elapsed(), 2),
+        }
+        self.last_loss = record["loss"]
+        self._window, self._t_window, self._images_window = [], now, 0
+        if self.main:
+            eta = self._eta()
+            self.log(
+                f"step {record['step']} epoch {record['epoch']:.2f} loss {record['loss']:.4f} "
+                f"lr {lr:.2e} grad_norm {record['grad_norm'] or 0:.3f} "
+                f"{record['images_per_sec']:.1f} img/s elapsed {record['elapsed'] / 60:.1f} min"
+                + (f" eta {eta / 60:.1f} min" if eta is not None else ""),
+                echo=self.bar is None,  # the bar shows it already
+            )
+            self.run_folder.append_metrics(record)
+            self.records.append(record)
+            self._plot(self.records, force=force_plot)
+            self.status("running", "training", loss=record["loss"])
+            self.bar_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+        if self.on_log is not None:
+            self.on_log(record)
+
+    def save_samples(self) -> None:
+        if self.main:
+            self.last_grid = self.sample_grid()
+            self.last_sample_step = self.step_count
+            self.log(f"step {self.step_count}: samples -> {self.last_grid}")
+        self.acc.wait_for_everyone()
+
+    def evaluate(self) -> None:
+        from ldm.figures import plot_eval_metrics
+
+        t_eval = time.monotonic()
+        row = self.quick_eval()
+        self.run_folder.append_metrics(row)
+        self.records.append(row)
+        plot_eval_metrics(self.records, self.run_folder.eval_plot_path)
+        self.log(
+            f"step {self.step_count}: KID {row['eval_kid']:.4f} +- {row['eval_kid_std']:.4f}, class "
+            f"accuracy {row['eval_class_accuracy']:.2f} ({row['eval_num_samples']} samples, "
+            f"{row['eval_seconds']:.0f} s, not counted in max_minutes) -> {self.run_folder.eval_plot_path.name}"
+        )
+        self.t0 += time.monotonic() - t_eval  # the time budget is for training
+
+    def checkpoint_and_export(self) -> None:
+        self.save_checkpoint()
+        if self.main:
+            self.export()
+            self.log(f"step {self.step_count}: checkpoint -> {self.last_ckpt}, pipeline exported")
+
+    def finish(self, state: str, reason: str) -> TrainResult:
+        """The end, whatever ended it: a final checkpoint, a final grid, the export."""
+        self.checkpoint_unless_saved()
+        pipeline_dir = None
+        if self.main:
+            if self.last_sample_step != self.step_count:
+                self.last_grid = self.sample_grid()
+            pipeline_dir = self.export()
+            msg = (
+                f"{state} at step {self.step_count} ({reason}) after {self._elapsed() / 60:.1f} min; "
+                f"checkpoint {self.last_ckpt}, samples {self.last_grid}, pipeline {pipeline_dir}"
+            )
+            self.log(msg)
+        else:
+            msg = f"{state} at step {self.step_count}"
+        self.acc.wait_for_everyone()
+        self.status(state, msg, loss=self.last_loss)
+        return TrainResult(
+            run_dir=self.out,
+            state=state,
+            step=self.step_count,
+            epoch=self._epoch(),
+            loss=self.last_loss,
+            elapsed_seconds=self._elapsed(),
+            checkpoint=self.last_ckpt,
+            pipeline_dir=pipeline_dir,
+            sample_grid=self.last_grid,
+            message=msg,
+        )
+
+    def _plot(self, records: list[dict[str, Any]], force: bool = False) -> None:
+        """Redraw loss.png; between forced redraws, at most once per max(10 s, 30x the last draw's duration), so
+        plotting costs a few percent of the run at most, even with log_every=1 (the app draws its own curve)."""
+        now = time.monotonic()
+        if not force and now - self._plot_at < max(10.0, 30 * self._plot_cost):
+            return
+        plot_loss(records, self.run_folder.loss_plot_path, title=self.out.name)
+        self._plot_at = time.monotonic()
+        self._plot_cost = self._plot_at - now
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
 
     # -- EMA model, samples, checkpoints, export ----------------------------------------------------------------------
 
     def _eval_unet(self) -> torch.nn.Module:
         """A separate float32 copy of the UNet holding the EMA weights (or the raw weights without EMA)."""
         if getattr(self, "_eval", None) is None:
-            self._eval = type(self.raw_unet).from_config(self.raw_unet.config).to(self.device)
+            self._eval = type(self.raw_model).from_config(self.raw_model.config).to(self.device)
             self._eval.eval().requires_grad_(False)
         if self.ema is not None:
             self.ema.copy_to(self._eval.parameters())
         else:
-            self._eval.load_state_dict(self.raw_unet.state_dict())
+            self._eval.load_state_dict(self.raw_model.state_dict())
         return self._eval
 
     def _inputs(self) -> dict[str, Any]:
@@ -593,275 +555,8 @@ class Trainer:
             pipe.save_pretrained(tmp, safe_serialization=True)
         return final
 
-    def save_checkpoint(self, loss: float | None) -> Path:
-        """Write ``checkpoints/step-XXXXXX/`` atomically (state.json last), point ``latest`` at it, prune old ones."""
-        rng = {"per_process": [_rng_state(self.noise)]}
-        if self.world > 1:
-            from accelerate.utils import gather_object
 
-            rng = {"per_process": gather_object([_rng_state(self.noise)])}
-        final = self.run_folder.checkpoint_dir(self.step_count)
-        if self.main:
-            with atomic_dir(final) as tmp:
-                self.raw_unet.save_pretrained(tmp / "unet", safe_serialization=True)
-                if self.ema is not None:
-                    self.ema.save_pretrained(str(tmp / "unet_ema"))
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(rng, tmp / "rng.pt")
-                state = {
-                    "format_version": CHECKPOINT_FORMAT,
-                    "step": self.step_count,
-                    "epoch": self.stream.images_seen / self.stream.n,
-                    "data": self.stream.state_dict(),
-                    "elapsed_seconds": self._elapsed(),
-                    "loss": loss,
-                    "lr_schedule": {
-                        "kind": self.tc.lr_schedule,
-                        "warmup_steps": self.tc.warmup_steps,
-                        "horizon": self.horizon,
-                        "peak": self.tc.learning_rate,
-                    },
-                    "num_processes": self.world,
-                    "classes": self.classes,
-                    "latent_shape": list(self.latent_shape),
-                    "latents": str(self.latents_path.resolve()),
-                    "unet": to_dict(self.cfg.unet),
-                    "mixed_precision": self.mixed_precision,
-                }
-                atomic_write_json(RunFolder.checkpoint_state_path(tmp), state)
-            self.run_folder.mark_latest(final)
-            self.run_folder.prune_checkpoints(self.tc.keep_checkpoints)
-        self.acc.wait_for_everyone()
-        return final
-
-    def _agree_on_stop(self, reason: str | None, state: str) -> tuple[str | None, str]:
-        """Several processes: stop all of them if any wants to (clocks and signals differ per process; a process
-        leaving the loop alone would hang the others in the next gradient all-reduce)."""
-        flags = torch.tensor([float(reason is not None), float(state == "stopped")], device=self.device)
-        flags = self.acc.reduce(flags, "sum")
-        if flags[0] > 0 and reason is None:
-            reason = "stop requested" if flags[1] > 0 else "another process reached the budget"
-        return reason, "stopped" if flags[1] > 0 else state
-
-    def _plot(self, records: list[dict[str, Any]], force: bool = False) -> None:
-        """Redraw loss.png; between forced redraws, at most once per max(10 s, 30x the last draw's duration), so
-        plotting costs at most ~3% of the run even with log_every=1. (A redraw takes 0.3-0.4 s on a 2-core CPU: the
-        earlier 2 s / 10x rule spent ~10% of a 5-minute run on it. The app draws its own curve from metrics.jsonl.)"""
-        now = time.monotonic()
-        if not force and now - self._plot_at < max(10.0, 30 * self._plot_cost):
-            return
-        plot_loss(records, self.run_folder.loss_plot_path, title=self.out.name)
-        self._plot_at = time.monotonic()
-        self._plot_cost = self._plot_at - now
-
-    # -- the loop ---------------------------------------------------------------------------------------------------
-
-    def status(self, state: str, message: str = "", loss: float | None = None) -> None:
-        if self.main:
-            self.run_folder.write_status(
-                state,
-                step=self.step_count,
-                max_steps=self.horizon,
-                message=message,
-                eta_seconds=self._eta() if state == "running" else 0.0 if state == "finished" else None,
-                epoch=round(self.stream.images_seen / self.stream.n, 4),
-                loss=loss,
-                elapsed_seconds=round(self._elapsed(), 1),
-                max_minutes=self.tc.max_minutes or None,
-            )
-
-    def run(self) -> TrainResult:
-        tc = self.tc
-        self.t0 = time.monotonic()
-        self.start_step = self.step_count
-        self.last_loss = getattr(self, "last_loss", None)
-        from ldm.models.unet import describe_unet
-
-        if self.main:
-            if self.resume_from is not None:
-                self.run_folder.truncate_metrics(self.step_count)
-                self.log(f"resuming from {self.resume_from} (step {self.step_count})")
-            elif self.run_folder.metrics_path.exists():
-                # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
-                self.run_folder.truncate_metrics(0)
-                self.log("starting fresh: the earlier attempt in this folder left no checkpoint")
-            self.log(
-                f"training on {len(self.cache.latents)} latents {self.latent_shape} x {self.num_classes} classes "
-                f"({', '.join(self.classes[:8])}{', ...' if self.num_classes > 8 else ''}) from {self.latents_path}"
-            )
-            self.log(describe_unet(self.raw_unet))
-            budget = [f"{k}={getattr(tc, k)}" for k in ("max_steps", "epochs", "max_minutes") if getattr(tc, k)]
-            self.log(
-                f"device {self.device} x {self.world} process(es), mixed precision {self.mixed_precision}; "
-                f"{self.latents_per_step} latents per optimiser step; stop at {' or '.join(budget)}"
-                + (f" (~{self.horizon} steps)" if self.horizon else "")
-            )
-        self.status("running", "starting")
-
-        self.bar = None
-        if self.main and self.progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.horizon, initial=self.step_count, unit="step", dynamic_ncols=True)
-
-        window: list[tuple[float, float | None]] = []
-        t_window, images_window = time.monotonic(), 0
-        stop_message, state = None, "finished"
-        last_ckpt, last_grid, last_sample_step, last_ckpt_step = None, None, -1, -1
-        records = self.run_folder.read_metrics() if self.main else []
-        # A resumed run may already be done (e.g. `--resume latest` on a finished run): no step past the budget.
-        done_already = self._stop_reason() if self.resume_from is not None else None
-        if done_already is not None:
-            stop_message = f"already {done_already}"
-            if RunFolder.of_checkpoint(self.resume_from).path.resolve() == self.out.resolve():
-                last_ckpt, last_ckpt_step = self.resume_from, self.step_count
-        try:
-            while done_already is None:
-                loss, grad_norm, lr = self.step()
-                if not math.isfinite(loss):
-                    good = self.run_folder.checkpoints()
-                    msg = (
-                        f"loss is {loss} at step {self.step_count + 1}: training diverged; nothing was saved after "
-                        f"the last good checkpoint ({good[-1].name if good else 'none'}). Try a lower "
-                        "training.learning_rate, training.max_grad_norm=1, or training.mixed_precision=no, then "
-                        "--resume latest"
-                    )
-                    self.log(msg)
-                    self.status("failed", msg, loss=self.last_loss)
-                    raise TrainingDiverged(msg)
-                window.append((loss, grad_norm))
-                images_window += self.latents_per_step
-                if self.bar is not None:
-                    self.bar.update(1)
-
-                reason = self._stop_reason()
-                if reason is None and self.should_stop():
-                    reason, state = "stop requested", "stopped"
-                if self.world > 1:
-                    reason, state = self._agree_on_stop(reason, state)
-                at_end = reason is not None
-
-                if at_end or (tc.log_every > 0 and self.step_count % tc.log_every == 0):
-                    now = time.monotonic()
-                    norms = [g for _, g in window if g is not None]
-                    record = {
-                        "step": self.step_count,
-                        "epoch": round(self.stream.images_seen / self.stream.n, 4),
-                        "loss": sum(v for v, _ in window) / len(window),
-                        "lr": lr,
-                        "grad_norm": sum(norms) / len(norms) if norms else None,
-                        "images_per_sec": round(images_window / max(now - t_window, 1e-9), 2),
-                        "elapsed": round(self._elapsed(), 2),
-                    }
-                    self.last_loss = record["loss"]
-                    window, t_window, images_window = [], now, 0
-                    if self.main:
-                        eta = self._eta()
-                        self.log(
-                            f"step {record['step']} epoch {record['epoch']:.2f} loss {record['loss']:.4f} "
-                            f"lr {lr:.2e} grad_norm {record['grad_norm'] or 0:.3f} "
-                            f"{record['images_per_sec']:.1f} img/s elapsed {record['elapsed'] / 60:.1f} min"
-                            + (f" eta {eta / 60:.1f} min" if eta is not None else ""),
-                            echo=self.bar is None,  # the bar shows it already
-                        )
-                        self.run_folder.append_metrics(record)
-                        records.append(record)
-                        self._plot(records, force=at_end)
-                        self.status("running", "training", loss=record["loss"])
-                        if self.bar is not None:
-                            post = {"loss": f"{record['loss']:.4f}", "lr": f"{lr:.2e}"}
-                            eta = self._eta()
-                            if self.horizon is None and eta is not None:  # time budget only: the bar has no total
-                                post["left"] = time.strftime("%M:%S", time.gmtime(eta))
-                            self.bar.set_postfix(post)
-                    if self.on_log is not None:
-                        self.on_log(record)
-
-                if tc.sample_every > 0 and self.step_count % tc.sample_every == 0 and not at_end:
-                    if self.main:
-                        last_grid = self.sample_grid()
-                        last_sample_step = self.step_count
-                        self.log(f"step {self.step_count}: samples -> {last_grid}")
-                    self.acc.wait_for_everyone()
-                if self.evaluator is not None and self.step_count % tc.eval_every == 0:
-                    from ldm.figures import plot_eval_metrics
-
-                    t_eval = time.monotonic()
-                    row = self.quick_eval()
-                    self.run_folder.append_metrics(row)
-                    records.append(row)
-                    plot_eval_metrics(records, self.run_folder.eval_plot_path)
-                    self.log(
-                        f"step {self.step_count}: KID {row['eval_kid']:.4f} +- {row['eval_kid_std']:.4f}, class "
-                        f"accuracy {row['eval_class_accuracy']:.2f} ({row['eval_num_samples']} samples, "
-                        f"{row['eval_seconds']:.0f} s, not counted in max_minutes) -> "
-                        f"{self.run_folder.eval_plot_path.name}"
-                    )
-                    self.t0 += time.monotonic() - t_eval  # the time budget is for training
-                if tc.checkpoint_every > 0 and self.step_count % tc.checkpoint_every == 0 and not at_end:
-                    last_ckpt = self.save_checkpoint(self.last_loss)
-                    last_ckpt_step = self.step_count
-                    if self.main:
-                        self.export()
-                        self.log(f"step {self.step_count}: checkpoint -> {last_ckpt}, pipeline exported")
-                if at_end:
-                    stop_message = reason
-                    break
-        except TrainingDiverged:
-            raise
-        except BaseException as e:
-            # Anything else (a bug, KeyboardInterrupt, out of memory): say so in status.json, keep the checkpoints.
-            self.status("failed", f"{type(e).__name__}: {e}", loss=self.last_loss)
-            if self.main:
-                self.log(f"failed at step {self.step_count}: {type(e).__name__}: {e}")
-            raise
-        finally:
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-        # The end, whatever ended it: a final checkpoint, a final grid, the export.
-        self.status("running", f"{stop_message}: saving", loss=self.last_loss)
-        if last_ckpt_step != self.step_count:
-            last_ckpt = self.save_checkpoint(self.last_loss)
-        pipeline_dir = None
-        if self.main:
-            if last_sample_step != self.step_count:
-                last_grid = self.sample_grid()
-            pipeline_dir = self.export()
-            msg = (
-                f"{state} at step {self.step_count} ({stop_message}) after {self._elapsed() / 60:.1f} min; "
-                f"checkpoint {last_ckpt}, samples {last_grid}, pipeline {pipeline_dir}"
-            )
-            self.log(msg)
-        else:
-            msg = f"{state} at step {self.step_count}"
-        self.acc.wait_for_everyone()
-        self.status(state, msg, loss=self.last_loss)
-        return TrainResult(
-            run_dir=self.out,
-            state=state,
-            step=self.step_count,
-            epoch=self.stream.images_seen / self.stream.n,
-            loss=self.last_loss,
-            elapsed_seconds=self._elapsed(),
-            checkpoint=last_ckpt,
-            pipeline_dir=pipeline_dir,
-            sample_grid=last_grid,
-            message=msg,
-        )
-
-
-def train(
-    cfg: Config,
-    latents: str | Path,
-    out: str | Path,
-    resume: str | Path | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    progress: bool = True,
-    on_log: Callable[[dict[str, Any]], None] | None = None,
-    device: str | None = None,
-) -> TrainResult:
+def train(cfg: Config, latents: str | Path, out: str | Path, **options: Any) -> TrainResult:
     """Train a class-conditional UNet on the latent cache ``latents``, writing the run folder ``out``.
 
     Args:
@@ -869,18 +564,20 @@ def train(
         latents: a latent cache folder (``ldm prepare``); its manifest gives the class names (any number) and the
             autoencoder used to decode sample grids and exported with the model.
         out: the run folder (see :mod:`ldm.run_folder`). If it already holds checkpoints, ``resume`` is required.
-        resume: ``"latest"`` (newest complete checkpoint of ``out``), a checkpoint folder or another run folder.
-            The continuation is exact: same next loss as the uninterrupted run with the same config.
-        should_stop: polled after every step; when it returns True the run finishes the step, saves a checkpoint
-            and the export, and returns with ``state="stopped"`` (the CLI wires SIGINT/SIGTERM to it).
-        progress: show a tqdm bar and echo the log.
-        on_log: called with every metrics record (``step, epoch, loss, lr, grad_norm, images_per_sec, elapsed``).
-        device: ``"cpu"`` forces the CPU; None lets accelerate pick (CUDA when present).
+        options: keyword arguments of :class:`Trainer`:
+            ``resume``: ``"latest"`` (newest complete checkpoint of ``out``), a checkpoint folder or another run
+            folder. The continuation is exact: same next loss as the uninterrupted run with the same config.
+            ``should_stop``: polled after every step; when it returns True the run finishes the step, saves a
+            checkpoint and the export, and returns with ``state="stopped"`` (the CLI wires SIGINT/SIGTERM to it).
+            ``progress``: show a progress bar and echo the log (default True).
+            ``on_log``: called with every metrics record (``step, epoch, loss, lr, grad_norm, images_per_sec,
+            elapsed``).
+            ``device``: ``"cpu"`` forces the CPU; None lets accelerate pick (CUDA when present).
 
     Raises:
         UserError: bad config, existing run without ``resume``, a checkpoint that does not fit the cache.
         TrainingDiverged: the loss became NaN/inf (status "failed"; the last good checkpoint is kept).
     """
-    trainer = Trainer(cfg, latents, out, resume, should_stop, progress, on_log, device)
+    trainer = Trainer(cfg, latents, out, **options)
     trainer.setup()
     return trainer.run()

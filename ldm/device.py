@@ -1,0 +1,103 @@
+"""Device and precision: which device to train on, and the one rule for mixed precision.
+
+    device = default_device()                                   # "cuda", "mps" or "cpu"
+    precision = resolve_mixed_precision("auto", device)         # "no", "bf16" or "fp16"
+    with autocast_context(precision, device): ...
+
+Both trainers (``ldm train`` and ``ldm train-vae``) resolve their ``mixed_precision`` setting here. The two config
+sections historically spell float32 differently (``training.mixed_precision: no``,
+``autoencoder.mixed_precision: fp32``); both spellings are accepted in both places and normalised to ``"no"``
+(accelerate's word).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+from ldm.choices import MIXED_PRECISION
+from ldm.errors import UserError
+
+CpuBf16 = Literal["kernels", "native"]
+
+
+def default_device() -> str:
+    """``"cuda"`` when a CUDA GPU is present, else ``"mps"`` (Apple) when available, else ``"cpu"``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def cpu_bf16_is_fast(need: CpuBf16 = "kernels") -> bool:
+    """Whether bfloat16 autocast pays on this CPU.
+
+    ``need="kernels"``: oneDNN has AVX-512 bf16 kernels (enough for the diffusion UNet, whose bf16 convolutions and
+    matmuls are faster even when emulated on AVX-512). ``need="native"``: the CPU also has bf16 arithmetic
+    (AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo, Linux only), which the autoencoder needs to gain.
+    """
+    import torch
+
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+        kernels = cap.startswith("AVX512") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        kernels = False
+    if need == "kernels":
+        return kernels
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def normalize_precision(setting: str, key: str = "training.mixed_precision") -> str:
+    """A ``mixed_precision`` setting in one vocabulary: ``"fp32"`` becomes ``"no"``; unknown values are an error."""
+    if setting not in MIXED_PRECISION:
+        raise UserError(f"{key} {setting!r}; accepted: {', '.join(MIXED_PRECISION)}")
+    return "no" if setting == "fp32" else setting
+
+
+def resolve_mixed_precision(
+    setting: str, device: str, key: str = "training.mixed_precision", cpu_bf16: CpuBf16 = "kernels"
+) -> str:
+    """``"auto"`` / ``"no"`` (or ``"fp32"``) / ``"bf16"`` / ``"fp16"`` -> the precision to use: ``"no"``, ``"bf16"``
+    or ``"fp16"``.
+
+    ``auto``: on CUDA bf16 where supported, else fp16; on CPU bf16 where :func:`cpu_bf16_is_fast` (``cpu_bf16``)
+    says it pays, else ``"no"``; ``"no"`` on other devices (MPS). An explicit setting is returned as is, except fp16
+    off CUDA (CPU fp16 autocast is slow and unsupported for many ops), which is a :class:`UserError`. ``key`` names
+    the setting in errors.
+    """
+    setting = normalize_precision(setting, key)
+    dev = str(device).split(":")[0]
+    if setting == "auto":
+        if dev == "cuda":
+            import torch
+
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if dev == "cpu":
+            return "bf16" if cpu_bf16_is_fast(cpu_bf16) else "no"
+        return "no"
+    if setting == "fp16" and dev != "cuda":
+        raise UserError(f"{key}='fp16' needs CUDA (device is {device!r}); use 'bf16' or 'no'")
+    return setting
+
+
+def autocast_context(mixed_precision: str, device: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for a resolved ``"bf16"`` / ``"fp16"`` on ``device``'s type, a no-op context for ``"no"``."""
+    import torch
+
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    if dtype is None:
+        raise UserError(f"mixed_precision {mixed_precision!r}; accepted here: no, bf16, fp16 (resolve 'auto' first)")
+    return torch.autocast(device_type=str(device).split(":")[0], dtype=dtype)
