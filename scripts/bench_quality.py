@@ -11,8 +11,8 @@ real images and the same class classifier:
     timestep input (``--original-label-mode replace``: ``unet(x_t, label)``, the model never sees t; ``add``:
     ``unet(x_t, t + label)``), MSE on the noise, AdamW at 1e-3, batch 20, no EMA, diffusers' default DDPMScheduler
     (1000 steps, linear betas), no guidance, DDPM sampling with all 1000 steps; a plain float32 loop.
-(b) ours: ``configs/faces.yaml`` through :func:`ldm.training.trainer.train` (class embedding with a null class, EMA, the
-    config's loss, schedule and sampler, classifier-free guidance).
+(b) ours: ``configs/faces.yaml`` through :func:`ldm.training.trainer.train` (class embedding with a null class, EMA,
+    the config's loss, schedule and sampler, classifier-free guidance).
 
 Prints KID, FID and class accuracy of both as a table with ratios (original / ours: > 1 means ours is better for
 KID and FID; ours / original for accuracy), and writes ``<workdir>/bench_quality.json`` and ``.md``. Wall-clock and
