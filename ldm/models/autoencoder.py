@@ -1,19 +1,11 @@
-"""The autoencoder (stage 1 of latent diffusion): load a pretrained one, or train a diffusers ``AutoencoderKL`` here.
-
-    ldm train-vae --data data/synth-faces --out runs/vae              # about 5 minutes on a 2-core CPU
-    ldm prepare --data data/synth-faces --vae runs/vae --out data/latents/synth-faces
+"""The autoencoder (stage 1 of latent diffusion): load a pretrained one or one trained here, encode, decode, build.
 
     ae = load_autoencoder("runs/vae")           # or a diffusers folder, a pipeline folder, a hub id
     z = encode(ae, images)                      # images (B, C, H, W) in [-1, 1] -> unscaled latents (B, c, h, w)
     x = decode(ae, z)                           # -> images in [-1, 1]
 
-Training follows Rombach et al. 2022 ("High-Resolution Image Synthesis with Latent Diffusion Models", sec. 3 and
-appendix G): a KL-regularised autoencoder with a pixel reconstruction loss, a very small KL weight (the latent stays
-nearly deterministic) and an optional patch discriminator (Isola et al. 2017, PatchGAN) with a hinge loss and the
-adaptive weight of Esser et al. 2021 (VQGAN, eq. 7). The recipe is tuned for small datasets on a CPU: the whole
-dataset sits in memory as one tensor, the learning rate warms up and then follows a cosine to zero over the run's
-budget (the elapsed share of ``max_minutes`` when a time limit is set, so the schedule anneals whatever the speed of
-the machine), and an EMA of the weights is what gets saved and evaluated.
+:func:`build_autoencoder_kl` makes a fresh diffusers ``AutoencoderKL`` from the config and
+:class:`PatchDiscriminator` the optional adversary; training them is :mod:`ldm.training.autoencoder`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ The same skeleton as the diffusion trainer (:class:`ldm.training.loop.TrainingLo
 ``EMAModel``, the learning rate of :func:`ldm.training.optim.lr_factor`, the precision rule of :mod:`ldm.device`,
 atomic checkpoints with exact resume, safe stop, ``status.json`` and ``metrics.jsonl``. Its end products:
 ``vae/`` (the EMA weights with their ``scaling_factor``), ``recon/step-XXXXXX.png`` and ``eval.json``.
+
+The recipe follows Rombach et al. 2022 (latent diffusion, sec. 3 and appendix G): a KL-regularised autoencoder
+with a pixel reconstruction loss and a very small KL weight (the latent stays nearly deterministic), and an
+optional patch discriminator (Isola et al. 2017, PatchGAN) with a hinge loss and the adaptive weight of Esser et
+al. 2021 (VQGAN, eq. 7). For small datasets on a CPU the whole dataset sits in memory as one tensor.
 """
 
 from __future__ import annotations
