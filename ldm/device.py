@@ -48,14 +48,9 @@ def cpu_bf16_is_fast(need: CpuBf16 = "kernels") -> bool:
         kernels = False
     if need == "kernels":
         return kernels
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    from ldm.utils import cpu_model_and_flags
+
+    return bool(set(cpu_model_and_flags()[1]) & {"avx512_bf16", "amx_bf16"})
 
 
 def normalize_precision(setting: str, key: str = "training.mixed_precision") -> str:

@@ -1,22 +1,35 @@
-"""Quality benchmark: the original project's recipe against our default face recipe, same data, autoencoder and budget.
+"""Quality benchmark: the original project's recipe as it ran against our default face recipe, same data,
+autoencoder and wall-clock budget.
 
-    python scripts/bench_quality.py                      # att-faces-20 at 64x64, 15 minutes of diffusion training each
-    python scripts/bench_quality.py --minutes 1 --num-samples 40 --vae-minutes 2     # a smoke run
+    python scripts/bench_quality.py          # att-faces-20 at 64x64, 15 minutes of diffusion training per recipe
+    python scripts/bench_quality.py --minutes 0.2 --num-samples 10 --vae-minutes 0.3 --record-dir /tmp  # smoke run
 
-Both recipes train on the same latent cache (one autoencoder, trained here or given with ``--vae``) for the same
-wall-clock budget, one after the other, and are measured in the same run with the same Inception features of the
-real images and the same class classifier:
+The rows (``--recipes``, all three by default) train on the same latent cache (one autoencoder, trained here or
+given with ``--vae``) and are sampled and measured in the same run, with the same Inception features of the real
+images and the same class classifier:
 
-(a) the original recipe: the ``seed`` UNet2DModel *without* a class embedding, the class label fed through the
-    timestep input (``--original-label-mode replace``: ``unet(x_t, label)``, the model never sees t; ``add``:
-    ``unet(x_t, t + label)``), MSE on the noise, AdamW at 1e-3, batch 20, no EMA, diffusers' default DDPMScheduler
-    (1000 steps, linear betas), no guidance, DDPM sampling with all 1000 steps; a plain float32 loop.
-(b) ours: ``configs/faces.yaml`` through :func:`ldm.training.trainer.train` (class embedding with a null class, EMA,
-    the config's loss, schedule and sampler, classifier-free guidance).
+``original``, "the original as it ran (L1)": the original project's code, line by line. The ``seed`` preset's
+    UNet2DModel (its exact blocks) with ``class_embed_type="timestep"``: t goes to the time embedding, the label as
+    ``class_labels`` through the same sinusoidal projection into its own embedding. ``DDPMScheduler(
+    num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02)`` (linear betas). A step draws t uniformly in
+    [0, 1000), noises the latents with ``add_noise``, calls ``unet(noisy, t, class_labels).sample`` and compares it
+    with the noise through ``nn.MSELoss() if loss_fn == "MSELoss" else nn.L1Loss()``, where its app passed the radio
+    value "MSE": L1. AdamW at a constant 1e-3, batch 20, float32, no EMA. Sampling: no guidance,
+    ``unet(x, t, labels).sample`` then ``scheduler.step`` over all 1000 timesteps.
+``original-mse``, "original, MSE as its UI meant": the same with ``nn.MSELoss``.
+``ours``: ``configs/faces.yaml`` through :class:`ldm.training.trainer.Trainer` (class embedding with a null class,
+    EMA, the config's loss, schedule and sampler, classifier-free guidance).
 
-Prints KID, FID and class accuracy of both as a table with ratios (original / ours: > 1 means ours is better for
-KID and FID; ours / original for accuracy), and writes ``<workdir>/bench_quality.json`` and ``.md``. Wall-clock and
-process CPU seconds of each training are recorded: the machine is shared, so equal wall-clock is not equal work.
+Side by side: the recipes train at the same time, one process each with ``--threads`` intra-op threads (default 1),
+released together by a barrier once each has built its model, each for ``--minutes`` of wall clock. A load change on
+a shared machine then hits every recipe alike, which training one after the other cannot promise, and with one thread
+each no recipe's OpenMP threads wait at a barrier for a core another recipe holds. Each recipe's steps, wall and CPU
+seconds and start/end times are recorded. Sampling and metrics follow, one recipe after the other, in this process.
+
+Prints KID, FID and class accuracy as a table with ratios against the original as it ran (original / row: > 1 means
+the row is better for KID and FID; row / original for accuracy); writes ``<workdir>/bench_quality.json`` and ``.md``,
+a sample grid per recipe (``<workdir>/<recipe>_samples.png``) and the run's record (``scripts/bench_record.py``) into
+``--record-dir`` (default ``docs/benchmarks/``), from which ``scripts/bench_tables.py`` builds docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,97 +39,211 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "att-faces-20"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench_record.py
+
+# The original's settings, as in its code.
+ORIGINAL_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02)  # linear betas
+ORIGINAL_BATCH_SIZE = 20
+ORIGINAL_LEARNING_RATE = 1e-3  # AdamW (its "Adam" choice), constant
+# Rows of the original: label, and the value its loss line compared against "MSELoss".
+ORIGINAL_ROWS = {
+    "original": ("original as it ran (L1)", "MSE"),  # the app radio's default, so every run used L1
+    "original-mse": ("original, MSE as its UI meant", "MSELoss"),
+}
+RECIPES = (*ORIGINAL_ROWS, "ours")
+BASELINE = "original"
 
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def original_timestep_input(t: torch.Tensor, labels: torch.Tensor, mode: str) -> torch.Tensor:
-    """What the original fed the UNet's timestep argument: the label instead of t, or t + label."""
-    return labels if mode == "replace" else t + labels
+def original_loss(loss_fn: str) -> torch.nn.Module:
+    """The original's loss line, verbatim. Its app's radio offered "MSE" / "MAE", never "MSELoss": always L1."""
+    return torch.nn.MSELoss() if loss_fn == "MSELoss" else torch.nn.L1Loss()
 
 
-def build_original_unet(latent_shape: tuple[int, int, int]):
-    """The ``seed`` preset's UNet2DModel with no class embedding (the original had none)."""
+def build_original_unet(latent_shape: tuple[int, int, int]) -> Any:
+    """The original's UNet2DModel: the ``seed`` preset's blocks with ``class_embed_type="timestep"``. Sample size and
+    channels follow the latents (``(c, h, w)``; the original's autoencoder gave 4 x 32 x 32)."""
     from diffusers import UNet2DModel
 
     from ldm.models.unet import PRESETS
 
     c, h, _ = latent_shape
-    return UNet2DModel(**PRESETS["seed"], sample_size=h, in_channels=c, out_channels=c)
+    return UNet2DModel(**PRESETS["seed"], sample_size=h, in_channels=c, out_channels=c, class_embed_type="timestep")
 
 
-def train_original(cache, minutes: float, mode: str, seed: int, device: str) -> tuple[torch.nn.Module, dict]:
-    """Plain float32 loop of the original recipe for ``minutes`` of wall-clock time."""
+def train_original(
+    cache: Any, minutes: float, loss_fn: str, seed: int, device: str, barrier: Any = None
+) -> tuple[torch.nn.Module, dict]:
+    """The original's training loop for ``minutes`` of wall clock (after ``barrier``, if given): float32, batch 20
+    of shuffled latents, AdamW at 1e-3, the loss of :func:`original_loss`."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
     unet = build_original_unet(tuple(cache.latent_shape)).to(device).train()
-    sched = DDPMScheduler(num_train_timesteps=1000)
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    ddpm_scheduler = DDPMScheduler(**ORIGINAL_SCHEDULER)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=ORIGINAL_LEARNING_RATE)
+    criterion = original_loss(loss_fn)
     x_all, y_all = cache.latents.to(device), cache.labels.to(device)
     gen = torch.Generator().manual_seed(seed)
-    steps, losses = 0, []
-    t0, c0 = time.time(), time.process_time()
+    steps, losses, logged = 0, [], 0.0
+    if barrier is not None:
+        barrier.wait()
+    t0, c0, started = time.time(), time.process_time(), time.time()
     while time.time() - t0 < 60 * minutes:
         perm = torch.randperm(len(x_all), generator=gen)
-        for i in range(0, len(perm), 20):
-            idx = perm[i : i + 20].to(device)
-            x0, y = x_all[idx], y_all[idx]
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            t = torch.randint(0, 1000, (len(x0),), generator=gen).to(device)
-            pred = unet(sched.add_noise(x0, noise, t), original_timestep_input(t, y, mode)).sample
-            loss = torch.nn.functional.mse_loss(pred, noise)
-            opt.zero_grad()
+        for i in range(0, len(perm), ORIGINAL_BATCH_SIZE):
+            idx = perm[i : i + ORIGINAL_BATCH_SIZE].to(device)
+            latent_images, labels = x_all[idx], y_all[idx]
+            n = latent_images.shape[0]
+            timesteps = torch.randint(0, ddpm_scheduler.config.num_train_timesteps, (n,), generator=gen).to(device)
+            noise = torch.randn(latent_images.shape, generator=gen).to(device)
+            noisy_images = ddpm_scheduler.add_noise(latent_images, noise, timesteps)
+            pred_noise = unet(noisy_images, timesteps, labels).sample
+            loss = criterion(pred_noise, noise)
+            optimizer.zero_grad()
             loss.backward()
-            opt.step()
+            optimizer.step()
             steps += 1
             losses.append(loss.item())
             if time.time() - t0 >= 60 * minutes:
                 break
-        log(f"original: step {steps}, loss {np.mean(losses[-20:]):.4f}, {time.time() - t0:.0f} s")
+        if time.time() - logged >= 60:
+            logged = time.time()
+            log(f"original ({type(criterion).__name__}): step {steps}, loss {np.mean(losses[-20:]):.4f}, "
+                f"{time.time() - t0:.0f} s")  # fmt: skip
     stats = {
         "steps": steps,
-        "images_seen": steps * 20,
+        "images_seen": steps * ORIGINAL_BATCH_SIZE,
+        "loss": type(criterion).__name__,
         "final_loss_mean20": float(np.mean(losses[-20:])) if losses else None,
         "wall_seconds": round(time.time() - t0, 1),
         "cpu_seconds": round(time.process_time() - c0, 1),
+        "started": started,
+        "ended": time.time(),
     }
     return unet.eval(), stats
 
 
 @torch.no_grad()
-def sample_original(unet, vae, scaling_factor: float, class_ids: list[int], mode: str, steps: int, seed: int,
-                    batch_size: int, device: str) -> torch.Tensor:  # fmt: skip
-    """DDPM ancestral sampling, no guidance, the label through the timestep input. Images (N, C, H, W) in [-1, 1]."""
+def sample_original(unet, vae, scaling_factor: float, class_ids: list[int], steps: int, seed: int,
+                    batch_size: int, device: str, name: str = "original") -> torch.Tensor:  # fmt: skip
+    """The original's sampling: DDPM over ``steps`` (all 1000) timesteps, no guidance, ``unet(x, t, labels)``.
+    Images (N, C, H, W) in [-1, 1]."""
     from diffusers import DDPMScheduler
 
     from ldm.diffusion.pipeline import decode_latents
 
-    sched = DDPMScheduler(num_train_timesteps=1000)
-    sched.set_timesteps(steps)
+    ddpm_scheduler = DDPMScheduler(**ORIGINAL_SCHEDULER)
+    ddpm_scheduler.set_timesteps(steps)
     c, h, w = unet.config.in_channels, unet.config.sample_size, unet.config.sample_size
     out = []
     for i in range(0, len(class_ids), batch_size):
         ids = class_ids[i : i + batch_size]
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(ids))]
         x = torch.stack([torch.randn(c, h, w, generator=g) for g in gens]).to(device)
-        y = torch.tensor(ids, device=device)
+        labels = torch.tensor(ids, device=device)
         t_start = time.time()
-        for t in sched.timesteps:
-            tt = torch.full((len(ids),), int(t), device=device)
-            eps = unet(x, original_timestep_input(tt, y, mode)).sample
-            x = sched.step(eps, t, x, generator=gens[0]).prev_sample
+        for t in ddpm_scheduler.timesteps:
+            noise = unet(x, t, labels).sample
+            x = ddpm_scheduler.step(noise, t, x, generator=gens[0]).prev_sample
         out.append(decode_latents(vae, x, scaling_factor))
-        log(f"original: sampled {i + len(ids)}/{len(class_ids)} ({time.time() - t_start:.0f} s for this batch)")
+        log(f"{name}: sampled {i + len(ids)}/{len(class_ids)} ({time.time() - t_start:.0f} s for this batch)")
     return torch.cat(out)
+
+
+def ours_config(args: argparse.Namespace) -> Any:
+    """Our recipe (``--config``) at the benchmark's image size, budget and seed; grids and checkpoints only at the
+    end, like the original's loop."""
+    from ldm.config import load_config
+
+    return load_config(
+        args.config,
+        [
+            f"data.image_size={args.image_size}",
+            f"training.max_minutes={args.minutes}",
+            "training.max_steps=0",
+            "training.epochs=0",
+            "training.sample_every=0",
+            "training.checkpoint_every=0",
+            f"training.seed={args.seed}",
+        ],
+    )
+
+
+def train_recipe(recipe: str, args: argparse.Namespace, out: Path, barrier: Any) -> None:
+    """One recipe's training, in its own process with ``--threads`` threads, started by ``barrier`` together with
+    the others. Writes ``out/train.json`` and the model: ``out/unet`` for an original row, a run folder for ours."""
+    from ldm.data.latents import load_latent_cache
+    from ldm.errors import UserError
+    from ldm.training.trainer import Trainer
+    from ldm.utils import atomic_write_json
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    latents = Path(args.workdir) / "latents"
+    try:
+        if recipe == "ours":
+            trainer = Trainer(ours_config(args), latents, out, progress=False, device=args.device)
+            trainer.setup()
+            barrier.wait()
+            started, c0 = time.time(), time.process_time()
+            res = trainer.run()
+            stats = {
+                "steps": res.step,
+                "wall_seconds": round(res.elapsed_seconds, 1),  # the training loop, as the original's
+                "wall_seconds_with_export": round(time.time() - started, 1),  # + final grid, checkpoint, export
+                "cpu_seconds": round(time.process_time() - c0, 1),
+                "started": started,
+                "ended": time.time(),
+            }
+        else:
+            cache = load_latent_cache(latents)
+            loss_fn = ORIGINAL_ROWS[recipe][1]
+            unet, stats = train_original(cache, args.minutes, loss_fn, args.seed, args.device, barrier)
+            unet.save_pretrained(out / "unet")
+    except UserError as e:
+        print(f"bench_quality: {recipe}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    stats["threads"] = torch.get_num_threads()
+    atomic_write_json(out / "train.json", stats)
+    log(f"{recipe}: trained {stats}")
+
+
+def train_side_by_side(recipes: list[str], args: argparse.Namespace, dirs: dict[str, Path]) -> dict[str, dict]:
+    """Train ``recipes`` at the same time, one process each (see the module docstring); their ``train.json``."""
+    import json
+    import multiprocessing as mp
+
+    from ldm.errors import UserError
+
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(len(recipes))
+    procs = {r: ctx.Process(target=train_recipe, args=(r, args, dirs[r], barrier), name=r) for r in recipes}
+    for proc in procs.values():
+        proc.start()
+    while any(proc.is_alive() for proc in procs.values()):
+        if any(proc.exitcode not in (None, 0) for proc in procs.values()):
+            barrier.abort()  # the others may be waiting for the one that failed
+            for proc in procs.values():
+                proc.terminate()
+            break
+        time.sleep(1)
+    for proc in procs.values():
+        proc.join()
+    failed = [r for r, proc in procs.items() if proc.exitcode != 0]
+    if failed:
+        raise UserError(f"training of {', '.join(failed)} failed (its error is above)")
+    return {r: json.loads((dirs[r] / "train.json").read_text()) for r in recipes}
 
 
 def prepare_autoencoder(args, cfg, workdir: Path) -> str:
@@ -178,28 +305,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(ROOT / "configs" / "faces.yaml"), help="our recipe (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=64, help="image side (default %(default)s)")
     p.add_argument("--minutes", type=float, default=15.0, help="diffusion training budget per recipe (default 15)")
+    p.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES),
+                   help="rows to train and measure (default: all); ratios need 'original'")  # fmt: skip
     p.add_argument("--vae", default=None, help="autoencoder to use (default: train one, --vae-minutes)")
     p.add_argument("--vae-minutes", type=float, default=5.0, help="autoencoder training budget (default 5)")
     p.add_argument("--num-samples", type=int, default=200, help="generated images per recipe (default 200)")
-    p.add_argument(
-        "--original-label-mode",
-        choices=("replace", "add"),
-        default="replace",
-        help="how the original fed the label: as the timestep (replace) or added to it (add)",
-    )
     p.add_argument("--original-sample-steps", type=int, default=1000, help="DDPM steps of the original (1000)")
     p.add_argument("--workdir", default="runs/bench-quality", help="where everything is written")
+    p.add_argument("--record-dir", default=str(ROOT / "docs" / "benchmarks"),
+                   help="where the run's record goes (default: docs/benchmarks/)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="device (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and samples")
     p.add_argument("--cache-dir", default=None, help="classifier / real-feature cache (default ./.ldm-cache)")
     p.add_argument(
         "--threads",
         type=int,
-        default=0,
-        help="torch intra-op threads (0: torch's default); on a shared "
-        "CPU 1 thread can be several times faster than oversubscribed cores",
+        default=1,
+        help="torch intra-op threads of each recipe's training process (default 1; 0: torch's default)",
     )
     args = p.parse_args(argv)  # fmt: skip
+    recipes = [r for r in RECIPES if r in args.recipes]
+
+    from bench_record import write_record
 
     from ldm.config import load_config
     from ldm.data.folders import scan_image_folder
@@ -209,15 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     from ldm.evaluation.classifier import load_or_train_classifier
     from ldm.evaluation.inception import load_inception
     from ldm.evaluation.report import generate_images, load_real_set
-    from ldm.training.trainer import train
+    from ldm.models.autoencoder import load_autoencoder
     from ldm.utils import atomic_write_json, atomic_write_text
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if not Path(args.config).is_file():
         raise SystemExit(f"our recipe's config {args.config} not found (give --config)")
+    rows: dict[str, dict] = {}
     try:
         extractor = load_inception(args.device)
         cfg = load_config(args.config, [f"data.image_size={args.image_size}"])
@@ -235,57 +361,37 @@ def main(argv: list[str] | None = None) -> int:
                                        device=args.device, log=log)  # fmt: skip
         class_ids = [i % len(classes) for i in range(args.num_samples)]
 
-        # --- (b) ours
-        ours_dir = workdir / f"ours-{time.strftime('%Y%m%d-%H%M%S')}"
-        ours_cfg = load_config(
-            args.config,
-            [
-                f"data.image_size={args.image_size}",
-                f"training.max_minutes={args.minutes}",
-                "training.max_steps=0",
-                "training.epochs=0",
-                "training.sample_every=0",  # grids and checkpoints only at the end, like the plain loop
-                "training.checkpoint_every=0",
-                f"training.seed={args.seed}",
-            ],
-        )
-        log(f"ours: training {ours_cfg.unet.preset} for {args.minutes} min into {ours_dir}")
-        t0, c0 = time.time(), time.process_time()
-        res = train(ours_cfg, workdir / "latents", ours_dir, progress=False, device=args.device)
-        ours_train = {
-            "steps": res.step,
-            "wall_seconds": round(res.elapsed_seconds, 1),  # the training loop, as the original's
-            "wall_seconds_with_export": round(time.time() - t0, 1),  # + final grid, checkpoint and export
-            "cpu_seconds": round(time.process_time() - c0, 1),
-        }
-        log(f"ours: {ours_train}")
-        pipe = load_pipeline(ours_dir, device=args.device)
-        s = ours_cfg.sampling
-        t0 = time.time()
-        ours_images = generate_images(
-            pipe,
-            class_ids,
-            scheduler=s.scheduler,
-            num_inference_steps=s.num_inference_steps,
-            guidance_scale=s.guidance_scale,
-            seed=args.seed,
-            log=log,
-        )
-        ours_sampling = {"scheduler": s.scheduler, "steps": s.num_inference_steps, "guidance_scale": s.guidance_scale,
-                         "seconds": round(time.time() - t0, 1)}  # fmt: skip
-        save_grid(ours_images, class_ids, classes, workdir / "ours_samples.png")
-        ours = metrics_of("ours", ours_images, class_ids, real, extractor, clf, args.seed)
+        # --- training, side by side
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dirs = {r: workdir / f"{r}-{stamp}" for r in recipes}
+        log(f"training {', '.join(recipes)} side by side for {args.minutes} min each, {args.threads} thread(s) each")
+        trained = train_side_by_side(recipes, args, dirs)
 
-        # --- (a) the original recipe
-        log(f"original: training the seed UNet (label mode {args.original_label_mode}) for {args.minutes} min")
-        unet_o, orig_train = train_original(cache, args.minutes, args.original_label_mode, args.seed, args.device)
-        t0 = time.time()
-        orig_images = sample_original(unet_o, pipe.vae, cache.scaling_factor, class_ids, args.original_label_mode,
-                                      args.original_sample_steps, args.seed, 50, args.device)  # fmt: skip
-        orig_sampling = {"scheduler": "ddpm", "steps": args.original_sample_steps, "guidance_scale": None,
-                         "seconds": round(time.time() - t0, 1)}  # fmt: skip
-        save_grid(orig_images, class_ids, classes, workdir / "original_samples.png")
-        orig = metrics_of("original", orig_images, class_ids, real, extractor, clf, args.seed)
+        # --- sampling and metrics, one recipe after the other
+        vae = load_autoencoder(vae_source, device=args.device).model
+        for r in recipes:
+            t0 = time.time()
+            if r == "ours":
+                pipe = load_pipeline(dirs[r], device=args.device)
+                s = ours_config(args).sampling
+                images = generate_images(pipe, class_ids, scheduler=s.scheduler,
+                                         num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                                         seed=args.seed, log=log)  # fmt: skip
+                sampling = {"scheduler": s.scheduler, "steps": s.num_inference_steps,
+                            "guidance_scale": s.guidance_scale}  # fmt: skip
+                label = f"ours ({Path(args.config).name})"
+            else:
+                from diffusers import UNet2DModel
+
+                unet = UNet2DModel.from_pretrained(dirs[r] / "unet").to(args.device).eval()
+                images = sample_original(unet, vae, cache.scaling_factor, class_ids, args.original_sample_steps,
+                                         args.seed, 50, args.device, r)  # fmt: skip
+                sampling = {"scheduler": "ddpm", "steps": args.original_sample_steps, "guidance_scale": None}
+                label = ORIGINAL_ROWS[r][0]
+            sampling["seconds"] = round(time.time() - t0, 1)
+            save_grid(images, class_ids, classes, workdir / f"{r.replace('-', '_')}_samples.png")
+            metrics = metrics_of(r, images, class_ids, real, extractor, clf, args.seed)
+            rows[r] = {"label": label, **metrics, "training": trained[r], "sampling": sampling, "run": str(dirs[r])}
     except UserError as e:
         print(f"bench_quality: error: {e}", file=sys.stderr)
         return 2
@@ -293,43 +399,59 @@ def main(argv: list[str] | None = None) -> int:
     def ratio(a: float, b: float) -> float:
         return a / b if b and math.isfinite(a) and math.isfinite(b) and b > 0 else float("nan")
 
-    ratios = {
-        "kid_original_over_ours": ratio(orig["kid"], ours["kid"]),
-        "fid_original_over_ours": ratio(orig["fid"], ours["fid"]),
-        "class_accuracy_ours_over_original": ratio(ours["class_accuracy"], orig["class_accuracy"]),
-    }
+    ratios = {}
+    if BASELINE in rows:
+        base = rows[BASELINE]
+        ratios = {
+            r: {
+                "kid_original_over_row": ratio(base["kid"], row["kid"]),
+                "fid_original_over_row": ratio(base["fid"], row["fid"]),
+                "class_accuracy_row_over_original": ratio(row["class_accuracy"], base["class_accuracy"]),
+            }
+            for r, row in rows.items()
+            if r != BASELINE
+        }
+
+    def sampling_text(s: dict) -> str:
+        cfg_text = f", CFG {s['guidance_scale']}" if s["guidance_scale"] else ", no guidance"
+        return f"{s['scheduler']} {s['steps']}{cfg_text}, {s['seconds']} s"
+
     table = [
         "| recipe | KID | FID | class accuracy | train steps | train wall s | train CPU s | sampling |",
         "|---|---|---|---|---|---|---|---|",
-        f"| original ({args.original_label_mode}) | {orig['kid']:.4f} ± {orig['kid_std']:.4f} | {orig['fid']:.1f} | "
-        f"{orig['class_accuracy']:.3f} | {orig_train['steps']} | {orig_train['wall_seconds']} | "
-        f"{orig_train['cpu_seconds']} | DDPM {args.original_sample_steps}, {orig_sampling['seconds']} s |",
-        f"| ours ({Path(args.config).name}) | {ours['kid']:.4f} ± {ours['kid_std']:.4f} | {ours['fid']:.1f} | "
-        f"{ours['class_accuracy']:.3f} | {ours_train['steps']} | {ours_train['wall_seconds']} | "
-        f"{ours_train['cpu_seconds']} | {s.scheduler} {s.num_inference_steps}, CFG {s.guidance_scale}, "
-        f"{ours_sampling['seconds']} s |",
+        *(
+            f"| {row['label']} | {row['kid']:.4f} ± {row['kid_std']:.4f} | {row['fid']:.1f} | "
+            f"{row['class_accuracy']:.3f} | {row['training']['steps']} | {row['training']['wall_seconds']} | "
+            f"{row['training']['cpu_seconds']} | {sampling_text(row['sampling'])} |"
+            for row in rows.values()
+        ),
         "",
-        f"Ratios: KID original/ours {ratios['kid_original_over_ours']:.2f}x, FID original/ours "
-        f"{ratios['fid_original_over_ours']:.2f}x, class accuracy ours/original "
-        f"{ratios['class_accuracy_ours_over_original']:.2f}x (> 1: ours better).",
-        f"{args.num_samples} generated images per recipe against {len(real.images)} real images of {args.data} at "
-        f"{args.image_size}x{args.image_size}; classifier held-out accuracy {clf.holdout_accuracy:.3f} "
-        f"(chance {1 / len(classes):.3f}); features: {extractor.describe()['extractor']}.",
+        *(
+            f"{rows[r]['label']}: KID original/row {q['kid_original_over_row']:.2f}x, FID original/row "
+            f"{q['fid_original_over_row']:.2f}x, class accuracy row/original "
+            f"{q['class_accuracy_row_over_original']:.2f}x (> 1: the row is better than the original as it ran)."
+            for r, q in ratios.items()
+        ),
+        f"Trained side by side, {args.minutes} min each, {args.threads} thread(s) each. {args.num_samples} generated "
+        f"images per recipe against {len(real.images)} real images of {args.data} at {args.image_size}x"
+        f"{args.image_size}; classifier held-out accuracy {clf.holdout_accuracy:.3f} (chance {1 / len(classes):.3f}); "
+        f"features: {extractor.describe()['extractor']}.",
     ]
     text = "\n".join(table)
     print(text)
     result = {
         "settings": vars(args),
         "autoencoder": vae_source,
-        "original": {**orig, "training": orig_train, "sampling": orig_sampling},
-        "ours": {**ours, "training": ours_train, "sampling": ours_sampling, "run": str(ours_dir)},
+        **rows,
         "ratios": ratios,
+        "num_real": len(real.images),
         "classifier": clf.summary(),
         "features": extractor.describe(),
     }
     atomic_write_json(workdir / "bench_quality.json", result)
     atomic_write_text(workdir / "bench_quality.md", "# Quality benchmark\n\n" + text + "\n")
-    log(f"wrote {workdir / 'bench_quality.json'}, {workdir / 'bench_quality.md'} and the sample grids")
+    record = write_record("bench_quality", result, args.record_dir)
+    log(f"wrote {workdir / 'bench_quality.json'}, {workdir / 'bench_quality.md'}, the sample grids and {record}")
     return 0
 
 
