@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "settings": vars(args),
         "autoencoder": vae_source,
-        **rows,
+        "rows": rows,
         "ratios": ratios,
         "num_real": len(real.images),
         "classifier": clf.summary(),

@@ -14,7 +14,8 @@ Timing needs no trained weights (the work per step does not depend on them), so 
 randomly initialised: the ``seed`` UNet preset (the original's exact architecture) on 16x16x4 latents and, with
 ``--vae project`` (default), an AutoencoderKL of the project's default ``train-vae`` architecture (64x64 images), or
 with ``--vae sd`` one of SD-VAE's architecture (the original's ``stabilityai/sd-vae-ft-ema``, 128x128 images).
-Seconds are wall-clock on this machine; on a shared CPU they are noisy.
+Seconds are wall-clock on this machine; on a shared CPU they are noisy. The numbers go to ``--json`` if given and,
+with the command line, CPU, versions and commit, into a record in ``docs/benchmarks/`` (``scripts/bench_record.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "scripts"))  # bench_record
 
 
 def build_models(args: argparse.Namespace):
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance-scale", type=float, default=3.0, help="our classifier-free guidance scale")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument("--record-dir", default=str(ROOT / "docs" / "benchmarks"),
+                   help="where the run's record goes (scripts/bench_record.py; default docs/benchmarks/)")  # fmt: skip
     args = p.parse_args(argv)
 
     import torch
@@ -150,16 +155,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(DEFAULT_SNAPSHOT_TIMESTEPS)} separate snapshot decodes)")  # fmt: skip
     # CPU time is the steadier number on a shared machine (wall time includes waiting for a core).
     print(f"speed-up: {orig / ours:.1f}x wall clock, {orig_cpu / ours_cpu:.1f}x CPU time")
+    summary = {"model": desc, "threads": torch.get_num_threads(), "original_s_per_image": orig,
+               "ours_s_per_image": ours, "speedup": orig / ours, "original_cpu_s_per_image": orig_cpu,
+               "ours_cpu_s_per_image": ours_cpu, "speedup_cpu": orig_cpu / ours_cpu, "args": vars(args)}  # fmt: skip
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {"model": desc, "threads": torch.get_num_threads(), "original_s_per_image": orig,
-                 "ours_s_per_image": ours, "speedup": orig / ours, "original_cpu_s_per_image": orig_cpu,
-                 "ours_cpu_s_per_image": ours_cpu, "speedup_cpu": orig_cpu / ours_cpu, "args": vars(args)},
-                indent=2,
-            )
-            + "\n"
-        )  # fmt: skip
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    from bench_record import write_record
+
+    print(f"record: {write_record('bench_sample', summary, args.record_dir)}")
     return 0
 
 
