@@ -69,9 +69,10 @@ def sample_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 
 def train_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     """``scripts/bench_train.py``: one row per variant, the ratio against the plain loop (a)."""
-    head = ["variant", "images/s", "CPU s/step", "GFLOP/s", "of peak", "vs (a)", "threads"]
+    head = ["variant", "images/s", "CPU s/step", "GFLOP/s", "of peak", "vs (a)", "preset, batch", "threads"]
     variants = results["results"]
     base = next(iter(variants.values()))["images_per_s"]
+    setup = f"{results['args']['preset']}, {results['args']['batch']}"
     rows = [
         [
             name,
@@ -80,6 +81,7 @@ def train_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             f"{v['gflops']:.1f}",
             f"{v['fraction_of_peak']:.1%}",
             f"{v['images_per_s'] / base:.2f}x",
+            setup,
             str(results["threads"]),
         ]
         for name, v in variants.items()
