@@ -1,4 +1,4 @@
-"""Device and precision: which device to train on, and the one rule for mixed precision.
+"""Device and precision: which device to train on, what hardware it is, and the one rule for mixed precision.
 
     device = default_device()                                   # "cuda", "mps" or "cpu"
     precision = resolve_mixed_precision("auto", device)         # "no", "bf16" or "fp16"
@@ -13,7 +13,8 @@ sections historically spell float32 differently (``training.mixed_precision: no`
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from ldm.choices import MIXED_PRECISION
 from ldm.errors import UserError
@@ -48,8 +49,6 @@ def cpu_bf16_is_fast(need: CpuBf16 = "kernels") -> bool:
         kernels = False
     if need == "kernels":
         return kernels
-    from ldm.utils import cpu_model_and_flags
-
     return bool(set(cpu_model_and_flags()[1]) & {"avx512_bf16", "amx_bf16"})
 
 
@@ -96,3 +95,53 @@ def autocast_context(mixed_precision: str, device: str) -> contextlib.AbstractCo
     if dtype is None:
         raise UserError(f"mixed_precision {mixed_precision!r}; accepted here: no, bf16, fp16 (resolve 'auto' first)")
     return torch.autocast(device_type=str(device).split(":")[0], dtype=dtype)
+
+
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """This CPU's model name and instruction-set flags, from /proc/cpuinfo (Linux); elsewhere ``platform``'s
+    processor name and no flags."""
+    import platform
+
+    model, flags = "", []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = value.split()
+    return model or platform.processor() or platform.machine(), flags
+
+
+def describe_device(device: Any) -> dict[str, Any]:
+    """The hardware behind ``device``: ``{"device", "kind", "name", ...}``; on CUDA the GPU's name and compute
+    capability, on a CPU its model name, whether it has AVX-512 BF16 instructions and torch's CPU capability."""
+
+    import torch
+
+    dev = torch.device(device)
+    out: dict[str, Any] = {"device": str(dev), "kind": dev.type}
+    if dev.type == "cuda":
+        out["name"] = torch.cuda.get_device_name(dev)
+        out["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(dev)))
+    elif dev.type == "cpu":
+        model, flags = cpu_model_and_flags()
+        out["name"] = model
+        out["avx512_bf16"] = "avx512_bf16" in flags
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        out["threads"] = torch.get_num_threads()
+    return out
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of python and the libraries a trained model depends on (None for one not installed)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("torch", "diffusers", "accelerate"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out

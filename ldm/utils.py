@@ -107,56 +107,6 @@ def hash_folder(folder: str | Path, patterns: tuple[str, ...] = ("*.safetensors"
     return h.hexdigest()
 
 
-def cpu_model_and_flags() -> tuple[str, list[str]]:
-    """This CPU's model name and instruction-set flags, from /proc/cpuinfo (Linux); elsewhere ``platform``'s
-    processor name and no flags."""
-    import platform
-
-    model, flags = "", []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = value.split()
-    return model or platform.processor() or platform.machine(), flags
-
-
-def describe_device(device: Any) -> dict[str, Any]:
-    """The hardware behind ``device``: ``{"device", "kind", "name", ...}``; on CUDA the GPU's name and compute
-    capability, on a CPU its model name, whether it has AVX-512 BF16 instructions and torch's CPU capability."""
-
-    import torch
-
-    dev = torch.device(device)
-    out: dict[str, Any] = {"device": str(dev), "kind": dev.type}
-    if dev.type == "cuda":
-        out["name"] = torch.cuda.get_device_name(dev)
-        out["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(dev)))
-    elif dev.type == "cpu":
-        model, flags = cpu_model_and_flags()
-        out["name"] = model
-        out["avx512_bf16"] = "avx512_bf16" in flags
-        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        out["threads"] = torch.get_num_threads()
-    return out
-
-
-def library_versions() -> dict[str, str | None]:
-    """Versions of python and the libraries a trained model depends on (None for one not installed)."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("torch", "diffusers", "accelerate"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def seed_everything(seed: int) -> None:
     import random
 

@@ -46,7 +46,7 @@ def describe_machine() -> dict[str, Any]:
 
     import torch
 
-    from ldm.utils import cpu_model_and_flags
+    from ldm.device import cpu_model_and_flags
 
     model, flags = cpu_model_and_flags()
     return {
@@ -76,7 +76,7 @@ def git_commit(root: Path = ROOT) -> dict[str, Any]:
 
 def make_record(script: str, results: dict[str, Any], argv: list[str] | None = None) -> dict[str, Any]:
     """The record of one run of ``script`` (e.g. ``"bench_quality"``) with its ``results``."""
-    from ldm.utils import library_versions
+    from ldm.device import library_versions
 
     argv = sys.argv if argv is None else argv
     return {

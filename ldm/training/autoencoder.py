@@ -106,7 +106,7 @@ class AutoencoderTrainer(TrainingLoop):
         if len(self.train_x) == 0:
             raise UserError(f"{self.data_dir}: no training images left after the held-out split")
         if self.main:
-            self.run_folder.write_inputs(self._inputs())
+            self.record_inputs()
         model = build_autoencoder_kl(ac, dc.channels, dc.image_size).to(self.device)
         with torch.no_grad():
             # the posterior's log-variance is the second half of quant_conv's output. A random init gives it ~0, i.e.
@@ -139,21 +139,14 @@ class AutoencoderTrainer(TrainingLoop):
             self.restore_rng(lambda: self.generator.manual_seed(ac.seed + 104_729 * self.step_count))
         self.t0 = time.monotonic()
 
-    def _inputs(self) -> dict[str, Any]:
-        """What this run trains on (``inputs.json``)."""
-        from ldm.utils import describe_device, library_versions
-
+    def training_source(self) -> dict[str, Any]:
         return {
             "data": {
                 "path": str(self.data_dir.resolve()),
                 "classes": self.scan.classes,
                 "num_train": len(self.train_x),
                 "num_holdout": len(self.hold_x),
-            },
-            "mixed_precision": self.mixed_precision,
-            "device": describe_device(self.device),
-            "num_processes": self.world,
-            "versions": library_versions(),
+            }
         }
 
     def _load_checkpoint(self, model: Any, opt: Any, disc: Any, disc_opt: Any) -> None:

@@ -250,6 +250,25 @@ class TrainingLoop:
         written by :meth:`save_checkpoint`); return its own fields of the checkpoint's state file."""
         raise NotImplementedError
 
+    def training_source(self) -> dict[str, Any]:
+        """What the stage trains on, for ``inputs.json`` (the latent cache, or the image folder)."""
+        raise NotImplementedError
+
+    def record_inputs(self) -> None:
+        """Write ``inputs.json`` before the first step: the stage's source, then the precision, hardware and library
+        versions the run trains with."""
+        from ldm.device import describe_device, library_versions
+
+        self.run_folder.write_inputs(
+            {
+                **self.training_source(),
+                "mixed_precision": self.mixed_precision,
+                "device": describe_device(self.device),
+                "num_processes": self.world,
+                "versions": library_versions(),
+            }
+        )
+
     def status_extra(self) -> dict[str, Any]:
         """Extra fields of status.json (the diffusion trainer's epoch)."""
         return {}

@@ -151,7 +151,7 @@ class Trainer(TrainingLoop):
             # Recorded before the first step, so a run folder always says how it was made and from what.
             self.run_folder.write_config(self.cfg)
             self.run_folder.write_classes(self.classes)
-            self.run_folder.write_inputs(self._inputs())
+            self.record_inputs()
             self.run_folder.samples_dir.mkdir(exist_ok=True)
         self.acc.wait_for_everyone()
 
@@ -447,10 +447,8 @@ class Trainer(TrainingLoop):
             self._eval.load_state_dict(self.raw_model.state_dict())
         return self._eval
 
-    def _inputs(self) -> dict[str, Any]:
-        """What this run trains on (``inputs.json``): enough to export and inspect it without its latent cache."""
-        from ldm.utils import describe_device, library_versions
-
+    def training_source(self) -> dict[str, Any]:
+        """The latent cache and its autoencoder: enough to export and inspect the run without the cache."""
         m = self.cache.manifest
         return {
             "latents": {
@@ -463,10 +461,6 @@ class Trainer(TrainingLoop):
             },
             "autoencoder": {k: getattr(m.autoencoder, k) for k in ("source", "class_name", "content_hash", "folder")},
             "scaling_factor": float(self.cache.scaling_factor),
-            "mixed_precision": self.mixed_precision,
-            "device": describe_device(self.device),
-            "num_processes": self.world,
-            "versions": library_versions(),
         }
 
     def _vae(self) -> Any:
