@@ -217,8 +217,8 @@ class RunFolder:
         return self.status_path.exists() or self.checkpoints_dir.exists() or self.config_path.exists()
 
     @property
-    def is_diffusion_run(self) -> bool:
-        """Whether the folder looks like an ``ldm train`` run (class names, status or checkpoints)."""
+    def is_run(self) -> bool:
+        """Whether the folder is a run of ``ldm train`` or ``ldm train-vae`` (class names, status or checkpoints)."""
         return self.classes_path.exists() or self.status_path.exists() or self.checkpoints_dir.is_dir()
 
     @property

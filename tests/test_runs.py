@@ -164,10 +164,10 @@ def test_the_layout_keeps_its_names(tmp_path):
 
 def test_what_a_folder_holds(tmp_path):
     run = RunFolder(tmp_path / "run")
-    assert not run.is_started and not run.is_diffusion_run and not run.has_pipeline and not run.has_vae
+    assert not run.is_started and not run.is_run and not run.has_pipeline and not run.has_vae
     assert run.sample_grids() == [] and run.recon_grids() == [] and run.read_classes() is None
     run.write_classes(["a", "b"])
-    assert run.is_diffusion_run and not run.is_started and run.read_classes() == ["a", "b"]
+    assert run.is_run and not run.is_started and run.read_classes() == ["a", "b"]
     run.write_status("running", step=0)
     assert run.is_started
     for step in (20, 3):

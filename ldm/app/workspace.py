@@ -220,7 +220,7 @@ class Workspace:
                     if RunFolder(d).status_path.exists():  # trained by `ldm train-vae`: also a run of the Runs tab
                         found.runs.append(d)
                     return
-                if RunFolder(d).is_diffusion_run:
+                if RunFolder(d).is_run:
                     found.runs.append(d)
                     return
                 if "config.json" in names and _config_class(d).startswith("Autoencoder"):
