@@ -42,7 +42,7 @@ class ConfigError(ValueError):
 class DataConfig:
     image_size: int = 64  # side in pixels after resize (shorter side) and centre crop
     channels: int = 3  # 3 = RGB, 1 = grey; every image is converted to this
-    hflip: bool = False  # random horizontal flip while training the autoencoder (faces: usually fine)
+    hflip: bool = False  # mirror images left-right: random flips for the autoencoder, mirrored latents in the cache
     holdout_fraction: float = 0.1  # share of images per class held out for reconstruction metrics
     num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
 
@@ -126,6 +126,9 @@ class TrainingConfig:
     ema_power: float = 0.75  # warm-up decay 1 - (1 + step) ** -power (3/4: .999 at 10k steps)
     mixed_precision: Literal[MIXED_PRECISION] = "auto"  # auto: bf16/fp16 on CUDA, measured on CPU
     channels_last: bool = False  # channels-last memory format (GroupNorm is much slower in it on CPU)
+    hflip: bool = (
+        False  # use the cache's mirrored latents (data.hflip) half of the time: faces and other symmetric data
+    )
     log_every: int = 10  # steps between metrics.jsonl lines
     sample_every: int = 500  # steps between sample grids (0 = only at the end)
     sample_scheduler: Literal[SCHEDULER_NAMES] = "dpm++"  # grid sampler

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,11 @@ ORIGINAL_ROWS = {
 }
 RECIPES = (*ORIGINAL_ROWS, "ours")
 BASELINE = "original"
+
+
+def is_ours(recipe: str) -> bool:
+    """``ours`` or one of its ``--variant`` rows (``ours-NAME``)."""
+    return recipe == "ours" or recipe.startswith("ours-")
 
 
 def log(msg: str) -> None:
@@ -162,15 +168,37 @@ def sample_original(unet, vae, scaling_factor: float, class_ids: list[int], step
     return torch.cat(out)
 
 
-def ours_config(args: argparse.Namespace) -> Any:
-    """Our recipe (``--config``) at the benchmark's image size, budget and seed; grids and checkpoints only at the
-    end, like the original's loop."""
+# Sections a variant may override: everything after the shared latent cache.
+VARIANT_SECTIONS = ("unet", "diffusion", "training", "sampling")
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"NAME key=value ..."`` -> (``"ours-NAME"``, overrides of our config); the overrides must stay in
+    :data:`VARIANT_SECTIONS` (the autoencoder and the data are shared by every row)."""
+    name, *overrides = text.split()
+    if not name or "=" in name or not overrides:
+        raise argparse.ArgumentTypeError(
+            f"--variant {text!r}: expected a name then key=value overrides, e.g. 'ema995 training.ema_decay=0.995'"
+        )
+    for o in overrides:
+        if o.split("=", 1)[0].split(".")[0] not in VARIANT_SECTIONS or "=" not in o:
+            raise argparse.ArgumentTypeError(
+                f"--variant {name}: override {o!r} must be section.key=value with section one of "
+                f"{', '.join(VARIANT_SECTIONS)} (the autoencoder and data are shared by all rows)"
+            )
+    return f"ours-{name}", overrides
+
+
+def ours_config(args: argparse.Namespace, overrides: list[str] = ()) -> Any:
+    """Our recipe (``--config``, then a variant's ``overrides``) at the benchmark's image size, budget and seed;
+    grids and checkpoints only at the end, like the original's loop."""
     from ldm.config import load_config
 
     return load_config(
         args.config,
         [
             f"data.image_size={args.image_size}",
+            *overrides,
             f"training.max_minutes={args.minutes}",
             "training.max_steps=0",
             "training.epochs=0",
@@ -193,10 +221,10 @@ def train_recipe(recipe: str, args: argparse.Namespace, out: Path, barrier: Any)
         torch.set_num_threads(args.threads)
     latents = Path(args.workdir) / "latents"
     try:
-        if recipe == "ours":
+        if is_ours(recipe):
             last_log: dict = {}  # the metrics record of the last step: its "elapsed" is the loop's time
-            trainer = Trainer(ours_config(args), latents, out, progress=False, device=args.device,
-                              on_log=last_log.update)  # fmt: skip
+            trainer = Trainer(ours_config(args, args.variants.get(recipe, [])), latents, out, progress=False,
+                              device=args.device, on_log=last_log.update)  # fmt: skip
             trainer.setup()
             barrier.wait()
             started, c0 = time.time(), time.process_time()
@@ -209,6 +237,7 @@ def train_recipe(recipe: str, args: argparse.Namespace, out: Path, barrier: Any)
                 "cpu_seconds": round(time.process_time() - c0, 1),  # with the export
                 "started": started,
                 "ended": started + loop_seconds,
+                "mixed_precision": trainer.mixed_precision,
             }
         else:
             cache = load_latent_cache(latents)
@@ -224,30 +253,39 @@ def train_recipe(recipe: str, args: argparse.Namespace, out: Path, barrier: Any)
 
 
 def train_side_by_side(recipes: list[str], args: argparse.Namespace, dirs: dict[str, Path]) -> dict[str, dict]:
-    """Train ``recipes`` at the same time, one process each (see the module docstring); their ``train.json``."""
+    """Train ``recipes`` in waves of ``--parallel``, the recipes of a wave at the same time, one process each (see
+    the module docstring); their ``train.json``, each with its wave number."""
     import json
     import multiprocessing as mp
 
     from ldm.errors import UserError
 
     ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(len(recipes))
-    procs = {r: ctx.Process(target=train_recipe, args=(r, args, dirs[r], barrier), name=r) for r in recipes}
-    for proc in procs.values():
-        proc.start()
-    while any(proc.is_alive() for proc in procs.values()):
-        if any(proc.exitcode not in (None, 0) for proc in procs.values()):
-            barrier.abort()  # the others may be waiting for the one that failed
-            for proc in procs.values():
-                proc.terminate()
-            break
-        time.sleep(1)
-    for proc in procs.values():
-        proc.join()
-    failed = [r for r, proc in procs.items() if proc.exitcode != 0]
-    if failed:
-        raise UserError(f"training of {', '.join(failed)} failed (its error is above)")
-    return {r: json.loads((dirs[r] / "train.json").read_text()) for r in recipes}
+    waves = [recipes[i : i + args.parallel] for i in range(0, len(recipes), args.parallel)]
+    for w, wave in enumerate(waves):
+        if len(waves) > 1:
+            log(f"wave {w + 1}/{len(waves)}: {', '.join(wave)}")
+        barrier = ctx.Barrier(len(wave))
+        procs = {r: ctx.Process(target=train_recipe, args=(r, args, dirs[r], barrier), name=r) for r in wave}
+        for proc in procs.values():
+            proc.start()
+        while any(proc.is_alive() for proc in procs.values()):
+            if any(proc.exitcode not in (None, 0) for proc in procs.values()):
+                barrier.abort()  # the others may be waiting for the one that failed
+                for proc in procs.values():
+                    proc.terminate()
+                break
+            time.sleep(1)
+        for proc in procs.values():
+            proc.join()
+        failed = [r for r, proc in procs.items() if proc.exitcode != 0]
+        if failed:
+            raise UserError(f"training of {', '.join(failed)} failed (its error is above)")
+    trained = {r: json.loads((dirs[r] / "train.json").read_text()) for r in recipes}
+    for w, wave in enumerate(waves):
+        for r in wave:
+            trained[r]["wave"] = w + 1
+    return trained
 
 
 def prepare_autoencoder(args, cfg, workdir: Path) -> str:
@@ -325,13 +363,41 @@ def main(argv: list[str] | None = None) -> int:
         "--threads",
         type=int,
         default=1,
-        help="torch intra-op threads of each recipe's training process and of the sampling after (default 1; 0: "
-        "torch's default); on a shared CPU one thread can be several times faster than oversubscribed cores",
+        help="torch intra-op threads of each recipe's training process (default 1; 0: torch's default); on a "
+        "shared CPU one thread can be several times faster than oversubscribed cores",
+    )
+    p.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="'NAME KEY=VALUE ...'",
+                   help="one more row: our recipe with these config overrides (unet, diffusion, training, sampling),\n"
+                   "e.g. --variant 'ema995 training.ema_decay=0.995'; repeatable")  # fmt: skip
+    p.add_argument("--guidance-scales", type=float, nargs="+", default=[],
+                   help="extra rows: our main recipe's model sampled at these guidance scales too")  # fmt: skip
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=max(1, (os.cpu_count() or 1)),
+        help="recipes trained at the same time, one process each (default: the CPU count, %(default)s)",
+    )
+    p.add_argument(
+        "--original-num-samples",
+        type=int,
+        default=0,
+        help="generated images of the original rows (default: --num-samples; DDPM 1000 is slow)",
+    )
+    p.add_argument(
+        "--shared-threads",
+        type=int,
+        default=0,
+        help="torch threads of the stages every row shares (autoencoder, latent cache, features) and of the sampling"
+        " and metrics after training (default: the CPU count)",
     )
     args = p.parse_args(argv)  # fmt: skip
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    recipes = [r for r in RECIPES if r in args.recipes]
+    args.variants = dict(args.variant)
+    if len(args.variants) != len(args.variant):
+        p.error("two --variant rows have the same name")
+    # the stages shared by every row (autoencoder, latents, features) and the sampling after training use all cores
+    torch.set_num_threads(args.shared_threads or os.cpu_count() or 1)
+    # ours first: with --parallel 2, ours and the original as it ran train in the same wave
+    recipes = [r for r in ("ours", *ORIGINAL_ROWS) if r in args.recipes] + list(args.variants)
 
     from bench_record import write_record
 
@@ -340,10 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     from ldm.data.latents import load_latent_cache, prepare_latents
     from ldm.diffusion.pipeline import load_pipeline
     from ldm.errors import UserError
-    from ldm.evaluation.classifier import load_or_train_classifier
+    from ldm.evaluation.classifier import load_or_train_classifier, match_channels
     from ldm.evaluation.inception import load_inception
     from ldm.evaluation.report import generate_images, load_real_set
-    from ldm.models.autoencoder import load_autoencoder
+    from ldm.models.autoencoder import decode, encode, load_autoencoder
     from ldm.utils import atomic_write_json, atomic_write_text
 
     workdir = Path(args.workdir)
@@ -368,37 +434,56 @@ def main(argv: list[str] | None = None) -> int:
                                        device=args.device, log=log)  # fmt: skip
         class_ids = [i % len(classes) for i in range(args.num_samples)]
 
+        # --- the floor: the autoencoder's reconstructions of the real images, measured like a recipe
+        vae = load_autoencoder(vae_source, device=args.device)
+        recon = decode(vae, encode(vae, match_channels(real.images, vae.in_channels), 16), 16)
+        rows["reconstructions"] = {
+            "label": "autoencoder reconstructions of the real images (the floor)",
+            **metrics_of("reconstructions", recon, real.labels.tolist(), real, extractor, clf, args.seed),
+        }
+
         # --- training, side by side
         stamp = time.strftime("%Y%m%d-%H%M%S")
         dirs = {r: workdir / f"{r}-{stamp}" for r in recipes}
-        log(f"training {', '.join(recipes)} side by side for {args.minutes} min each, {args.threads} thread(s) each")
+        log(f"training {', '.join(recipes)} for {args.minutes} min each, {args.threads} thread(s) each, "
+            f"{args.parallel} at a time")  # fmt: skip
         trained = train_side_by_side(recipes, args, dirs)
 
         # --- sampling and metrics, one recipe after the other
-        vae = load_autoencoder(vae_source, device=args.device).model
         for r in recipes:
-            t0 = time.time()
-            if r == "ours":
+            if is_ours(r):
                 pipe = load_pipeline(dirs[r], device=args.device)
-                s = ours_config(args).sampling
-                images = generate_images(pipe, class_ids, scheduler=s.scheduler,
-                                         num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                                         seed=args.seed, log=log)  # fmt: skip
-                sampling = {"scheduler": s.scheduler, "steps": s.num_inference_steps,
-                            "guidance_scale": s.guidance_scale}  # fmt: skip
-                label = f"ours ({Path(args.config).name})"
+                s = ours_config(args, args.variants.get(r, [])).sampling
+                extra = args.guidance_scales if r == "ours" else []
+                scales = [s.guidance_scale] + [g for g in extra if g != s.guidance_scale]
+                for g in scales:
+                    name = r if g == s.guidance_scale else f"{r}-guidance-{g:g}"
+                    t0 = time.time()
+                    images = generate_images(pipe, class_ids, scheduler=s.scheduler,
+                                             num_inference_steps=s.num_inference_steps, guidance_scale=g,
+                                             seed=args.seed, log=log)  # fmt: skip
+                    sampling = {"scheduler": s.scheduler, "steps": s.num_inference_steps, "guidance_scale": g,
+                                "seconds": round(time.time() - t0, 1), "num_samples": len(class_ids)}  # fmt: skip
+                    label = f"ours ({Path(args.config).name}" + "".join(f", {o}" for o in args.variants.get(r, []))
+                    label += ")" if name == r else f"), guidance {g:g}"
+                    save_grid(images, class_ids, classes, workdir / f"{name.replace('-', '_')}_samples.png")
+                    metrics = metrics_of(name, images, class_ids, real, extractor, clf, args.seed)
+                    rows[name] = {"label": label, **metrics, "training": trained[r], "sampling": sampling,
+                                  "run": str(dirs[r])}  # fmt: skip
             else:
                 from diffusers import UNet2DModel
 
+                t0 = time.time()
                 unet = UNet2DModel.from_pretrained(dirs[r] / "unet").to(args.device).eval()
-                images = sample_original(unet, vae, cache.scaling_factor, class_ids, args.original_sample_steps,
+                ids = class_ids[: args.original_num_samples or len(class_ids)]
+                images = sample_original(unet, vae.model, cache.scaling_factor, ids, args.original_sample_steps,
                                          args.seed, 50, args.device, r)  # fmt: skip
-                sampling = {"scheduler": "ddpm", "steps": args.original_sample_steps, "guidance_scale": None}
-                label = ORIGINAL_ROWS[r][0]
-            sampling["seconds"] = round(time.time() - t0, 1)
-            save_grid(images, class_ids, classes, workdir / f"{r.replace('-', '_')}_samples.png")
-            metrics = metrics_of(r, images, class_ids, real, extractor, clf, args.seed)
-            rows[r] = {"label": label, **metrics, "training": trained[r], "sampling": sampling, "run": str(dirs[r])}
+                sampling = {"scheduler": "ddpm", "steps": args.original_sample_steps, "guidance_scale": None,
+                            "seconds": round(time.time() - t0, 1), "num_samples": len(ids)}  # fmt: skip
+                save_grid(images, ids, classes, workdir / f"{r.replace('-', '_')}_samples.png")
+                metrics = metrics_of(r, images, ids, real, extractor, clf, args.seed)
+                rows[r] = {"label": ORIGINAL_ROWS[r][0], **metrics, "training": trained[r], "sampling": sampling,
+                           "run": str(dirs[r])}  # fmt: skip
     except UserError as e:
         print(f"bench_quality: error: {e}", file=sys.stderr)
         return 2
@@ -416,20 +501,25 @@ def main(argv: list[str] | None = None) -> int:
                 "class_accuracy_row_over_original": ratio(row["class_accuracy"], base["class_accuracy"]),
             }
             for r, row in rows.items()
-            if r != BASELINE
+            if r not in (BASELINE, "reconstructions")
         }
 
-    def sampling_text(s: dict) -> str:
-        cfg_text = f", CFG {s['guidance_scale']}" if s["guidance_scale"] else ", no guidance"
-        return f"{s['scheduler']} {s['steps']}{cfg_text}, {s['seconds']} s"
+    def sampling_text(s: dict | None) -> str:
+        if not s:
+            return ""
+        cfg_text = f", CFG {s['guidance_scale']:g}" if s["guidance_scale"] else ", no guidance"
+        return f"{s['scheduler']} {s['steps']}{cfg_text}, {s['num_samples']} images, {s['seconds']} s"
+
+    def training_cells(t: dict | None) -> str:
+        return f"{t['steps']} | {t['wall_seconds']} | {t['cpu_seconds']}" if t else "| |"
 
     table = [
         "| recipe | KID | FID | class accuracy | train steps | train wall s | train CPU s | sampling |",
         "|---|---|---|---|---|---|---|---|",
         *(
             f"| {row['label']} | {row['kid']:.4f} ± {row['kid_std']:.4f} | {row['fid']:.1f} | "
-            f"{row['class_accuracy']:.3f} | {row['training']['steps']} | {row['training']['wall_seconds']} | "
-            f"{row['training']['cpu_seconds']} | {sampling_text(row['sampling'])} |"
+            f"{row['class_accuracy']:.3f} | {training_cells(row.get('training'))} | "
+            f"{sampling_text(row.get('sampling'))} |"
             for row in rows.values()
         ),
         "",
@@ -439,8 +529,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{q['class_accuracy_row_over_original']:.2f}x (> 1: the row is better than the original as it ran)."
             for r, q in ratios.items()
         ),
-        f"Trained side by side, {args.minutes} min each, {args.threads} thread(s) each. {args.num_samples} generated "
-        f"images per recipe against {len(real.images)} real images of {args.data} at {args.image_size}x"
+        f"Trained {args.parallel} at a time, {args.minutes} min each, {args.threads} thread(s) each. Generated images "
+        f"against {len(real.images)} real images of {args.data} at {args.image_size}x"
         f"{args.image_size}; classifier held-out accuracy {clf.holdout_accuracy:.3f} (chance {1 / len(classes):.3f}); "
         f"features: {extractor.describe()['extractor']}.",
     ]

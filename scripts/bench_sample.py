@@ -1,21 +1,27 @@
-"""Sampling speed: the original project's way against ours, with the same model, in the same process.
+"""Sampling: DDPM over all 1000 steps (the original project's sampler) against ours at its default steps, the same
+work per image otherwise, in the same run; with ``--real``, also the quality each reaches on the same trained model.
 
-    python scripts/bench_sample.py                       # seed-preset UNet on 16x16x4 latents, random weights
-    python scripts/bench_sample.py --threads 1 --vae sd  # the original's SD-VAE architecture (128x128 images)
-    python scripts/bench_sample.py --run runs/faces      # a trained run or pipeline folder
+    python scripts/bench_sample.py                        # seed-preset UNet on 16x16x4 latents, random weights
+    python scripts/bench_sample.py --vae sd               # with the original's SD-VAE architecture (128x128 images)
+    python scripts/bench_sample.py --run runs/faces --real ../shared/datasets/att-faces-20   # speed and quality
 
-Original: ``DDPMScheduler`` with its 1000 steps, one image at a time, no guidance, and one separate VAE decode for
-each of the 12 snapshot timesteps (999, 700, ..., 0; the last one is the final image).
-Ours: the pipeline (:mod:`ldm.diffusion.pipeline`) with DPM-Solver++(2M) at 25 steps and classifier-free guidance
-(both branches in one UNet batch), 8 images per call, snapshots of the first image at the same 12 timesteps (mapped
-to the nearest of its steps) decoded in one batch at the end.
+Both sides go through the same pipeline call (:mod:`ldm.diffusion.pipeline`): the same batch (``--images``), the
+same classifier-free guidance (``--guidance-scale``, default the run's), the same snapshot policy (the first image at
+the 12 timesteps of the original's figure, decoded in one batch at the end). Only the sampler and its step count
+differ: ``ddpm`` at 1000 steps against ``--scheduler`` at ``--steps`` (default the run's sampling settings,
+DPM-Solver++ 25). Timing repeats are interleaved (DDPM, ours, DDPM, ours, ...) after a warm-up, so a load change on
+a shared machine hits both; the medians and their ratio are reported, wall clock and CPU time.
+
+With ``--run`` and ``--real``, both samplers then generate ``--num-samples`` images of the run's model (image i:
+class ``i % K``, seed i, the same for both) and :func:`ldm.evaluation.report.evaluate_run` measures KID, FID and class
+accuracy of each against the real images: the speed-up is only worth what the quality at the fewer steps keeps.
 
 Timing needs no trained weights (the work per step does not depend on them), so without ``--run`` the models are
 randomly initialised: the ``seed`` UNet preset (the original's exact architecture) on 16x16x4 latents and, with
 ``--vae project`` (default), an AutoencoderKL of the project's default ``train-vae`` architecture (64x64 images), or
 with ``--vae sd`` one of SD-VAE's architecture (the original's ``stabilityai/sd-vae-ft-ema``, 128x128 images).
-Seconds are wall-clock on this machine; on a shared CPU they are noisy. The numbers go to ``--json`` if given and,
-with the command line, CPU, versions and commit, into a record in ``docs/benchmarks/`` (``scripts/bench_record.py``).
+The numbers go to ``--json`` if given and, with the command line, CPU, versions and commit, into a record in
+``docs/benchmarks/`` (``scripts/bench_record.py``).
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ def build_models(args: argparse.Namespace):
 
     if args.run:
         from ldm.diffusion.pipeline import load_pipeline
+        from ldm.run_folder import RunFolder
 
-        pipe = load_pipeline(args.run, device="cpu")
+        pipe = load_pipeline(RunFolder.find_pipeline(Path(args.run)), device="cpu")
         return pipe, f"{args.run}: {len(pipe.class_names)} classes"
     from ldm.config import AutoencoderConfig, DiffusionConfig, UNetConfig
     from ldm.diffusion.objective import make_train_scheduler
@@ -47,7 +54,7 @@ def build_models(args: argparse.Namespace):
     from ldm.models.unet import build_unet
 
     torch.manual_seed(0)
-    unet = build_unet(UNetConfig(preset="seed"), sample_size=16, in_channels=4, num_classes=5).eval()
+    unet = build_unet(UNetConfig(preset=args.preset), sample_size=16, in_channels=4, num_classes=5).eval()
     if args.vae == "sd":  # stabilityai/sd-vae-ft-ema's architecture: 4 levels, down factor 8
         kw = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, levels=4)
     else:  # ldm train-vae defaults: down factor 4
@@ -71,93 +78,136 @@ def build_models(args: argparse.Namespace):
         train_cfg = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").config
     n_params = sum(p.numel() for p in unet.parameters()) / 1e6
     side = 16 * 2 ** (levels - 1)
-    desc = f"random weights: seed-preset UNet ({n_params:.1f} M params) on 16x16x4 latents, {args.vae} VAE -> {side}px"
+    desc = (
+        f"random weights: {args.preset}-preset UNet ({n_params:.1f} M params) on 16x16x4 latents, "
+        f"{args.vae} VAE -> {side}px"
+    )
     return build_pipeline(unet, vae, train_cfg, [str(k) for k in range(5)], 0.18215, scheduler="dpm++"), desc
 
 
-def time_original(pipe, n_images: int, snapshot_timesteps) -> float:
-    """Seconds per image the original way: 1000 DDPM steps, batch 1, no guidance, one decode per snapshot."""
-    import torch
-    from diffusers import DDPMScheduler
-
-    unet, vae, scaling = pipe.unet, pipe.vae, float(pipe.config.scaling_factor)
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    sched.set_timesteps(sched.config.num_train_timesteps)
-    wanted = {int(t) for t in snapshot_timesteps}
-    shape = (1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    start, cpu = time.perf_counter(), time.process_time()
-    with torch.no_grad():
-        for i in range(n_images):
-            g = torch.Generator().manual_seed(i)
-            x = torch.randn(shape, generator=g)
-            label = torch.tensor([i % (unet.config.num_class_embeds - 1)])
-            for t in sched.timesteps:
-                eps = unet(x, t, class_labels=label).sample
-                x = sched.step(eps, t, x, generator=g).prev_sample
-                if int(t) in wanted:
-                    _ = vae.decode(x / scaling).sample  # the original decoded each snapshot on its own
-    return (time.perf_counter() - start) / n_images, (time.process_time() - cpu) / n_images
-
-
-def time_ours(pipe, n_images: int, steps: int, guidance: float, snapshot_timesteps):
-    """Seconds per image our way: DPM-Solver++, CFG batched, n_images per call, snapshots decoded in one batch."""
+def time_call(pipe, args: argparse.Namespace, scheduler: str, steps: int, snapshot_timesteps) -> tuple[float, float]:
+    """(wall, CPU) seconds per image of one pipeline call: ``args.images`` images, snapshots of the first one."""
     start, cpu = time.perf_counter(), time.process_time()
     res = pipe(
-        [0] * n_images,
+        [k % len(pipe.class_names) for k in range(args.images)],
         num_inference_steps=steps,
-        guidance_scale=guidance,
-        seeds=list(range(n_images)),
-        scheduler="dpm++",
+        guidance_scale=args.guidance_scale,
+        seeds=list(range(args.images)),
+        scheduler=scheduler,
         snapshot_timesteps=snapshot_timesteps,
         snapshot_image_indices=[0],
+        output_type="pt",
     )
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    assert res.snapshots is not None and len(res.images) == n_images
-    return wall / n_images, cpu / n_images, len(res.snapshots.timesteps)
+    assert res.snapshots is not None and len(res.images) == args.images
+    return wall / args.images, cpu / args.images
+
+
+def quality(args: argparse.Namespace, scheduler: str, steps: int) -> dict:
+    """KID, FID and class accuracy of ``--num-samples`` images of the run's model with this sampler."""
+    from ldm.evaluation.report import evaluate_run
+
+    def log(msg: str) -> None:
+        print(f"  [{scheduler} {steps}] {msg}", flush=True)
+
+    r = evaluate_run(args.run, args.real, num_samples=args.num_samples, scheduler=scheduler, num_inference_steps=steps,
+                     guidance_scale=args.guidance_scale, seed=0, device="cpu", write=False, log=log)  # fmt: skip
+    return {
+        "kid": r["kid"],
+        "kid_std": r["kid_std"],
+        "fid": r["fid"],
+        "class_accuracy": r["class_accuracy"]["overall"],
+        "generation_seconds": r["seconds"]["generation"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="trained run or pipeline folder (default: random-weight seed-preset models)")
+    p.add_argument(
+        "--real", help="with --run: the run's class-folder dataset, to measure the quality of both samplers"
+    )
+    p.add_argument("--num-samples", type=int, default=200, help="images per sampler for the quality (default 200)")
     p.add_argument("--vae", choices=("project", "sd"), default="project", help="VAE architecture without --run")
-    p.add_argument("--original-images", type=int, default=1, help="images timed the original way (each ~1000 steps)")
-    p.add_argument("--images", type=int, default=8, help="images per call our way")
-    p.add_argument("--steps", type=int, default=25, help="our DPM-Solver++ steps")
-    p.add_argument("--guidance-scale", type=float, default=3.0, help="our classifier-free guidance scale")
+    p.add_argument("--preset", default="seed", help="UNet preset without --run (default: seed, the original's)")
+    p.add_argument("--images", type=int, default=8, help="images per call, both samplers (default 8)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per sampler, interleaved (default 3)")
+    p.add_argument("--scheduler", default=None, help="our sampler (default: the run's, else dpm++)")
+    p.add_argument("--steps", type=int, default=None, help="our steps (default: the run's, else 25)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="guidance of both (default: the run's, else 3)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.add_argument("--record-dir", default=str(ROOT / "docs" / "benchmarks"),
                    help="where the run's record goes (scripts/bench_record.py; default docs/benchmarks/)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.real and not args.run:
+        p.error("--real needs --run (the quality is measured on a trained model)")
+    if args.real and not Path(args.real).is_dir():
+        p.error(f"--real {args.real}: not a folder")
+    if args.run and not Path(args.run).exists():
+        p.error(f"--run {args.run}: not found")
+
+    import statistics
 
     import torch
 
     from ldm.config import SamplingConfig
 
-    DEFAULT_SNAPSHOT_TIMESTEPS = SamplingConfig().snapshot_timesteps  # the original project's figure columns
+    sampling = SamplingConfig()
+    if args.run:
+        from ldm.run_folder import RunFolder
+
+        if RunFolder(Path(args.run)).config_path.is_file():  # a run folder; a bare pipeline keeps the defaults
+            sampling = RunFolder(Path(args.run)).read_config().sampling
+    args.scheduler = args.scheduler or sampling.scheduler
+    args.steps = args.steps or sampling.num_inference_steps
+    if args.guidance_scale is None:
+        args.guidance_scale = float(sampling.guidance_scale)
+    snapshot_timesteps = SamplingConfig().snapshot_timesteps  # the original project's figure columns
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe, desc = build_models(args)
-    unet, vae = pipe.unet, pipe.vae
     print(f"model: {desc}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device cpu, float32")
-    with torch.no_grad():  # warm-up: first calls allocate and pick kernels
-        x = torch.zeros(2 * args.images, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-        unet(x[:1], 500, class_labels=torch.tensor([0]))
-        unet(x, 500, class_labels=torch.zeros(len(x), dtype=torch.long))
-        vae.decode(x[:1])
-    ours, ours_cpu, n_snap = time_ours(pipe, args.images, args.steps, args.guidance_scale, DEFAULT_SNAPSHOT_TIMESTEPS)
-    print(f"ours:     {ours:8.2f} s/image wall, {ours_cpu:8.2f} s/image CPU  (DPM-Solver++ {args.steps} steps, "
-          f"guidance {args.guidance_scale:g}, batch {args.images}, "
-          f"{n_snap} snapshots of 1 image, 1 decode batch)")  # fmt: skip
-    orig, orig_cpu = time_original(pipe, args.original_images, DEFAULT_SNAPSHOT_TIMESTEPS)
-    print(f"original: {orig:8.2f} s/image wall, {orig_cpu:8.2f} s/image CPU  (DDPM 1000 steps, batch 1, no guidance, "
-          f"{len(DEFAULT_SNAPSHOT_TIMESTEPS)} separate snapshot decodes)")  # fmt: skip
+    sides = {"ddpm": ("ddpm", 1000), "ours": (args.scheduler, args.steps)}
+    with torch.no_grad():
+        for sched, _ in sides.values():  # warm-up: first calls allocate and pick kernels
+            pipe([0] * args.images, num_inference_steps=2, guidance_scale=args.guidance_scale, scheduler=sched,
+                 output_type="pt")  # fmt: skip
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
+    for rep in range(args.repeats):
+        for side, (sched, steps) in sides.items():
+            times[side].append(time_call(pipe, args, sched, steps, snapshot_timesteps))
+            print(f"repeat {rep + 1}: {side:4s} ({sched} {steps}) {times[side][-1][0]:.3f} s/image", flush=True)
+    wall = {k: statistics.median(t[0] for t in v) for k, v in times.items()}
+    cpu = {k: statistics.median(t[1] for t in v) for k, v in times.items()}
+    n_snap = len(snapshot_timesteps)
+    work = f"batch {args.images}, guidance {args.guidance_scale:g}, snapshots of 1 image at {n_snap} timesteps"
+    print(f"DDPM 1000: {wall['ddpm']:8.3f} s/image wall, {cpu['ddpm']:8.3f} s/image CPU ({work})")
+    print(
+        f"ours:      {wall['ours']:8.3f} s/image wall, {cpu['ours']:8.3f} s/image CPU ({args.scheduler} {args.steps})"
+    )
     # CPU time is the steadier number on a shared machine (wall time includes waiting for a core).
-    print(f"speed-up: {orig / ours:.1f}x wall clock, {orig_cpu / ours_cpu:.1f}x CPU time")
-    summary = {"model": desc, "threads": torch.get_num_threads(), "original_s_per_image": orig,
-               "ours_s_per_image": ours, "speedup": orig / ours, "original_cpu_s_per_image": orig_cpu,
-               "ours_cpu_s_per_image": ours_cpu, "speedup_cpu": orig_cpu / ours_cpu, "args": vars(args)}  # fmt: skip
+    print(f"speed-up: {wall['ddpm'] / wall['ours']:.1f}x wall clock, {cpu['ddpm'] / cpu['ours']:.1f}x CPU time")
+    summary = {
+        "model": desc,
+        "threads": torch.get_num_threads(),
+        "work": work,
+        "ours_sampler": f"{args.scheduler} {args.steps}",
+        "original_s_per_image": wall["ddpm"],
+        "ours_s_per_image": wall["ours"],
+        "speedup": wall["ddpm"] / wall["ours"],
+        "original_cpu_s_per_image": cpu["ddpm"],
+        "ours_cpu_s_per_image": cpu["ours"],
+        "speedup_cpu": cpu["ddpm"] / cpu["ours"],
+        "repeats": {k: [[round(w, 4), round(c, 4)] for w, c in v] for k, v in times.items()},
+        "args": vars(args),
+    }
+    if args.real:
+        summary["quality"] = {side: quality(args, sched, steps) for side, (sched, steps) in sides.items()}
+        for side, q in summary["quality"].items():
+            print(f"quality {side}: KID {q['kid']:.4f} ± {q['kid_std']:.4f}, FID {q['fid']:.1f}, "
+                  f"class accuracy {q['class_accuracy']:.3f} ({args.num_samples} images)")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     from bench_record import write_record

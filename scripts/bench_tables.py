@@ -1,12 +1,13 @@
 """Regenerate the tables of docs/benchmarks.md from the benchmark records in docs/benchmarks/*.json.
 
-    python scripts/bench_tables.py            # rewrite the generated tables of docs/benchmarks.md
+    python scripts/bench_tables.py            # rewrite the generated tables of docs/benchmarks.md and README.md
     python scripts/bench_tables.py --check    # exit 1 when a table differs from its records
 
-A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table -->``, NAME a benchmark script
-(``bench_quality``, ``bench_sample``, ``bench_train``). Its rows come from every record ``NAME-*.json`` (written by
-``scripts/bench_record.py``), oldest first, each row ending with the record's CPU, date, commit and file. Everything
-outside the markers is left as it is.
+A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table -->``. With NAME a benchmark script
+(``bench_quality``, ``bench_sample``, ``bench_train``) its rows come from every record ``NAME-*.json`` (written by
+``scripts/bench_record.py``), oldest first, each row ending with the record's CPU, date, commit and file. NAME
+``bench_quality-summary`` is the README's results table: the newest ``bench_quality`` record that has the original
+as it ran. Everything outside the markers is left as it is.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
+DOCS = [ROOT / "docs" / "benchmarks.md", ROOT / "README.md"]
 RECORDS_DIR = ROOT / "docs" / "benchmarks"
 TABLE = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 RECORD_COLUMNS = ["CPU", "date", "commit", "record"]
@@ -31,37 +32,89 @@ def _num(x: Any, fmt: str) -> str:
     return "" if x is None else format(x, fmt)
 
 
+def _sampling_text(sp: dict | None) -> str:
+    if not sp:
+        return ""
+    guidance = f", guidance {sp['guidance_scale']:g}" if sp.get("guidance_scale") else ", no guidance"
+    return f"{sp['scheduler']} {sp['steps']}{guidance}"
+
+
 def quality_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    """``scripts/bench_quality.py``: one row per recipe."""
+    """``scripts/bench_quality.py``: one row per recipe (and sampling variant), with the floor."""
     s = results["settings"]
-    head = ["recipe", "KID", "FID", "class accuracy", "train steps", "sampling", "budget"]
+    head = ["recipe", "KID", "FID", "class accuracy", "train steps", "sampling", "samples", "budget"]
     rows = []
     for row in results["rows"].values():
-        sp = row["sampling"]
-        guidance = f", guidance {sp['guidance_scale']:g}" if sp.get("guidance_scale") else ", no guidance"
+        sp, tr = row.get("sampling"), row.get("training")
         rows.append(
             [
                 row["label"],
                 f"{row['kid']:.4f} ± {row['kid_std']:.4f}",
                 f"{row['fid']:.1f}",
                 f"{row['class_accuracy']:.3f}",
-                str(row["training"]["steps"]),
-                f"{sp['scheduler']} {sp['steps']}{guidance}",
-                f"{s['minutes']:g} min x {s['threads']} thread(s), {s['num_samples']} samples",
+                str(tr["steps"]) if tr else "",
+                _sampling_text(sp),
+                str(sp.get("num_samples", s["num_samples"])) if sp else str(results.get("num_real", "")),
+                f"{s['minutes']:g} min x {s['threads']} thread(s)" if tr else "",
             ]
         )
     return head, rows
 
 
+def quality_summary(records: list[tuple[Path, dict]], link_base: str) -> str:
+    """The README's results: the newest ``bench_quality`` record with the original as it ran; its main rows and
+    ratios against that original, and a line saying how it was measured."""
+    full = [(p, r) for p, r in records if "original" in r["results"]["rows"]]
+    if not full:
+        return "_No record of `scripts/bench_quality.py` with the original as it ran yet._\n"
+    path, rec = full[-1]
+    res = rec["results"]
+    s, ratios = res["settings"], res.get("ratios", {})
+    head = ["recipe", "KID", "FID", "class accuracy", "KID vs original", "train steps", "sampling"]
+    rows = []
+    for name, row in res["rows"].items():
+        if "-guidance-" in name or (name.startswith("ours-")):
+            continue  # sampling and lever variants: docs/benchmarks.md
+        q = ratios.get(name, {})
+        tr = row.get("training")
+        rows.append(
+            [
+                row["label"],
+                f"{row['kid']:.3f}",
+                f"{row['fid']:.0f}",
+                f"{row['class_accuracy']:.2f}",
+                f"{q['kid_original_over_row']:.1f}x better" if q else ("" if name != "original" else "1x"),
+                str(tr["steps"]) if tr else "",
+                _sampling_text(row.get("sampling")),
+            ]
+        )
+    note = (
+        f"{Path(s['data']).name} at {s['image_size']}x{s['image_size']}, one autoencoder ({s['vae_minutes']:g} min) "
+        f"for all rows, {s['minutes']:g} min of diffusion training per recipe on {s['threads']} thread(s) each, "
+        f"{s['parallel']} side by side; {rec['cpu']['kind']} CPU ({rec['cpu']['model']}), {rec['utc'][:10]}, "
+        f"record [{path.name}]({link_base}{path.name})."
+    )
+    return _markdown(head, rows) + "\n" + note + "\n"
+
+
 def sample_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    """``scripts/bench_sample.py``: one row per run."""
-    head = ["model", "ours s/image", "original s/image", "speed-up (wall)", "speed-up (CPU)", "threads"]
+    """``scripts/bench_sample.py``: one row per run; with the quality of both samplers when it was measured."""
+    head = ["model", "work per image", "DDPM 1000 s/image", "ours", "ours s/image", "speed-up (wall, CPU)",
+            "quality DDPM 1000 (KID, acc.)", "quality ours (KID, acc.)", "threads"]  # fmt: skip
+    q = results.get("quality") or {}
+
+    def qtext(side: str) -> str:
+        return f"{q[side]['kid']:.4f}, {q[side]['class_accuracy']:.3f}" if side in q else "not measured"
+
     row = [
         results["model"],
-        f"{results['ours_s_per_image']:.2f}",
-        f"{results['original_s_per_image']:.2f}",
-        f"{results['speedup']:.1f}x",
-        f"{results['speedup_cpu']:.1f}x",
+        results.get("work", ""),
+        f"{results['original_s_per_image']:.3f}",
+        results.get("ours_sampler", ""),
+        f"{results['ours_s_per_image']:.3f}",
+        f"{results['speedup']:.1f}x, {results['speedup_cpu']:.1f}x",
+        qtext("ddpm"),
+        qtext("ours"),
         str(results["threads"]),
     ]
     return head, [row]
@@ -89,11 +142,25 @@ def train_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+# Tables of every record of a script, one block of rows per record.
 FORMATTERS: dict[str, Callable[[dict], tuple[list[str], list[list[str]]]]] = {
     "bench_quality": quality_rows,
     "bench_sample": sample_rows,
     "bench_train": train_rows,
 }
+# Tables made from a script's records as a whole (table name -> (script, formatter)).
+SUMMARIES: dict[str, tuple[str, Callable[[list[tuple[Path, dict]], str], str]]] = {
+    "bench_quality-summary": ("bench_quality", quality_summary),
+}
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    return (
+        "\n".join(
+            ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+        )
+        + "\n"
+    )
 
 
 def load_records(name: str, records_dir: Path) -> list[tuple[Path, dict]]:
@@ -114,8 +181,8 @@ def render_table(name: str, records: list[tuple[Path, dict]], link_base: str = "
         git = rec.get("git") or {}
         commit = (git.get("commit") or "")[:7] + ("+" if git.get("dirty") else "")
         extra = [rec["cpu"]["kind"], rec["utc"][:10], commit, f"[{path.name}]({link_base}{path.name})"]
-        lines += ["| " + " | ".join(row + extra) + " |" for row in rows]
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines]) + "\n"
+        lines += [row + extra for row in rows]
+    return _markdown(header, lines)
 
 
 def update_tables(text: str, records_dir: Path, link_base: str = "benchmarks/") -> str:
@@ -123,8 +190,12 @@ def update_tables(text: str, records_dir: Path, link_base: str = "benchmarks/") 
 
     def table(m: re.Match) -> str:
         name = m.group("name")
+        if name in SUMMARIES:
+            script, summary = SUMMARIES[name]
+            return m.group(1) + summary(load_records(script, records_dir), link_base) + m.group(4)
         if name not in FORMATTERS:
-            raise SystemExit(f"bench_tables: unknown table {name!r}; known: {', '.join(FORMATTERS)}")
+            known = ", ".join([*FORMATTERS, *SUMMARIES])
+            raise SystemExit(f"bench_tables: unknown table {name!r}; known: {known}")
         return m.group(1) + render_table(name, load_records(name, records_dir), link_base) + m.group(4)
 
     return TABLE.sub(table, text)
@@ -132,21 +203,26 @@ def update_tables(text: str, records_dir: Path, link_base: str = "benchmarks/") 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--doc", type=Path, default=DOC, help="markdown file with marked tables (default: %(default)s)")
+    p.add_argument("--doc", type=Path, action="append", help="markdown file with marked tables (repeatable; default: "
+                   "docs/benchmarks.md and README.md)")  # fmt: skip
     p.add_argument("--records", type=Path, default=RECORDS_DIR, help="record folder (default: %(default)s)")
     p.add_argument("--check", action="store_true", help="only check: exit 1 when a table is out of date")
     args = p.parse_args(argv)
-    text = args.doc.read_text()
-    link_base = Path(os.path.relpath(args.records, args.doc.parent)).as_posix() + "/"
-    new = update_tables(text, args.records, link_base)
-    if args.check:
-        if new != text:
-            print(f"{args.doc}: tables out of date; run scripts/bench_tables.py", file=sys.stderr)
-            return 1
-        return 0
-    if new != text:
-        args.doc.write_text(new)
-        print(f"updated {args.doc}")
+    stale = []
+    for doc in args.doc or DOCS:
+        text = doc.read_text()
+        link_base = Path(os.path.relpath(args.records, doc.parent)).as_posix() + "/"
+        new = update_tables(text, args.records, link_base)
+        if new == text:
+            continue
+        if args.check:
+            stale.append(doc)
+        else:
+            doc.write_text(new)
+            print(f"updated {doc}")
+    if stale:
+        print(f"tables out of date in {', '.join(map(str, stale))}; run scripts/bench_tables.py", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -151,8 +151,17 @@ def _quality_record(utc: str, commit: str, kid: float) -> dict:
         "cpu": {"kind": "avx2", "model": "AMD EPYC"},
         "git": {"commit": commit, "dirty": False},
         "results": {
-            "settings": {"minutes": 15.0, "threads": 1, "num_samples": 60},
+            "settings": {
+                "minutes": 15.0,
+                "threads": 1,
+                "num_samples": 60,
+                "data": "/x/att-faces-20",
+                "image_size": 64,
+                "vae_minutes": 5.0,
+                "parallel": 2,
+            },  # fmt: skip
             "rows": {"original": row, "ours": ours},
+            "ratios": {"ours": {"kid_original_over_row": kid / 0.108}},
         },
     }
 
@@ -172,8 +181,11 @@ def test_tables_are_built_from_records_between_markers(tables, tmp_path):
     doc.write_text(before)
     assert tables.main(["--doc", str(doc), "--records", str(records), "--check"]) == 1
     assert tables.main(["--doc", str(doc), "--records", str(records)]) == 0
-    head = "| recipe | KID | FID | class accuracy | train steps | sampling | budget | CPU | date | commit | record |"
-    budget = "15 min x 1 thread(s), 60 samples"
+    head = (
+        "| recipe | KID | FID | class accuracy | train steps | sampling | samples | budget | CPU | date | commit "
+        "| record |"
+    )
+    budget = "60 | 15 min x 1 thread(s)"
 
     def rows(day: str, commit: str, kid: str) -> list[str]:
         link = f"[bench_quality-{day}-avx2.json](benchmarks/bench_quality-{day}-avx2.json)"
@@ -185,10 +197,30 @@ def test_tables_are_built_from_records_between_markers(tables, tmp_path):
         ]
 
     older, newer = rows("2026-12-02", "aaaaaaa", "0.2000"), rows("2026-12-03", "bbbbbbb", "0.1840")
-    table = [head, "|" + "---|" * 11, *older, *newer]
+    table = [head, "|" + "---|" * 12, *older, *newer]
     expected = "# Benchmarks\n\nHand-typed | 0.386 |\n\n<!-- table:bench_quality -->\n" + "\n".join(table)
     assert doc.read_text() == expected + "\n<!-- /table -->\n\nAfter.\n"
     assert tables.main(["--doc", str(doc), "--records", str(records), "--check"]) == 0
+
+
+def test_the_readme_results_come_from_the_newest_record_with_the_original(tables, tmp_path):
+    records = tmp_path / "docs" / "benchmarks"
+    records.mkdir(parents=True)
+    for day, kid in (("2026-12-02", 0.2), ("2026-12-03", 0.184)):
+        rec = _quality_record(f"{day}T10:00:00+00:00", "a" * 40, kid)
+        (records / f"bench_quality-{day}-avx2.json").write_text(json.dumps(rec))
+    lever_run = _quality_record("2026-12-04T10:00:00+00:00", "c" * 40, 0.3)  # levers only: no original row
+    del lever_run["results"]["rows"]["original"]
+    (records / "bench_quality-2026-12-04-avx2.json").write_text(json.dumps(lever_run))
+    readme = tmp_path / "README.md"
+    readme.write_text("## Results\n\n<!-- table:bench_quality-summary -->\n<!-- /table -->\n")
+    assert tables.main(["--doc", str(readme), "--records", str(records)]) == 0
+    text = readme.read_text()
+    assert "| original as it ran (L1) | 0.184 | 203 | 0.33 | 1x | 1429 | ddpm 1000, no guidance |" in text
+    assert "| ours (faces.yaml) | 0.108 | 116 | 0.97 | 1.7x better | 2001 | dpm++ 25, guidance 3 |" in text
+    assert "0.200" not in text and "2026-12-04" not in text  # the older full record and the lever run
+    assert "[bench_quality-2026-12-03-avx2.json](docs/benchmarks/bench_quality-2026-12-03-avx2.json)" in text
+    assert tables.main(["--doc", str(readme), "--records", str(records), "--check"]) == 0
 
 
 def test_a_table_without_records_says_so(tables, tmp_path):
@@ -199,5 +231,48 @@ def test_a_table_without_records_says_so(tables, tmp_path):
 
 def test_the_docs_tables_match_the_committed_records(tables):
     root = SCRIPTS.parent
-    assert tables.main(["--doc", str(root / "docs" / "benchmarks.md"), "--records", str(root / "docs" / "benchmarks"),
-                        "--check"]) == 0  # fmt: skip
+    assert tables.main(["--doc", str(root / "docs" / "benchmarks.md"), "--doc", str(root / "README.md"),
+                        "--records", str(root / "docs" / "benchmarks"), "--check"]) == 0  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bench_quality's lever rows, bench_sample
+
+
+def test_a_variant_is_our_recipe_with_overrides_after_the_shared_stages(quality):
+    import argparse
+
+    assert quality.parse_variant("ema995 training.ema_decay=0.995") == ("ours-ema995", ["training.ema_decay=0.995"])
+    for bad in ("ema995", "training.ema_decay=0.995", "down8 autoencoder.down_factor=8", "x data.image_size=32"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            quality.parse_variant(bad)
+    args = argparse.Namespace(config=str(SCRIPTS.parent / "configs" / "faces.yaml"), image_size=64, minutes=15.0,
+                              seed=0)  # fmt: skip
+    cfg = quality.ours_config(args, ["training.batch_size=64", "training.learning_rate=1e-3"])
+    assert (cfg.training.batch_size, cfg.training.learning_rate, cfg.training.max_minutes) == (64, 1e-3, 15.0)
+    assert quality.ours_config(args).training.batch_size == 32
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return _load("bench_sample")
+
+
+def test_bench_sample_times_both_samplers_at_equal_work_and_writes_a_record(sample, tmp_path, capsys):
+    out = tmp_path / "numbers.json"
+    args = ["--preset", "tiny", "--images", "2", "--repeats", "2", "--threads", "1", "--json", str(out),
+            "--record-dir", str(tmp_path)]  # fmt: skip
+    assert sample.main(args) == 0
+    numbers = json.loads(out.read_text())
+    assert [len(v) for v in numbers["repeats"].values()] == [2, 2]
+    assert numbers["ours_sampler"] == "dpm++ 25"
+    assert "batch 2, guidance 3" in numbers["work"]
+    assert numbers["speedup_cpu"] > 5  # 1000 DDPM steps against 25, the rest of the work equal
+    assert len(list(tmp_path.glob("bench_sample-*.json"))) == 1
+    assert "speed-up:" in capsys.readouterr().out
+
+
+def test_bench_sample_quality_needs_a_run(sample, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--real", str(tmp_path)])
+    assert e.value.code == 2

@@ -285,3 +285,32 @@ def test_changed_data_or_weights_under_the_same_names_are_detected(tiny_vae_dir,
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # retrained in place: same path, other content
     with pytest.raises(CacheMismatchError, match="autoencoder content hash"):
         prepare_latents(data, str(vae), out, _cfg(), device="cpu", progress=False)
+
+
+def test_hflip_caches_the_latents_of_the_mirrored_images(att_faces, tiny_vae_dir, tmp_path):
+    from ldm.data.folders import load_image
+    from ldm.models.autoencoder import encode, load_autoencoder
+
+    out = tmp_path / "cache"
+    m = prepare_latents(att_faces, str(tiny_vae_dir), out, _cfg("data.hflip=true"), device="cpu", progress=False)
+    cache = load_latent_cache(out)
+    assert m.mirrored and cache.mirrored is not None and cache.mirrored.shape == cache.latents.shape
+    # encoded from the mirrored image, not the latent flipped (the autoencoder is not mirror-equivariant)
+    ae = load_autoencoder(str(tiny_vae_dir), device="cpu")
+    first = att_faces / m.files[0]["image"]
+    image = load_image(first, 16, 3)[None]
+    expected = encode(ae, image.flip(-1)) * cache.scaling_factor
+    torch.testing.assert_close(cache.mirrored[:1], expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(cache.mirrored[:1], cache.latents[:1].flip(-1), atol=1e-3)
+    # the same folder without mirrored latents is another cache: refused, not silently mixed
+    with pytest.raises(CacheMismatchError, match="mirrored"):
+        prepare_latents(att_faces, str(tiny_vae_dir), out, _cfg(), device="cpu", progress=False)
+    # a cache without them: load_latent_cache gives None, and training.hflip names the fix
+    plain = tmp_path / "plain"
+    prepare_latents(att_faces, str(tiny_vae_dir), plain, _cfg(), device="cpu", progress=False)
+    assert load_latent_cache(plain).mirrored is None
+    from ldm.training.trainer import Trainer
+
+    with pytest.raises(UserError, match="data.hflip=true"):
+        Trainer(load_config(None, ["training.hflip=true", "training.max_steps=1", "unet.preset=tiny"]), plain, tmp_path / "run",
+                progress=False, device="cpu").setup()  # fmt: skip

@@ -22,6 +22,7 @@ from ldm.errors import UserError
 from ldm.utils import atomic_write_json
 
 FORMAT_VERSION = 1
+MIRRORED = "mirrored.npy"  # (N, C, H, W): the latent of each image mirrored left-right, same order
 MANIFEST = "manifest.json"
 
 
@@ -71,6 +72,7 @@ class Manifest:
     listing_fingerprint: str | None = None  # latents.listing_fingerprint of every candidate file
     latent_stats: LatentStats | None = None
     packed: list[str] | bool | None = None  # the packed arrays beside the per-image files ([] / None: none)
+    mirrored: bool | None = None  # True: MIRRORED holds each image's latent mirrored left-right too (data.hflip)
     # one {"latent": "<class>/<n>.npy", "image": relative image path, "label": k} per latent in label order
     # (a hand-written manifest may list plain relative .npy paths instead)
     files: list[dict[str, Any] | str] | None = None
@@ -106,6 +108,8 @@ class Manifest:
         """The JSON object, keys in field order, then ``extra``."""
         d = dataclasses.asdict(self)
         extra = d.pop("extra")
+        if d["mirrored"] is None:  # added after format 1: absent unless set, so older manifests save as they were
+            del d["mirrored"]
         return {**d, **extra}
 
     @classmethod
@@ -161,6 +165,8 @@ class Manifest:
             f"  scaling factor {self.scaling_factor:.6g} ({self.scaling_factor_setting}); "
             f"latent std {scaled_std:.4g} scaled, {stats.std:.4g} unscaled"
         )
+        if self.mirrored:
+            text += f"\n  with the mirrored image's latent of each ({MIRRORED}; data.hflip)"
         if not 0.5 <= scaled_std <= 2.0:
             text += (
                 "\n  note: the scaled latents are far from unit variance (the diffusion noise schedule assumes "

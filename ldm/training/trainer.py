@@ -131,6 +131,11 @@ class Trainer(TrainingLoop):
         self.classes = list(self.cache.classes)
         self.num_classes = len(self.classes)
         n, c, h, w = self.cache.latents.shape
+        if self.tc.hflip and self.cache.mirrored is None:
+            raise UserError(
+                f"training.hflip needs the mirrored latents, which the cache {latents} does not hold: prepare it with "
+                "data.hflip=true (ldm prepare ... data.hflip=true), or set training.hflip=false"
+            )
         if h != w:
             raise UserError(f"the latent cache holds non-square latents {h}x{w}; the UNet needs square ones")
         self.latent_shape = (c, h, w)
@@ -185,6 +190,7 @@ class Trainer(TrainingLoop):
 
         self.latents = self.cache.latents.to(self.device)
         self.labels = self.cache.labels.to(self.device)
+        self.mirrored = self.cache.mirrored.to(self.device) if self.tc.hflip else None
         self.vae = None
         self.evaluator = None
         if self.main:
@@ -254,6 +260,9 @@ class Trainer(TrainingLoop):
             # Every process draws the same global batch and keeps its own slice: one shared data order.
             idx = self.stream.next(bs * self.world)[rank * bs : (rank + 1) * bs].to(self.device)
             x, y = self.latents[idx], self.labels[idx]
+            if self.mirrored is not None:  # training.hflip: the mirrored image's latent, half of the time
+                mirror = torch.rand(len(x), generator=self.generator, device=self.device) < 0.5
+                x = torch.where(mirror[:, None, None, None], self.mirrored[idx], x)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             last = micro == tc.gradient_accumulation_steps - 1
