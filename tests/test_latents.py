@@ -312,5 +312,5 @@ def test_hflip_caches_the_latents_of_the_mirrored_images(att_faces, tiny_vae_dir
     from ldm.training.trainer import Trainer
 
     with pytest.raises(UserError, match="data.hflip=true"):
-        Trainer(load_config(None, ["training.hflip=true", "training.max_steps=1", "unet.preset=tiny"]), plain, tmp_path / "run",
-                progress=False, device="cpu").setup()  # fmt: skip
+        cfg = load_config(None, ["training.hflip=true", "training.max_steps=1", "unet.preset=tiny"])
+        Trainer(cfg, plain, tmp_path / "run", progress=False, device="cpu").setup()

@@ -209,7 +209,8 @@ def test_accumulating_k_micro_batches_equals_one_batch_k_times_larger(cache, tmp
 
 
 def test_resume_continues_exactly(cache, tmp_path):
-    cfg = _cfg("training.max_steps=6", "training.lr_schedule=cosine")
+    # float32 set: with auto, the two runs could measure different precisions (the resume keeps its run's own)
+    cfg = _cfg("training.max_steps=6", "training.lr_schedule=cosine", "training.mixed_precision=no")
     full = []
     _train(cfg, cache, tmp_path / "full", on_log=lambda r: full.append(r["loss"]))
 
@@ -267,7 +268,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path, monk
     monkeypatch.setattr(ldm.diffusion.objective, "diffusion_loss", flaky)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="step 5") as e:
-        _train(_cfg("training.max_steps=10", "training.checkpoint_every=2"), cache, run)
+        # float32 set, not auto: auto may time a few probe losses first on a bf16 CPU, which this test counts
+        _train(_cfg("training.max_steps=10", "training.checkpoint_every=2", "training.mixed_precision=no"), cache, run)
     assert "step-000004" in str(e.value)
     assert [p.name for p in RunFolder(run).checkpoints()] == ["step-000002", "step-000004"]
     assert RunFolder(run).latest_checkpoint().name == "step-000004"
@@ -495,3 +497,45 @@ def test_learning_rate_schedules_of_both_stages_keep_their_values():
     # the cosine reaches 0 at the horizon and the warm-up rises linearly
     assert lr_factor(99, 0, horizon=100) > 0 and lr_factor(100, 0, horizon=100) == 0.0
     assert [lr_factor(s, 4, "constant") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("bf16_slower", [True, False])
+def test_auto_precision_keeps_bf16_only_when_it_measures_faster(cache, tmp_path, monkeypatch, bf16_slower):
+    """``mixed_precision: auto`` on a CPU whose flags suggest bf16: the trainer times its own step both ways and
+    trains in the faster precision, and inputs.json says what was measured. The step is made slower in one
+    precision by a delay inside the probe (the real speeds depend on the CPU the test runs on)."""
+    import json
+    import time as time_module
+
+    import ldm.device
+    from ldm.diffusion import objective
+    from ldm.training.trainer import Trainer
+
+    monkeypatch.setattr(ldm.device, "cpu_bf16_is_fast", lambda need="kernels": True)  # the flag rule says bf16
+    real_loss = objective.diffusion_loss
+
+    def loss_with_a_slow_precision(*args, **kwargs):
+        if torch.is_autocast_enabled("cpu") == bf16_slower:
+            time_module.sleep(0.05)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "diffusion_loss", loss_with_a_slow_precision)
+    trainer = Trainer(_cfg("training.max_steps=2", "training.mixed_precision=auto"), cache, tmp_path / "run",
+                      device="cpu", progress=False)  # fmt: skip
+    assert trainer.mixed_precision == "bf16"  # the rule, before measuring
+    trainer.setup()
+    want = "no" if bf16_slower else "bf16"
+    assert trainer.mixed_precision == want and trainer.acc.mixed_precision == want
+    inputs = json.loads((tmp_path / "run" / "inputs.json").read_text())
+    assert inputs["mixed_precision"] == want
+    probe = inputs["mixed_precision_probe"]
+    assert (probe["bf16_seconds"] > probe["float32_seconds"]) == bf16_slower
+    assert all(p.grad is None for p in trainer.raw_model.parameters())  # the probe's gradients are cleared
+    trainer.run()  # and the run trains in it, to its end
+
+    # a resumed run keeps the precision it trained in, even where the other one now measures faster
+    monkeypatch.setattr(objective, "diffusion_loss", real_loss)
+    again = Trainer(_cfg("training.max_steps=3", "training.mixed_precision=auto"), cache, tmp_path / "run",
+                    resume="latest", device="cpu", progress=False)  # fmt: skip
+    again.setup()
+    assert again.mixed_precision == want

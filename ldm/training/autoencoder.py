@@ -105,8 +105,6 @@ class AutoencoderTrainer(TrainingLoop):
         )
         if len(self.train_x) == 0:
             raise UserError(f"{self.data_dir}: no training images left after the held-out split")
-        if self.main:
-            self.record_inputs()
         model = build_autoencoder_kl(ac, dc.channels, dc.image_size).to(self.device)
         with torch.no_grad():
             # the posterior's log-variance is the second half of quant_conv's output. A random init gives it ~0, i.e.
@@ -115,6 +113,12 @@ class AutoencoderTrainer(TrainingLoop):
             model.quant_conv.bias[ac.latent_channels :].fill_(ac.logvar_init)
         self.memory_format = torch.channels_last if ac.channels_last else torch.contiguous_format
         model = model.to(memory_format=self.memory_format).train()
+        side = self.crop or dc.image_size
+        probe_x = self.train_x[torch.arange(ac.batch_size) % len(self.train_x), :, :side, :side]
+        probe_x = probe_x.to(self.device).contiguous(memory_format=self.memory_format)
+        self.settle_precision(model, lambda: torch.nn.functional.mse_loss(model(probe_x).sample.float(), probe_x))
+        if self.main:
+            self.record_inputs()
         # EMA warm-up (decay (1 + t) / (10 + t), capped at ema_decay) so that short runs are not dominated by the init
         self.ema = make_ema(model, ac.ema_decay, warmup=False) if ac.ema_decay > 0 else None
         self.ema_model = copy.deepcopy(model).eval().requires_grad_(False) if self.ema is not None else None

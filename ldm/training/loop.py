@@ -206,6 +206,7 @@ class TrainingLoop:
         self.world = self.acc.num_processes
 
         self.log = self.run_folder.log(echo=self._echo if self.main else None)
+        self.precision_probe: dict[str, float] | None = None  # set by settle_precision when it measured
         self.bar = None
         self.step_count = 0
         self.start_step = 0
@@ -254,15 +255,62 @@ class TrainingLoop:
         """What the stage trains on, for ``inputs.json`` (the latent cache, or the image folder)."""
         raise NotImplementedError
 
+    def settle_precision(self, model: torch.nn.Module, probe_loss: Callable[[], torch.Tensor]) -> None:
+        """``mixed_precision: auto`` where the CPU rule picked bf16: keep bf16 only if it is faster for this stage's
+        own model and batch. A CPU flag is not a speed: on an Intel Xeon with avx512_bf16, bf16 autocast made the
+        diffusion step slower (0.86x), on an AMD EPYC with the same flag faster (docs/benchmarks.md). So one forward
+        and backward of ``probe_loss()`` is timed in float32 and under bf16 autocast, interleaved, best of three
+        each, before the first step (about a second); the gradients are cleared, the weights untouched. One process
+        only: processes measuring apart could disagree, and accelerate needs one precision."""
+        from ldm.device import autocast_context
+
+        settings = getattr(self.cfg, self.section)
+        if settings.mixed_precision != "auto" or self.mixed_precision != "bf16" or self.device.type != "cpu":
+            return
+        if self.world > 1:
+            return
+        recorded = (self.run_folder.read_inputs() or {}) if self.resume_from is not None else {}
+        if recorded.get("mixed_precision") in ("no", "bf16"):  # a resumed run keeps the precision it trained in
+            self.precision_probe = recorded.get("mixed_precision_probe")
+            self._use_precision(recorded["mixed_precision"])
+            return
+        best = {"no": math.inf, "bf16": math.inf}
+        for _ in range(3):
+            for precision in best:
+                t0 = time.perf_counter()
+                with autocast_context(precision, "cpu"):
+                    loss = probe_loss()
+                loss.backward()
+                best[precision] = min(best[precision], time.perf_counter() - t0)
+        model.zero_grad(set_to_none=True)
+        self.precision_probe = {"bf16_seconds": round(best["bf16"], 4), "float32_seconds": round(best["no"], 4)}
+        self._use_precision("no" if best["no"] < best["bf16"] else "bf16")
+        self.log(
+            f"mixed_precision auto: a step took {best['bf16']:.3f} s under bf16 autocast, {best['no']:.3f} s in "
+            f"float32: training in {'bf16' if self.mixed_precision == 'bf16' else 'float32'}"
+        )
+
+    def _use_precision(self, precision: str) -> None:
+        """Train in ``precision`` from now on (before models are prepared): a new accelerator when it changes."""
+        if precision == self.mixed_precision:
+            return
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        self.mixed_precision = precision
+        AcceleratorState._reset_state()
+        self.acc = Accelerator(mixed_precision=precision, cpu=self.device.type == "cpu")
+
     def record_inputs(self) -> None:
-        """Write ``inputs.json`` before the first step: the stage's source, then the precision, hardware and library
-        versions the run trains with."""
+        """Write ``inputs.json`` before the first step: the stage's source, then the precision (with the measurement
+        that chose it, if any), hardware and library versions the run trains with."""
         from ldm.device import describe_device, library_versions
 
         self.run_folder.write_inputs(
             {
                 **self.training_source(),
                 "mixed_precision": self.mixed_precision,
+                **({"mixed_precision_probe": self.precision_probe} if self.precision_probe else {}),
                 "device": describe_device(self.device),
                 "num_processes": self.world,
                 "versions": library_versions(),

@@ -27,6 +27,7 @@ import contextlib
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,15 +157,17 @@ class Trainer(TrainingLoop):
             # Recorded before the first step, so a run folder always says how it was made and from what.
             self.run_folder.write_config(self.cfg)
             self.run_folder.write_classes(self.classes)
-            self.record_inputs()
             self.run_folder.samples_dir.mkdir(exist_ok=True)
-        self.acc.wait_for_everyone()
 
         torch.manual_seed(tc.seed)  # weight initialisation
         c, h, _ = self.latent_shape
         unet = build_unet(self.cfg.unet, sample_size=h, in_channels=c, num_classes=self.num_classes)
         self.null_class_id = self.num_classes
         self.scheduler = make_train_scheduler(self.cfg.diffusion)
+        self.settle_precision(unet, self._probe_loss(unet))
+        if self.main:
+            self.record_inputs()
+        self.acc.wait_for_everyone()
         self.ema = make_ema(unet, tc.ema_decay, tc.ema_warmup, tc.ema_power) if tc.ema else None
         self.stream = BatchStream(len(self.cache.latents), tc.seed)
         if self.resume_from is not None:
@@ -285,6 +288,18 @@ class Trainer(TrainingLoop):
             self.ema.step(self.raw_model.parameters())
         self.step_count += 1
         return mean_loss, grad_norm, lr
+
+    def _probe_loss(self, unet: torch.nn.Module) -> Callable[[], torch.Tensor]:
+        """A training batch's loss, for :meth:`settle_precision`: the first ``batch_size`` latents (repeated when the
+        cache is smaller), noise from its own generator (the run's random streams are untouched)."""
+        from ldm.diffusion.objective import diffusion_loss
+
+        n = self.tc.batch_size
+        idx = torch.arange(n) % len(self.cache.latents)
+        x, y = self.cache.latents[idx].to(self.device), self.cache.labels[idx].to(self.device)
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        unet.to(self.device).train()
+        return lambda: diffusion_loss(unet, self.scheduler, x, y, self.cfg.diffusion, self.null_class_id, gen)
 
     def train_step(self) -> float:
         loss, grad_norm, lr = self.step()
