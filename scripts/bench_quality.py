@@ -19,13 +19,20 @@ images and the same class classifier:
 ``original-mse``, "original, MSE as its UI meant": the same with ``nn.MSELoss``.
 ``ours``: ``configs/faces.yaml`` through :class:`ldm.training.trainer.Trainer` (class embedding with a null class,
     EMA, the config's loss, schedule and sampler, classifier-free guidance).
+``ours-NAME`` (``--variant 'NAME key=value ...'``): our recipe with those overrides of its unet, diffusion, training
+    or sampling sections: a lever measured against ``ours`` in the same run. ``--guidance-scales`` adds rows of
+    ``ours``'s model sampled at other guidance scales (no training).
+``reconstructions``: the shared autoencoder's reconstructions of the real images, measured like a recipe: the floor
+    no recipe on this autoencoder can go below, whatever its diffusion model.
 
-Side by side: the recipes train at the same time, one process each with ``--threads`` intra-op threads (default 1),
-released together by a barrier once each has built its model, each for ``--minutes`` of wall clock. A load change on
-a shared machine then hits every recipe alike, which training one after the other cannot promise, and with one thread
-each no recipe's OpenMP threads wait at a barrier for a core another recipe holds. Each recipe's steps, wall and CPU
-seconds and start/end times are recorded. Sampling and metrics follow, one recipe after the other, in this process
-(also with ``--threads`` threads).
+Side by side: recipes train in waves of ``--parallel`` (default: one per core; ``ours`` and the original as it ran
+come first, so they share a wave), one process each with ``--threads`` intra-op threads (default 1), released
+together by a barrier once each has built its model, each for ``--minutes`` of wall clock. A load change on a shared
+machine then hits the recipes of a wave alike, which training one after the other cannot promise, and with one
+thread each no recipe's OpenMP threads wait at a barrier for a core another recipe holds. Each recipe's steps, wall
+and CPU seconds, start/end times, wave and precision are recorded. The shared stages before (autoencoder, latents,
+real features) and the sampling and metrics after, one recipe after the other, use ``--shared-threads`` (default:
+all cores). The original rows sample ``--original-num-samples`` images (DDPM over 1000 steps is slow).
 
 Prints KID, FID and class accuracy as a table with ratios against the original as it ran (original / row: > 1 means
 the row is better for KID and FID; row / original for accuracy); writes ``<workdir>/bench_quality.json`` and ``.md``,
