@@ -43,6 +43,7 @@ a sample grid per recipe (``<workdir>/<recipe>_samples.png``) and the run's reco
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -262,7 +263,6 @@ def train_recipe(recipe: str, args: argparse.Namespace, out: Path, barrier: Any)
 def train_side_by_side(recipes: list[str], args: argparse.Namespace, dirs: dict[str, Path]) -> dict[str, dict]:
     """Train ``recipes`` in waves of ``--parallel``, the recipes of a wave at the same time, one process each (see
     the module docstring); their ``train.json``, each with its wave number."""
-    import json
     import multiprocessing as mp
 
     from ldm.errors import UserError
@@ -397,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads of the stages every row shares (autoencoder, latent cache, features) and of the sampling"
         " and metrics after training (default: the CPU count)",
     )
+    p.add_argument("--trained", default="", metavar="STAMP",
+                   help="sample and measure the models an earlier run of the same command trained into\n"
+                   "<workdir>/<recipe>-STAMP (e.g. after its sampling failed) instead of training again")  # fmt: skip
     args = p.parse_args(argv)  # fmt: skip
     args.variants = dict(args.variant)
     if len(args.variants) != len(args.variant):
@@ -432,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # --- shared: autoencoder, latent cache, real features, classifier
         vae_source = prepare_autoencoder(args, cfg, workdir)
-        manifest = prepare_latents(args.data, vae_source, workdir / "latents", cfg, device=args.device, progress=False)
+        # the workdir's own cache: encoded again each run (seconds), so a changed recipe never meets a stale one
+        manifest = prepare_latents(args.data, vae_source, workdir / "latents", cfg, device=args.device, progress=False,
+                                   overwrite=True)  # fmt: skip
         cache = load_latent_cache(workdir / "latents")
         log(f"latents: {manifest.num_images} x {tuple(cache.latent_shape)}, scaling {cache.scaling_factor:.4f}")
         channels = int(manifest.channels)
@@ -449,12 +454,19 @@ def main(argv: list[str] | None = None) -> int:
             **metrics_of("reconstructions", recon, real.labels.tolist(), real, extractor, clf, args.seed),
         }
 
-        # --- training, side by side
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        # --- training, side by side (or the models of an earlier run of the same command, --trained STAMP)
+        stamp = args.trained or time.strftime("%Y%m%d-%H%M%S")
         dirs = {r: workdir / f"{r}-{stamp}" for r in recipes}
-        log(f"training {', '.join(recipes)} for {args.minutes} min each, {args.threads} thread(s) each, "
-            f"{args.parallel} at a time")  # fmt: skip
-        trained = train_side_by_side(recipes, args, dirs)
+        if args.trained:
+            missing = [str(d) for d in dirs.values() if not (d / "train.json").is_file()]
+            if missing:
+                raise UserError(f"--trained {stamp}: no trained model in {', '.join(missing)}")
+            trained = {r: json.loads((dirs[r] / "train.json").read_text()) for r in recipes}
+            log(f"reusing the models trained at {stamp}")
+        else:
+            log(f"training {', '.join(recipes)} for {args.minutes} min each, {args.threads} thread(s) each, "
+                f"{args.parallel} at a time")  # fmt: skip
+            trained = train_side_by_side(recipes, args, dirs)
 
         # --- sampling and metrics, one recipe after the other
         for r in recipes:

@@ -39,14 +39,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         norm_num_groups=8,
         attention_head_dim=8,
     ),
-    # For 16x16 latents on a CPU: the seed's first three levels (16, 8, 4), attention only at 8x8 and 4x4
-    # (attention at 16x16 costs the most and helps the least at this size). ~4.0 M parameters, fewer FLOPs per
-    # step than seed, so a few minutes of CPU buy more steps.
+    # For 16x16 latents on a CPU: the seed's first three levels (16, 8, 4), attention only at 4x4. Attention at
+    # 16x16 costs the most and helps the least at this size; dropping it at 8x8 too gave 1.39x the steps in 15 min
+    # and a better model (att-faces-20: KID 0.031 vs 0.053, docs/benchmarks.md). Fewer FLOPs per step than seed, so
+    # a few minutes of CPU buy more steps.
     "small": dict(
         layers_per_block=2,
         block_out_channels=(32, 64, 128),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         norm_num_groups=32,
         attention_head_dim=32,
     ),
