@@ -62,19 +62,19 @@ def quality_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def quality_summary(records: list[tuple[Path, dict]], link_base: str) -> str:
-    """The README's results: the newest ``bench_quality`` record with the original as it ran; its main rows and
-    ratios against that original, and a line saying how it was measured."""
+    """The README's results: the newest ``bench_quality`` record with the original as it ran; its rows (without the
+    extra guidance scales) and ratios against that original, and a line saying how it was measured."""
     full = [(p, r) for p, r in records if "original" in r["results"]["rows"]]
     if not full:
         return "_No record of `scripts/bench_quality.py` with the original as it ran yet._\n"
     path, rec = full[-1]
     res = rec["results"]
     s, ratios = res["settings"], res.get("ratios", {})
-    head = ["recipe", "KID", "FID", "class accuracy", "KID vs original", "train steps", "sampling"]
+    head = ["recipe", "KID", "FID", "class accuracy", "KID vs original", "train steps", "sampling", "images"]
     rows = []
     for name, row in res["rows"].items():
-        if "-guidance-" in name or (name.startswith("ours-")):
-            continue  # sampling and lever variants: docs/benchmarks.md
+        if "-guidance-" in name:
+            continue  # other guidance scales of a row's model: docs/benchmarks.md
         q = ratios.get(name, {})
         tr = row.get("training")
         rows.append(
@@ -86,6 +86,7 @@ def quality_summary(records: list[tuple[Path, dict]], link_base: str) -> str:
                 f"{q['kid_original_over_row']:.1f}x better" if q else ("" if name != "original" else "1x"),
                 str(tr["steps"]) if tr else "",
                 _sampling_text(row.get("sampling")),
+                str((row.get("sampling") or {}).get("num_samples", res.get("num_real", ""))),
             ]
         )
     note = (

@@ -216,8 +216,8 @@ def test_the_readme_results_come_from_the_newest_record_with_the_original(tables
     readme.write_text("## Results\n\n<!-- table:bench_quality-summary -->\n<!-- /table -->\n")
     assert tables.main(["--doc", str(readme), "--records", str(records)]) == 0
     text = readme.read_text()
-    assert "| original as it ran (L1) | 0.184 | 203 | 0.33 | 1x | 1429 | ddpm 1000, no guidance |" in text
-    assert "| ours (faces.yaml) | 0.108 | 116 | 0.97 | 1.7x better | 2001 | dpm++ 25, guidance 3 |" in text
+    assert "| original as it ran (L1) | 0.184 | 203 | 0.33 | 1x | 1429 | ddpm 1000, no guidance | 60 |" in text
+    assert "| ours (faces.yaml) | 0.108 | 116 | 0.97 | 1.7x better | 2001 | dpm++ 25, guidance 3 | 60 |" in text
     assert "0.200" not in text and "2026-12-04" not in text  # the older full record and the lever run
     assert "[bench_quality-2026-12-03-avx2.json](docs/benchmarks/bench_quality-2026-12-03-avx2.json)" in text
     assert tables.main(["--doc", str(readme), "--records", str(records), "--check"]) == 0
