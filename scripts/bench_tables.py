@@ -86,7 +86,11 @@ def quality_summary(records: list[tuple[Path, dict]], link_base: str) -> str:
                 f"{q['kid_original_over_row']:.1f}x better" if q else ("" if name != "original" else "1x"),
                 str(tr["steps"]) if tr else "",
                 _sampling_text(row.get("sampling")),
-                str((row.get("sampling") or {}).get("num_samples", res.get("num_real", ""))),
+                str(
+                    row["sampling"].get("num_samples", s["num_samples"])
+                    if row.get("sampling")
+                    else res.get("num_real", "")
+                ),
             ]
         )
     note = (

@@ -248,9 +248,10 @@ def test_a_variant_is_our_recipe_with_overrides_after_the_shared_stages(quality)
             quality.parse_variant(bad)
     args = argparse.Namespace(config=str(SCRIPTS.parent / "configs" / "faces.yaml"), image_size=64, minutes=15.0,
                               seed=0)  # fmt: skip
-    cfg = quality.ours_config(args, ["training.batch_size=64", "training.learning_rate=1e-3"])
-    assert (cfg.training.batch_size, cfg.training.learning_rate, cfg.training.max_minutes) == (64, 1e-3, 15.0)
-    assert quality.ours_config(args).training.batch_size == 32
+    cfg = quality.ours_config(args, ["training.batch_size=16", "training.learning_rate=2e-4"])
+    assert (cfg.training.batch_size, cfg.training.learning_rate, cfg.training.max_minutes) == (16, 2e-4, 15.0)
+    plain = quality.ours_config(args)
+    assert (plain.training.batch_size, plain.training.learning_rate) != (16, 2e-4)  # faces.yaml's own
 
 
 @pytest.fixture(scope="module")
