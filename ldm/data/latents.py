@@ -277,12 +277,7 @@ def prepare_latents(
     # encode everything first (unscaled): the "auto" scaling factor needs the statistics of the whole dataset
     t0 = time.perf_counter()
     ds = ImageFolderDataset(scan, image_size, channels)
-    z = _encode_all(ae, ds, device, batch_size, cfg.data.num_workers, progress)
-    mirrored = (
-        _encode_all(ae, ds, device, batch_size, cfg.data.num_workers, progress, mirror=True)
-        if cfg.data.hflip
-        else None
-    )
+    z, mirrored = _encode_all(ae, ds, device, batch_size, cfg.data.num_workers, progress, mirror=cfg.data.hflip)
     seconds = time.perf_counter() - t0
     std = float(z.std(dtype=np.float64))
     scale = _scaling_factor(setting, z, ae.scaling_factor)
@@ -317,31 +312,26 @@ def _encode_all(
     num_workers: int,
     progress: bool,
     mirror: bool = False,
-) -> np.ndarray:
-    """Unscaled posterior means of every image of ``ds`` (mirrored left-right with ``mirror``), in order: float32
-    ``(N, C, H, W)``."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Unscaled posterior means of every image of ``ds``, in order: float32 ``(N, C, H, W)``; with ``mirror`` also
+    those of the images mirrored left-right (each image is read once), else None."""
     import torch
 
     from ldm.models.autoencoder import encode
     from ldm.progress import progress_bar
 
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    chunks = []
+    chunks, mirrored = [], []
     with (
         torch.inference_mode(),
-        progress_bar(
-            total=len(ds),
-            desc="encoding mirrored" if mirror else "encoding",
-            unit="img",
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar,  # fmt: skip
+        progress_bar(total=len(ds), desc="encoding", unit="img", disable=not progress, dynamic_ncols=True) as bar,
     ):
         for images, _ in loader:
-            images = images.flip(-1) if mirror else images
             chunks.append(encode(ae, images.to(device)).float().cpu().numpy())
+            if mirror:
+                mirrored.append(encode(ae, images.flip(-1).to(device)).float().cpu().numpy())
             bar.update(len(images))
-    return np.concatenate(chunks)
+    return np.concatenate(chunks), (np.concatenate(mirrored) if mirror else None)
 
 
 def _scaling_factor(setting: str, z: np.ndarray, config_scaling_factor: float | None) -> float:

@@ -267,7 +267,7 @@ class TrainingLoop:
         settings = getattr(self.cfg, self.section)
         if settings.mixed_precision != "auto" or self.mixed_precision != "bf16" or self.device.type != "cpu":
             return
-        if self.world > 1:
+        if self.world > 1:  # the flag rule stands: every process must train in the same precision
             return
         recorded = (self.run_folder.read_inputs() or {}) if self.resume_from is not None else {}
         if recorded.get("mixed_precision") in ("no", "bf16"):  # a resumed run keeps the precision it trained in
