@@ -41,6 +41,10 @@ PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 # Noise schedules of diffusers' DDPMScheduler (diffusion.beta_schedule)
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
+# How training draws noise levels (diffusion.timestep_sampling): uniform over the DDPM steps, or EDM's log-normal
+# over sigma (Karras et al. 2022, P_mean -1.2, P_std 1.2) mapped to the nearest step
+TIMESTEP_SAMPLINGS: tuple[str, ...] = ("uniform", "lognormal")
+
 # Optimiser (training.optimizer) -> the app's label
 OPTIMIZER_LABELS: dict[str, str] = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}
 OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZER_LABELS)

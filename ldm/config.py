@@ -30,6 +30,7 @@ from ldm.choices import (
     RECON_LOSSES,
     SCALING_FACTOR_MODES,
     SCHEDULER_NAMES,
+    TIMESTEP_SAMPLINGS,
     UNET_PRESETS,
 )
 
@@ -67,6 +68,11 @@ class AutoencoderConfig:
     recon_loss: Literal[RECON_LOSSES] = (
         "mse"  # pixel reconstruction loss (mse: what PSNR measures; l1 was slower here)
     )
+    # RGB only: train in a colour space whose principal directions are scaled by (largest variance / their
+    # variance) ** colour_balance (0 = plain RGB, 0.5 = fully whitened), folded back into a plain RGB autoencoder
+    # when saved. Colour directions of small variance are otherwise learned late and suddenly (greys for saturated
+    # backgrounds); 0.25 measured best (docs/benchmarks.md)
+    colour_balance: float = 0.25
     kl_weight: float = 1e-6  # weight of the KL term (LDM paper: small, the latent stays near-deterministic)
     logvar_init: float = -6.0  # initial posterior log-variance: little sampling noise at first, so training is fast
     disc_weight: float = 0.0  # weight of the patch-GAN loss (0 = no discriminator)
@@ -101,6 +107,9 @@ class DiffusionConfig:
     loss: Literal[LOSSES] = "mse"  # loss on the prediction ("l1" is the original's "MAE")
     huber_delta: float = 0.1  # delta of the huber loss (smooth_l1 beta), in prediction units
     snr_gamma: Optional[float] = 5.0  # min-SNR-gamma weighting (Hang et al. 2023); None = unweighted
+    # noise levels seen in training: uniform over the steps, or EDM's log-normal sigma (with v-prediction and
+    # snr_gamma None that is EDM's preconditioning and loss weight for unit-variance latents)
+    timestep_sampling: Literal[TIMESTEP_SAMPLINGS] = "uniform"
     label_dropout: float = 0.1  # probability of replacing the class with the null class (for CFG)
 
 

@@ -20,7 +20,9 @@ images and the same class classifier:
 ``ours``: ``configs/faces.yaml`` through :class:`ldm.training.trainer.Trainer` (class embedding with a null class,
     EMA, the config's loss, schedule and sampler, classifier-free guidance).
 ``ours-NAME`` (``--variant 'NAME key=value ...'``): our recipe with those overrides of its unet, diffusion, training
-    or sampling sections: a lever measured against ``ours`` in the same run. ``--guidance-scales`` adds rows of
+    or sampling sections: a lever measured against ``ours`` in the same run. A variant that overrides the
+    autoencoder section gets its own autoencoder (trained here for ``--vae-minutes`` like the shared one), latent
+    cache and floor row (``reconstructions-NAME``). ``--guidance-scales`` adds rows of
     ``ours``'s model sampled at other guidance scales (no training).
 ``reconstructions``: the shared autoencoder's reconstructions of the real images, measured like a recipe: the floor
     no recipe on this autoencoder can go below, whatever its diffusion model.
@@ -177,12 +179,12 @@ def sample_original(unet, vae, scaling_factor: float, class_ids: list[int], step
 
 
 # Sections a variant may override: everything after the shared latent cache.
-VARIANT_SECTIONS = ("unet", "diffusion", "training", "sampling")
+VARIANT_SECTIONS = ("unet", "diffusion", "training", "sampling", "autoencoder")
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """``"NAME key=value ..."`` -> (``"ours-NAME"``, overrides of our config); the overrides must stay in
-    :data:`VARIANT_SECTIONS` (the autoencoder and the data are shared by every row)."""
+    :data:`VARIANT_SECTIONS` (the data are shared by every row)."""
     name, *overrides = text.split()
     if not name or "=" in name or not overrides:
         raise argparse.ArgumentTypeError(
@@ -192,9 +194,14 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
         if o.split("=", 1)[0].split(".")[0] not in VARIANT_SECTIONS or "=" not in o:
             raise argparse.ArgumentTypeError(
                 f"--variant {name}: override {o!r} must be section.key=value with section one of "
-                f"{', '.join(VARIANT_SECTIONS)} (the autoencoder and data are shared by all rows)"
+                f"{', '.join(VARIANT_SECTIONS)} (the data are shared by all rows)"
             )
     return f"ours-{name}", overrides
+
+
+def autoencoder_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of a variant that change its autoencoder (and so its latent cache)."""
+    return [o for o in overrides if o.startswith("autoencoder.")]
 
 
 def ours_config(args: argparse.Namespace, overrides: list[str] = ()) -> Any:
@@ -227,7 +234,7 @@ def train_recipe(recipe: str, args: argparse.Namespace, out: Path, barrier: Any)
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    latents = Path(args.workdir) / "latents"
+    latents = args.latents_dirs.get(recipe, Path(args.workdir) / "latents")
     try:
         if is_ours(recipe):
             last_log: dict = {}  # the metrics record of the last step: its "elapsed" is the loop's time
@@ -295,19 +302,25 @@ def train_side_by_side(recipes: list[str], args: argparse.Namespace, dirs: dict[
     return trained
 
 
-def prepare_autoencoder(args, cfg, workdir: Path) -> str:
-    """``--vae`` or an autoencoder trained here on the data (reused on a second run)."""
-    if args.vae:
+def prepare_autoencoder(args, cfg, workdir: Path, name: str = "vae") -> str:
+    """``--vae`` or an autoencoder trained here on the data into ``workdir/name`` (reused on a second run)."""
+    if args.vae and name == "vae":
         return args.vae
-    vae_run = workdir / "vae"
-    if (vae_run / "vae" / "config.json").is_file():
-        log(f"autoencoder: reusing {vae_run}")
-        return str(vae_run)
-    from ldm.config import from_dict, to_dict
+    from ldm.config import from_dict, load_config, to_dict
+    from ldm.errors import UserError
     from ldm.training.autoencoder import train_vae
 
+    vae_run = workdir / name
     d = to_dict(cfg)
     d["autoencoder"]["max_minutes"] = args.vae_minutes
+    if (vae_run / "vae" / "config.json").is_file():
+        recorded = to_dict(load_config(vae_run / "config.yaml"))["autoencoder"]
+        if recorded != d["autoencoder"]:
+            changed = sorted(k for k in d["autoencoder"] if recorded.get(k) != d["autoencoder"][k])
+            raise UserError(f"{vae_run} was trained with another autoencoder recipe ({', '.join(changed)} differ); "
+                            "delete it or give another --workdir")  # fmt: skip
+        log(f"autoencoder: reusing {vae_run}")
+        return str(vae_run)
     log(f"autoencoder: training for {args.vae_minutes} min (configs' autoencoder section) into {vae_run}")
     summary = train_vae(from_dict(d), args.data, vae_run, progress=False)
     log(f"autoencoder: held-out PSNR {summary.get('psnr')}, SSIM {summary.get('ssim')}")
@@ -433,26 +446,47 @@ def main(argv: list[str] | None = None) -> int:
         scan = scan_image_folder(args.data)
         classes = scan.classes
 
+        def autoencoder_and_latents(name: str, ae_cfg: Any) -> tuple[str, Any, Any]:
+            """Autoencoder ``workdir/vae{name}`` and its latent cache ``workdir/latents{name}``: (source, manifest,
+            cache). The cache is encoded again each run (seconds), so a changed recipe never meets a stale one."""
+            source = prepare_autoencoder(args, ae_cfg, workdir, f"vae{name}")
+            manifest = prepare_latents(args.data, source, workdir / f"latents{name}", ae_cfg, device=args.device,
+                                       progress=False, overwrite=True)  # fmt: skip
+            cache = load_latent_cache(workdir / f"latents{name}")
+            log(f"latents{name}: {manifest.num_images} x {tuple(cache.latent_shape)}, "
+                f"scaling {cache.scaling_factor:.4f}")  # fmt: skip
+            return source, manifest, cache
+
+        def floor_row(name: str, source: str, label: str) -> None:
+            """The floor: an autoencoder's reconstructions of the real images, measured like a recipe."""
+            ae = load_autoencoder(source, device=args.device)
+            recon = decode(ae, encode(ae, match_channels(real.images, ae.in_channels), 16), 16)
+            rows[name] = {"label": label, "autoencoder": source,
+                          **metrics_of(name, recon, real.labels.tolist(), real, extractor, clf, args.seed)}  # fmt: skip
+
         # --- shared: autoencoder, latent cache, real features, classifier
-        vae_source = prepare_autoencoder(args, cfg, workdir)
-        # the workdir's own cache: encoded again each run (seconds), so a changed recipe never meets a stale one
-        manifest = prepare_latents(args.data, vae_source, workdir / "latents", cfg, device=args.device, progress=False,
-                                   overwrite=True)  # fmt: skip
-        cache = load_latent_cache(workdir / "latents")
-        log(f"latents: {manifest.num_images} x {tuple(cache.latent_shape)}, scaling {cache.scaling_factor:.4f}")
+        vae_source, manifest, cache = autoencoder_and_latents("", cfg)
         channels = int(manifest.channels)
         real = load_real_set(scan, args.image_size, channels, extractor, args.cache_dir, log)
         clf = load_or_train_classifier(scan, image_size=args.image_size, channels=channels, cache_dir=args.cache_dir,
                                        device=args.device, log=log)  # fmt: skip
         class_ids = [i % len(classes) for i in range(args.num_samples)]
+        floor_row("reconstructions", vae_source, "autoencoder reconstructions of the real images (the floor)")
+        vae = load_autoencoder(vae_source, device=args.device)  # the original rows decode with it
 
-        # --- the floor: the autoencoder's reconstructions of the real images, measured like a recipe
-        vae = load_autoencoder(vae_source, device=args.device)
-        recon = decode(vae, encode(vae, match_channels(real.images, vae.in_channels), 16), 16)
-        rows["reconstructions"] = {
-            "label": "autoencoder reconstructions of the real images (the floor)",
-            **metrics_of("reconstructions", recon, real.labels.tolist(), real, extractor, clf, args.seed),
-        }
+        # --- variants with an autoencoder of their own: its latents, its floor
+        args.latents_dirs = {}
+        for r in recipes:
+            ae_overrides = autoencoder_overrides(args.variants.get(r, []))
+            if ae_overrides:
+                if args.vae:
+                    raise UserError(f"--variant {r}: changes the autoencoder, which --vae fixes")
+                name = r.removeprefix("ours")  # "-NAME"
+                ae_cfg = load_config(args.config, [f"data.image_size={args.image_size}", *ae_overrides])
+                source, _, _ = autoencoder_and_latents(name, ae_cfg)
+                args.latents_dirs[r] = workdir / f"latents{name}"
+                floor_row(f"reconstructions{name}", source,
+                          "reconstructions of the variant's autoencoder (" + ", ".join(ae_overrides) + ")")  # fmt: skip
 
         # --- training, side by side (or the models of an earlier run of the same command, --trained STAMP)
         stamp = args.trained or time.strftime("%Y%m%d-%H%M%S")
@@ -520,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                 "class_accuracy_row_over_original": ratio(row["class_accuracy"], base["class_accuracy"]),
             }
             for r, row in rows.items()
-            if r not in (BASELINE, "reconstructions")
+            if r != BASELINE and not r.startswith("reconstructions")
         }
 
     def sampling_text(s: dict | None) -> str:
@@ -556,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(table)
     print(text)
     result = {
-        "settings": vars(args),
+        "settings": {**vars(args), "latents_dirs": {r: str(d) for r, d in args.latents_dirs.items()}},
         "autoencoder": vae_source,
         "rows": rows,
         "ratios": ratios,

@@ -243,9 +243,13 @@ def test_a_variant_is_our_recipe_with_overrides_after_the_shared_stages(quality)
     import argparse
 
     assert quality.parse_variant("ema995 training.ema_decay=0.995") == ("ours-ema995", ["training.ema_decay=0.995"])
-    for bad in ("ema995", "training.ema_decay=0.995", "down8 autoencoder.down_factor=8", "x data.image_size=32"):
+    for bad in ("ema995", "training.ema_decay=0.995", "x data.image_size=32"):
         with pytest.raises(argparse.ArgumentTypeError):
             quality.parse_variant(bad)
+    # an autoencoder lever: the row gets an autoencoder and latent cache of its own
+    name, overrides = quality.parse_variant("down8 autoencoder.down_factor=8 unet.preset=tiny")
+    assert quality.autoencoder_overrides(overrides) == ["autoencoder.down_factor=8"]
+    assert quality.autoencoder_overrides(["training.ema_decay=0.995"]) == []
     args = argparse.Namespace(config=str(SCRIPTS.parent / "configs" / "faces.yaml"), image_size=64, minutes=15.0,
                               seed=0)  # fmt: skip
     cfg = quality.ours_config(args, ["training.batch_size=16", "training.learning_rate=2e-4"])

@@ -10,7 +10,15 @@ import torch.nn.functional as F
 
 from ldm.config import DiffusionConfig, UNetConfig
 from ldm.device import resolve_mixed_precision
-from ldm.diffusion.objective import diffusion_loss, make_train_scheduler, min_snr_weights, snr
+from ldm.diffusion.objective import (
+    EDM_P_MEAN,
+    EDM_P_STD,
+    diffusion_loss,
+    make_train_scheduler,
+    min_snr_weights,
+    sample_timesteps,
+    snr,
+)
 from ldm.errors import UserError
 from ldm.models.unet import build_unet
 
@@ -200,6 +208,21 @@ def test_same_seed_same_loss_other_seed_other_loss(tiny_unet, batch):
         c = diffusion_loss(tiny_unet, s, latents, labels, cfg, NUM_CLASSES, torch.Generator().manual_seed(12))
     assert a.item() == b.item() and a.item() != c.item()
     assert a.dtype == torch.float32 and a.ndim == 0
+
+
+def test_lognormal_timesteps_follow_edm_noise_levels():
+    """diffusion.timestep_sampling=lognormal: the steps' noise levels sigma_t = sqrt((1 - abar) / abar) are EDM's
+    log-normal (shifted to unit-variance latents); uniform is torch.randint, so existing runs reproduce bit-exactly."""
+    sched = make_train_scheduler(DiffusionConfig())
+    t = sample_timesteps(sched, 50_000, "lognormal", "cpu", torch.Generator().manual_seed(0))
+    assert t.dtype == torch.int64 and 0 <= int(t.min()) and int(t.max()) < 1000
+    abar = sched.alphas_cumprod[t]
+    log_sigma = 0.5 * torch.log((1 - abar) / abar)
+    assert abs(float(log_sigma.mean()) - EDM_P_MEAN) < 0.03 and abs(float(log_sigma.std()) - EDM_P_STD) < 0.03
+    uniform = sample_timesteps(sched, 8, "uniform", "cpu", torch.Generator().manual_seed(1))
+    assert torch.equal(uniform, torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(UserError, match="accepted: uniform, lognormal"):
+        sample_timesteps(sched, 8, "beta", "cpu")
 
 
 def test_resolve_mixed_precision():

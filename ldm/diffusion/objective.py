@@ -11,9 +11,10 @@ of Hang et al. 2023 (https://arxiv.org/abs/2303.09556).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
-from ldm.choices import BETA_SCHEDULES, LOSSES, PREDICTION_TYPES
+from ldm.choices import BETA_SCHEDULES, LOSSES, PREDICTION_TYPES, TIMESTEP_SAMPLINGS
 from ldm.errors import UserError
 
 if TYPE_CHECKING:
@@ -64,6 +65,35 @@ def min_snr_weights(snr_t: torch.Tensor, gamma: float, prediction_type: str) -> 
     raise UserError(f"prediction_type {prediction_type!r}; accepted: {', '.join(PREDICTION_TYPES)}")
 
 
+# EDM's training noise distribution, ln(sigma) ~ N(P_MEAN, P_STD^2) (Karras et al. 2022, Table 1: -1.2, 1.2 for
+# pixels with sigma_data 0.5), shifted by ln 2 for our unit-variance latents (sigma_data 1): the same levels
+# relative to the data
+EDM_P_MEAN, EDM_P_STD = -1.2 + math.log(2.0), 1.2
+
+
+def sample_timesteps(
+    scheduler: DDPMScheduler, n: int, how: str, device: Any, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``n`` training timesteps (int64): uniform over the steps, or EDM's log-normal sigma mapped to the nearest step.
+
+    A DDPM step t has the VE noise level ``sigma_t = sqrt((1 - abar_t) / abar_t)``; ``lognormal`` draws sigma from
+    EDM's distribution and takes the step whose sigma is closest in log space.
+    """
+    import torch
+
+    num = scheduler.config.num_train_timesteps
+    if how == "uniform":
+        return torch.randint(0, num, (n,), device=device, generator=generator)
+    if how == "lognormal":
+        ac = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32).clamp(1e-12, 1.0)
+        log_sigmas = 0.5 * torch.log((1.0 - ac).clamp_min(1e-20) / ac)  # increasing in t
+        log_sigma = EDM_P_MEAN + EDM_P_STD * torch.randn(n, device=device, generator=generator)
+        idx = torch.searchsorted(log_sigmas, log_sigma).clamp(1, num - 1)
+        nearer_below = (log_sigma - log_sigmas[idx - 1]) < (log_sigmas[idx] - log_sigma)
+        return torch.where(nearer_below, idx - 1, idx)
+    raise UserError(f"diffusion.timestep_sampling {how!r}; accepted: {', '.join(TIMESTEP_SAMPLINGS)}")
+
+
 def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss: str, huber_delta: float = 0.1) -> torch.Tensor:
     """Unreduced loss, shaped like ``pred``: squared error, absolute error, or smooth L1 with ``beta=huber_delta``."""
     import torch.nn.functional as F
@@ -97,7 +127,7 @@ def diffusion_loss(
         null_class_id: the id of the null (unconditional) class, ``num_classes``.
         generator: source of the label dropout, timesteps and noise (on ``latents.device``); ``None`` = global RNG.
 
-    Steps: each label becomes the null class with probability ``cfg.label_dropout``; ``t ~ U{0..T-1}``;
+    Steps: each label becomes the null class with probability ``cfg.label_dropout``; ``t ~ U{0..T-1}`` (or EDM's log-normal, ``cfg.timestep_sampling``);
     ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``; target ``eps`` or
     ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0``;
     per-sample mean of the chosen loss, times the min-SNR weight if ``cfg.snr_gamma`` is set, then the batch mean.
@@ -112,7 +142,7 @@ def diffusion_loss(
     if cfg.label_dropout > 0:
         drop = torch.rand(b, device=device, generator=generator) < cfg.label_dropout
         labels = torch.where(drop, torch.full_like(labels, null_class_id), labels)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device, generator=generator)
+    t = sample_timesteps(scheduler, b, cfg.timestep_sampling, device, generator)
     noise = torch.randn(latents.shape, device=device, dtype=latents.dtype, generator=generator)
     noisy = scheduler.add_noise(latents, noise, t)
     if cfg.prediction_type == "epsilon":

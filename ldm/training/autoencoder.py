@@ -47,6 +47,37 @@ def _load_images(data_dir: str | Path, image_size: int, channels: int, seed: int
     return images[train_idx], images[hold_idx], scan
 
 
+def colour_balance_matrix(images: torch.Tensor, power: float) -> torch.Tensor:
+    """The (C, C) colour transform of ``autoencoder.colour_balance``: ``V diag((w_max / w) ** power) V^T`` from the
+    eigen-decomposition ``V diag(w) V^T`` of the images' channel covariance (``images``: (N, C, H, W)).
+
+    Symmetric, so a colour's own axis is kept; ``power`` 0.5 whitens, 0 is the identity."""
+    pixels = images.transpose(0, 1).reshape(images.shape[1], -1).double()
+    w, v = torch.linalg.eigh(torch.cov(pixels))
+    w = w.clamp_min(w.max() * 1e-4)  # a colour direction with no variance (grey in RGB) is not blown up
+    return (v @ torch.diag((w.max() / w) ** power) @ v.T).float()
+
+
+def in_colour_space(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Images ``x`` (N, C, H, W) with every pixel's channels multiplied by ``matrix`` (C, C)."""
+    return torch.einsum("ij,njhw->nihw", matrix.to(x.device, x.dtype), x)
+
+
+def fold_colour_space(model: Any, matrix: torch.Tensor) -> Any:
+    """A copy of ``model`` (trained on images in the colour space ``matrix`` maps RGB to) that takes and returns RGB:
+    ``matrix`` folded into the first convolution's weights, its inverse into the last one's (both are linear in the
+    channels, so the copy computes exactly what the model did on transformed images)."""
+    folded = copy.deepcopy(model)
+    inverse = torch.linalg.inv(matrix.double()).float()
+    with torch.no_grad():
+        conv_in, conv_out = folded.encoder.conv_in, folded.decoder.conv_out
+        m, inv = matrix.to(conv_in.weight), inverse.to(conv_out.weight)
+        conv_in.weight.copy_(torch.einsum("oikl,ij->ojkl", conv_in.weight, m))
+        conv_out.weight.copy_(torch.einsum("ij,jokl->iokl", inv, conv_out.weight))
+        conv_out.bias.copy_(inv @ conv_out.bias)
+    return folded
+
+
 def check_autoencoder_config(cfg: Config) -> None:
     """Raise UserError for autoencoder settings that cannot train (naming the key and what is accepted)."""
     ac, dc = cfg.autoencoder, cfg.data
@@ -54,6 +85,10 @@ def check_autoencoder_config(cfg: Config) -> None:
         raise UserError("autoencoder.batch_size and autoencoder.max_steps must be at least 1")
     if not 0.0 <= ac.ema_decay < 1.0:
         raise UserError(f"autoencoder.ema_decay must be in [0, 1), got {ac.ema_decay}")
+    if not 0.0 <= ac.colour_balance <= 1.0:  # also refuses nan
+        raise UserError(
+            f"autoencoder.colour_balance must be in [0, 1] (0: plain RGB, 0.5: whitened), got {ac.colour_balance}"
+        )
     crop = ac.crop_size
     if crop and (crop % ac.down_factor or not ac.down_factor <= crop <= dc.image_size):
         raise UserError(
@@ -105,6 +140,11 @@ class AutoencoderTrainer(TrainingLoop):
         )
         if len(self.train_x) == 0:
             raise UserError(f"{self.data_dir}: no training images left after the held-out split")
+        # the colour space of training (None: plain RGB); computed from the training images, so a resumed run
+        # (same data, same split) gets the same one
+        self.colour = None
+        if dc.channels == 3 and ac.colour_balance > 0:
+            self.colour = colour_balance_matrix(self.train_x, ac.colour_balance)
         model = build_autoencoder_kl(ac, dc.channels, dc.image_size).to(self.device)
         with torch.no_grad():
             # the posterior's log-variance is the second half of quant_conv's output. A random init gives it ~0, i.e.
@@ -199,6 +239,8 @@ class AutoencoderTrainer(TrainingLoop):
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         x = self._batch()
+        if self.colour is not None:
+            x = in_colour_space(x, self.colour)  # input and target: the loss is measured in that space too
         model = self.raw_model  # encode/decode are not forward(): called on the module itself
         model.train()
         with self.acc.autocast():
@@ -298,11 +340,15 @@ class AutoencoderTrainer(TrainingLoop):
         self.bar_postfix(loss=f"{self.record['rec_loss']:.4f}", it_s=f"{rate:.2f}")
 
     def averaged(self) -> Any:
-        """The EMA weights in their own model (the raw model without EMA), in eval mode."""
+        """The EMA weights in their own model (the raw model without EMA), in eval mode, on RGB images."""
         if self.ema is None:
-            return self.raw_model.eval()
+            return self.rgb(self.raw_model).eval()
         self.ema.copy_to(self.ema_model.parameters())
-        return self.ema_model.eval()
+        return self.rgb(self.ema_model).eval()
+
+    def rgb(self, model: Any) -> Any:
+        """``model`` as an autoencoder of RGB images: itself, or a copy with the training colour space folded in."""
+        return model if self.colour is None else fold_colour_space(model, self.colour)
 
     def evaluate(self, m: Any, x: torch.Tensor) -> dict[str, float]:
         """Held-out PSNR/SSIM of ``m`` on the images ``x`` (nan without held-out images)."""
@@ -340,7 +386,7 @@ class AutoencoderTrainer(TrainingLoop):
         result.update(psnr=held["psnr"], ssim=held["ssim"], num_holdout=int(len(self.hold_x)))
         result["num_train"] = int(len(self.train_x))
         if self.ema is not None:
-            raw = self.evaluate(self.raw_model, self.hold_x)
+            raw = self.evaluate(self.rgb(self.raw_model), self.hold_x)
             result.update(psnr_raw=raw["psnr"], ssim_raw=raw["ssim"])
 
         # LDM sec. 4.3.2 / appendix G: rescale latents to unit variance; measured on the training images' posterior
