@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "prepare",
     "train": "train",
     "sample": "sample",
+    "t2i": "t2i",
     "export": "export",
     "eval": "eval",
     "app": "app",

@@ -11,6 +11,7 @@ Every field has a default and a one-line comment. Unknown keys and values of the
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -247,14 +248,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise bad
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad from None
+        if not math.isfinite(number):  # nan/inf would train nothing, or forever
+            raise ConfigError(f"config key '{key}': got {value!r}; accepted: a finite number")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -400,6 +400,29 @@ class RunFolder:
         """The ``state.json`` of a checkpoint (OSError / ValueError when it is missing or broken)."""
         return json.loads(cls.checkpoint_state_path(ckpt).read_text())
 
+    @staticmethod
+    def file_sizes(folder: str | Path) -> dict[str, int]:
+        """``{relative path: size in bytes}`` of every file under ``folder``: recorded in a checkpoint's state.json,
+        so that a file damaged later (truncated, emptied) is noticed before it is loaded."""
+        folder = Path(folder)
+        return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    @classmethod
+    def checkpoint_damage(cls, ckpt: str | Path) -> str | None:
+        """Why the checkpoint ``ckpt`` cannot be loaded (state.json unreadable, a recorded file missing or of another
+        size), or None when it is intact. Checkpoints from before sizes were recorded are taken as intact."""
+        try:
+            state = cls.read_checkpoint_state(ckpt)
+        except (OSError, ValueError) as e:
+            return f"its {cls.CHECKPOINT_STATE} cannot be read ({e})"
+        for rel, size in (state.get("files") or {}).items():
+            p = Path(ckpt) / rel
+            if not p.is_file():
+                return f"{rel} is missing"
+            if p.stat().st_size != size:
+                return f"{rel} has {p.stat().st_size} bytes, {size} were written"
+        return None
+
     @classmethod
     def checkpoint_latents(cls, ckpt: str | Path) -> Path | None:
         """The latent cache folder a checkpoint was trained on (recorded in its state), or None if it names none."""
@@ -458,6 +481,18 @@ class RunFolder:
                     shutil.rmtree(p, ignore_errors=True)
         return removed
 
+    def _newest_intact(self, newest: Path) -> Path:
+        """``newest`` if intact, else the newest intact older checkpoint, saying on stderr which were skipped and
+        why; UserError when none is intact."""
+        import sys
+
+        for ckpt in [newest, *reversed([c for c in self.checkpoints() if c != newest])]:
+            damage = self.checkpoint_damage(ckpt)
+            if damage is None:
+                return ckpt
+            print(f"checkpoint {ckpt} is damaged ({damage}); trying the one before it", file=sys.stderr)
+        raise UserError(f"--resume latest: every checkpoint in {self.checkpoints_dir} is damaged (see above)")
+
     def resolve_resume(self, resume: str | Path) -> Path:
         """Checkpoint folder meant by ``--resume``: ``"latest"`` (this run's newest complete checkpoint), a run
         folder (its newest complete checkpoint) or a checkpoint folder. Raises UserError naming what was looked for."""
@@ -468,9 +503,12 @@ class RunFolder:
                     f"--resume latest: no complete checkpoint in {self.checkpoints_dir}; "
                     "start a new run without --resume (incomplete .tmp-* folders are ignored)"
                 )
-            return ckpt
+            return self._newest_intact(ckpt)
         p = Path(resume)
         if self.is_checkpoint(p):
+            damage = self.checkpoint_damage(p)
+            if damage:
+                raise UserError(f"--resume {p}: the checkpoint is damaged: {damage}; give an older one or 'latest'")
             return p
         other = RunFolder(p)
         if p.is_dir() and other.checkpoints_dir.is_dir():
@@ -483,9 +521,13 @@ class RunFolder:
         )
 
     def existing_run_problem(self) -> str | None:
-        """A message when the folder already holds a trained run (complete checkpoints), else None."""
+        """A message when the folder already holds a trained run (complete checkpoints, a trained autoencoder or an
+        exported pipeline), else None."""
         ckpts = self.checkpoints()
         if not ckpts:
+            for what, there in (("a trained autoencoder", self.has_vae), ("an exported pipeline", self.has_pipeline)):
+                if there:
+                    return f"{self.path} already holds {what} and no checkpoint to continue; choose a new --out folder"
             return None
         return (
             f"{self.path} already holds a run with {len(ckpts)} checkpoint(s) (newest {ckpts[-1].name}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -59,8 +60,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: JSON has no NaN (``json.dumps`` would write the
+    invalid token ``NaN``, which other readers refuse)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as JSON atomically; NaN and infinities become null (see :func:`json_safe`)."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager
@@ -86,6 +100,32 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def slugify(name: str) -> str:
+    """A file-name-safe form of a class name or prompt (letters, digits, ``-`` and ``_``)."""
+    out = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(name).strip())
+    return "-".join(p for p in out.split("-") if p) or "class"
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as a folder this process can write into, checked before any work (nothing is created): it is a
+    writable folder, or it does not exist yet and its nearest existing parent is a writable folder. Raises
+    :class:`ldm.errors.UserError` naming ``flag`` otherwise (a file in the way, no write permission)."""
+    from ldm.errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder (it is created when missing)")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, so the folder cannot be created there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (its parent {existing} is not writable)"
+        raise UserError(f"{flag} {path}: this user cannot write there{where}; give a folder you can write to")
+    return path
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -461,8 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             """The floor: an autoencoder's reconstructions of the real images, measured like a recipe."""
             ae = load_autoencoder(source, device=args.device)
             recon = decode(ae, encode(ae, match_channels(real.images, ae.in_channels), 16), 16)
-            rows[name] = {"label": label, "autoencoder": source,
-                          **metrics_of(name, recon, real.labels.tolist(), real, extractor, clf, args.seed)}  # fmt: skip
+            metrics = metrics_of(name, recon, real.labels.tolist(), real, extractor, clf, args.seed)
+            rows[name] = {"label": label, "autoencoder": source, **metrics}
 
         # --- shared: autoencoder, latent cache, real features, classifier
         vae_source, manifest, cache = autoencoder_and_latents("", cfg)
@@ -485,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                 ae_cfg = load_config(args.config, [f"data.image_size={args.image_size}", *ae_overrides])
                 source, _, _ = autoencoder_and_latents(name, ae_cfg)
                 args.latents_dirs[r] = workdir / f"latents{name}"
-                floor_row(f"reconstructions{name}", source,
-                          "reconstructions of the variant's autoencoder (" + ", ".join(ae_overrides) + ")")  # fmt: skip
+                label = "reconstructions of the variant's autoencoder (" + ", ".join(ae_overrides) + ")"
+                floor_row(f"reconstructions{name}", source, label)
 
         # --- training, side by side (or the models of an earlier run of the same command, --trained STAMP)
         stamp = args.trained or time.strftime("%Y%m%d-%H%M%S")

@@ -4,10 +4,10 @@
     python scripts/bench_tables.py --check    # exit 1 when a table differs from its records
 
 A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table -->``. With NAME a benchmark script
-(``bench_quality``, ``bench_sample``, ``bench_train``) its rows come from every record ``NAME-*.json`` (written by
-``scripts/bench_record.py``), oldest first, each row ending with the record's CPU, date, commit and file. NAME
-``bench_quality-summary`` is the README's results table: the newest ``bench_quality`` record that has the original
-as it ran. Everything outside the markers is left as it is.
+(``bench_quality``, ``bench_sample``, ``bench_train``, ``bench_vae_colour``) its rows come from every record
+``NAME-*.json`` (written by ``scripts/bench_record.py``), oldest first, each row ending with the record's CPU, date,
+commit and file. NAME ``bench_quality-summary`` is the README's results table: the newest ``bench_quality`` record
+that has the original as it ran. Everything outside the markers is left as it is.
 """
 
 from __future__ import annotations
@@ -147,11 +147,37 @@ def train_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def memory_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """``scripts/bench_train.py --memory``: peak RSS per command."""
+    head = ["command", "peak RSS (MiB)", "seconds"]
+    return head, [[name, f"{r['peak_rss_mib']:.0f}", f"{r['seconds']:.0f}"] for name, r in results["results"].items()]
+
+
+def vae_colour_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """``scripts/bench_vae_colour.py``: one row per autoencoder recipe, all at the same step count."""
+    head = ["row", "overrides", "steps", "held-out PSNR / SSIM", "background colour error (/255)",
+            "colourfulness (real)"]  # fmt: skip
+    rows = [
+        [
+            name,
+            ", ".join(f"`{o}`" for o in r["overrides"]),
+            str(r["steps"]),
+            f"{r['psnr']:.2f} dB / {r['ssim']:.3f}",
+            f"{r['background_error']:.1f}",
+            f"{r['colourfulness']:.1f} ({r['colourfulness_real']:.1f})",
+        ]
+        for name, r in results["rows"].items()
+    ]
+    return head, rows
+
+
 # Tables of every record of a script, one block of rows per record.
 FORMATTERS: dict[str, Callable[[dict], tuple[list[str], list[list[str]]]]] = {
     "bench_quality": quality_rows,
     "bench_sample": sample_rows,
     "bench_train": train_rows,
+    "bench_vae_colour": vae_colour_rows,
+    "bench_train_memory": memory_rows,
 }
 # Tables made from a script's records as a whole (table name -> (script, formatter)).
 SUMMARIES: dict[str, tuple[str, Callable[[list[tuple[Path, dict]], str], str]]] = {

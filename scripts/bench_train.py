@@ -3,6 +3,7 @@
     python scripts/bench_train.py                 # seed preset, 16x16x4 latents, batch 64, 10 timed steps
     python scripts/bench_train.py --quick         # 3 timed steps, smaller peak probes
     python scripts/bench_train.py --spin-count 0  # on a machine shared with other jobs (see --help)
+    python scripts/bench_train.py --memory        # peak RSS of `ldm train` (small, seed presets), `ldm quickstart`
 
 Prints, all measured in the same run:
   * this machine's peak: the best of a large matrix multiply and a 3x3 convolution (channels-last), each in
@@ -17,6 +18,13 @@ Prints, all measured in the same run:
     (``torch.utils.flop_counter.FlopCounterMode``) and the fraction of peak; and the ratio of (b) to (a) with the
     CPU's kind: a measurement, not a target (on a CPU without fast bfloat16 kernels both steps are bound by the
     same float32 convolutions).
+
+``--memory`` instead measures peak memory: the peak resident set size (``wait4``'s ``ru_maxrss``: the process and
+its waited-for children) of ``ldm train`` with the default config (``small`` preset, batch 64) and with the ``seed``
+preset, each on a latent cache of 1000 random 4x16x16 latents with an untrained autoencoder of the default
+``train-vae`` architecture, ``--memory-steps`` steps with a sample grid, a checkpoint and an export on the way; and
+of ``ldm quickstart`` with ``--memory-quickstart-minutes`` per training stage (its peak does not grow with the
+budget: every stage holds the same models and data whatever its length). The record is ``bench_train_memory``.
 
 The results go to ``--json`` if given and, with the command line, CPU, versions and commit, into a record in
 ``docs/benchmarks/`` (``scripts/bench_record.py``).
@@ -64,6 +72,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-flip", action="store_true", help="skip variant (c) (channels_last flipped)")
     p.add_argument(
         "--no-fast", action="store_true", help="skip variant (d) (make_train_step, fused AdamW, foreach EMA)"
+    )
+    p.add_argument("--memory", action="store_true", help="measure peak RSS of ldm train and ldm quickstart instead")
+    p.add_argument("--memory-steps", type=int, default=40, help="training steps per --memory run (default 40)")
+    p.add_argument(
+        "--memory-quickstart-minutes",
+        type=float,
+        default=0.5,
+        help="minutes of each training stage of the --memory quickstart (default 0.5; 0 = skip it)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument(
@@ -369,6 +385,83 @@ def count_flops(model, batch: int, side: int, num_classes: int) -> float:
     return float(fc.get_total_flops())
 
 
+def peak_rss(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
+    """Run ``argv``; (peak resident set size in MiB of it and its waited-for children, wall seconds, exit code)."""
+    import subprocess
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        print(proc.stderr.read().decode()[-2000:], file=sys.stderr)
+    return usage.ru_maxrss / 1024.0, time.monotonic() - t0, proc.returncode  # ru_maxrss is in KiB on Linux
+
+
+def measure_memory(args: argparse.Namespace) -> int:
+    """``--memory``: peak RSS of ``ldm train`` (default config; seed preset) and ``ldm quickstart``; a record."""
+    import numpy as np
+    import torch
+    from bench_record import describe_machine, write_record
+
+    from ldm.config import AutoencoderConfig
+    from ldm.models.autoencoder import build_autoencoder_kl
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    vae = tmp / "vae"
+    torch.manual_seed(0)
+    build_autoencoder_kl(AutoencoderConfig(), 3, 64).save_pretrained(vae)
+    cache, classes, per_class = tmp / "latents", ["a", "b", "c", "d", "e"], 200
+    rng = np.random.default_rng(0)
+    files = []
+    for name in classes:
+        (cache / name).mkdir(parents=True)
+        for i in range(per_class):
+            np.save(cache / name / f"{i}.npy", rng.standard_normal((4, 16, 16)).astype(np.float32))
+            files.append(f"{name}/{i}.npy")
+    manifest = {"format_version": 1, "classes": classes, "counts": {c: per_class for c in classes},
+                "num_images": len(files), "image_size": 64, "channels": 3, "latent_shape": [4, 16, 16],
+                "autoencoder": {"source": str(vae), "class_name": "AutoencoderKL", "content_hash": "bench"},
+                "scaling_factor": 1.0, "files": files}  # fmt: skip
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    every = max(1, args.memory_steps // 2)
+    common = [f"training.max_steps={args.memory_steps}", "training.max_minutes=0", f"training.sample_every={every}",
+              f"training.checkpoint_every={every}"]  # fmt: skip
+    runs = {
+        "ldm train, default config (small preset, batch 64)": [],
+        "ldm train, seed preset (batch 64)": ["unet.preset=seed"],
+    }
+    results = {}
+    for name, extra in runs.items():
+        out = tmp / f"run-{len(results)}"
+        argv = [sys.executable, "-m", "ldm", "train", "--latents", str(cache), "--out", str(out), "--no-progress",
+                *common, *extra]  # fmt: skip
+        mib, seconds, code = peak_rss(argv, env)
+        results[name] = {"peak_rss_mib": round(mib, 1), "seconds": round(seconds, 1), "exit_code": code,
+                         "steps": args.memory_steps}  # fmt: skip
+        print(f"{name}: peak RSS {mib:.0f} MiB ({seconds:.0f} s, exit {code})", flush=True)
+    if args.memory_quickstart_minutes > 0:
+        m = args.memory_quickstart_minutes
+        argv = [sys.executable, "-m", "ldm", "quickstart", "--workspace", str(tmp / "quickstart"),
+                "--vae-minutes", str(m), "--train-minutes", str(m)]  # fmt: skip
+        mib, seconds, code = peak_rss(argv, env)
+        results[f"ldm quickstart ({m:g} min per training stage)"] = {
+            "peak_rss_mib": round(mib, 1), "seconds": round(seconds, 1), "exit_code": code}  # fmt: skip
+        print(f"ldm quickstart: peak RSS {mib:.0f} MiB ({seconds:.0f} s, exit {code})", flush=True)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
+               "cpu_kind": describe_machine()["kind"]}  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    print(f"record: {write_record('bench_train_memory', summary, args.record_dir)}")
+    return 0 if all(r["exit_code"] == 0 for r in results.values()) else 1
+
+
 def main() -> int:
     args = parse_args()
     if args.spin_count is not None:
@@ -378,6 +471,8 @@ def main() -> int:
     from ldm.utils import set_runtime_defaults
 
     set_runtime_defaults()  # as in `ldm train`, before torch loads
+    if args.memory:
+        return measure_memory(args)
     import torch
 
     if args.threads:

@@ -177,6 +177,7 @@ TRAINING_CONTROLS = {
     "max_steps": "Max steps",
     "run_name": "Run name",
     "extra": "Extra settings",
+    "processes": "Processes",
 }
 
 
@@ -206,7 +207,7 @@ def test_settings_form_refuses_a_missing_or_misnamed_field():
     form.add(dict, "data_dir", "Data folder")
     assert [c["label"] for c in form.in_field_order()] == list(TRAINING_CONTROLS.values())
     assert form["loss"]["choices"] == ["MSE", "MAE", "Huber"] and form["loss"]["value"] == "MSE"
-    with pytest.raises(UserError, match="expected 16 settings"):
+    with pytest.raises(UserError, match="expected 17 settings"):
         TrainSettings.from_values(*TrainSettings().values()[:-1])
 
 
@@ -245,6 +246,22 @@ def test_plan_job_phases_and_refusals(tmp_path):
         plan_job(ws, TrainSettings(data_dir="data/faces", run_name="r", epochs=0, max_minutes=0, max_steps=0))
     with pytest.raises(UserError, match="outside the workspace"):
         plan_job(ws, TrainSettings(data_dir="data/faces", run_name="r", autoencoder="../vae", max_steps=1))
+
+
+def test_several_gpus_train_in_several_processes_and_none_refuses(tmp_path, monkeypatch):
+    import ldm.app.settings as settings_mod
+
+    ws = Workspace(tmp_path)
+    (tmp_path / "data" / "faces" / "a").mkdir(parents=True)
+    s = TrainSettings(data_dir="data/faces", run_name="r", max_steps=30, processes=2)
+    monkeypatch.setattr(settings_mod, "gpu_count", lambda: 2)
+    train = plan_job(ws, s).phases[-1].argv
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    assert train[: len(launch)] == launch and train[train.index("-m", 3) : train.index("-m", 3) + 3] == [
+        "-m", "ldm", "train"]  # fmt: skip
+    monkeypatch.setattr(settings_mod, "gpu_count", lambda: 0)
+    with pytest.raises(UserError, match="one process per GPU, and this machine has 0 GPU"):
+        plan_job(ws, s)
 
 
 def test_planned_commands_are_accepted_by_the_real_cli(tmp_path):

@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from ldm.config import AutoencoderConfig, load_config
+from ldm.config import AutoencoderConfig, ConfigError, load_config
 from ldm.errors import UserError
 from ldm.figures import recon_grid
 from ldm.models.autoencoder import build_autoencoder_kl, decode, encode, load_autoencoder
@@ -331,3 +331,78 @@ def test_train_vae_resumes_exactly_and_keeps_the_run_folder_layout(att_faces: Pa
     assert RunFolder(run).read_status()["step"] == 7 and "finished after 7 steps" in capsys.readouterr().out
     assert main(["train-vae", "--out", str(tmp_path / "new"), "--max-steps", "1"]) == 2
     assert "--data DIR is required" in capsys.readouterr().err
+
+
+def test_colour_balance_matrix_whitens_at_half_and_is_the_identity_at_zero():
+    from ldm.training.autoencoder import colour_balance_matrix, in_colour_space
+
+    g = torch.Generator().manual_seed(0)
+    # correlated channels of unequal variance, like colour photos (one bright axis, two faint colour axes)
+    mix = torch.tensor([[1.0, 0.9, 0.8], [0.9, 1.0, 0.7], [0.8, 0.7, 1.0]])
+    x = torch.einsum("ij,njhw->nihw", mix, torch.randn(16, 3, 8, 8, generator=g))
+    assert torch.allclose(colour_balance_matrix(x, 0.0), torch.eye(3), atol=1e-5)
+    m = colour_balance_matrix(x, 0.5)
+    assert torch.allclose(m, m.T, atol=1e-5)  # symmetric: each colour keeps its own axis
+    w = torch.linalg.eigvalsh(torch.cov(in_colour_space(x, m).transpose(0, 1).reshape(3, -1)))
+    assert float(w.max() / w.min()) < 1.01  # whitened: every colour direction as strong as the strongest
+    w_quarter = torch.linalg.eigvalsh(torch.cov(in_colour_space(x, colour_balance_matrix(x, 0.25)).transpose(0, 1)
+                                                .reshape(3, -1)))  # fmt: skip
+    w0 = torch.linalg.eigvalsh(torch.cov(x.transpose(0, 1).reshape(3, -1)))
+    assert 1.01 < float(w_quarter.max() / w_quarter.min()) < float(w0.max() / w0.min())  # halfway, in log terms
+
+
+def test_folding_the_colour_space_gives_an_rgb_autoencoder_computing_the_same():
+    from ldm.training.autoencoder import colour_balance_matrix, fold_colour_space, in_colour_space
+
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x = x * torch.tensor([1.0, 0.3, 0.1])[:, None, None]  # three colour directions of unequal strength
+    m = colour_balance_matrix(x, 0.25)
+    ae = build_autoencoder_kl(AutoencoderConfig(block_out_channels=(16,), norm_num_groups=8), 3, 16).eval()
+    folded = fold_colour_space(ae, m)
+    with torch.no_grad():
+        expected = in_colour_space(ae(in_colour_space(x, m)).sample, torch.linalg.inv(m))
+        assert torch.allclose(folded(x).sample, expected, atol=1e-5)
+        assert not torch.equal(ae.encoder.conv_in.weight, folded.encoder.conv_in.weight)  # a copy; the model kept
+    assert type(folded) is type(ae) and folded.config == ae.config
+
+
+def test_train_vae_with_colour_balance_saves_the_autoencoder_it_evaluated(tmp_path: Path):
+    """RGB data, colour_balance 0.25: the saved vae/ is a plain AutoencoderKL on RGB images, and its held-out PSNR
+    is the one eval.json reports (the folded model is the one measured and saved); a resumed run is bit-exact."""
+    from safetensors.torch import load_file
+
+    from ldm.data.synth import make_synth_faces
+    from ldm.evaluation.metrics import psnr
+    from ldm.training.autoencoder import _load_images
+
+    data = tmp_path / "faces"
+    make_synth_faces(data, per_class=6, seed=0)
+    rgb = [o.replace("data.channels=1", "data.channels=3") for o in TINY]
+    cfg = load_config(None, rgb + ["autoencoder.colour_balance=0.25", "autoencoder.max_minutes=0"])
+    result = train_vae(cfg, data, tmp_path / "run", progress=False)
+    ae = load_autoencoder(tmp_path / "run", device="cpu")
+    _, hold, _ = _load_images(data, 16, 3, cfg.autoencoder.seed, cfg.data.holdout_fraction)
+    with torch.no_grad():
+        measured = float(psnr(decode(ae, encode(ae, hold)), hold).mean())
+    assert measured == pytest.approx(result["psnr"], abs=1e-3)
+
+    polls = {"n": 0}
+
+    def stop_after_2() -> bool:
+        polls["n"] += 1
+        return polls["n"] >= 2
+
+    train_vae(cfg, data, tmp_path / "part", progress=False, should_stop=stop_after_2)
+    train_vae(cfg, None, tmp_path / "part", progress=False, resume="latest")
+    a = load_file(tmp_path / "run" / "vae" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "part" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5"])
+def test_bad_colour_balance_is_a_clear_error(tmp_path: Path, value: str):
+    cfg = load_config(None, TINY + [f"autoencoder.colour_balance={value}"])
+    with pytest.raises(UserError, match=r"autoencoder.colour_balance must be in \[0, 1\]"):
+        train_vae(cfg, tmp_path, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="autoencoder.colour_balance.*a finite number"):
+        load_config(None, TINY + ["autoencoder.colour_balance=nan"])

@@ -125,9 +125,11 @@ def test_prepare_writes_cache_and_reruns_do_nothing(
     assert torch.allclose(c2.latents, cache.latents / cache.scaling_factor * 0.5, atol=1e-5)
 
 
-def test_killed_prepare_leaves_incomplete_cache_then_rerun_completes(
+def test_killed_prepare_leaves_no_cache_then_rerun_completes(
     att_faces, tiny_vae_dir, tmp_path, autoencoder_module, monkeypatch
 ):
+    """The cache is built beside --out and swapped in when complete: a prepare killed half-way leaves nothing at
+    --out that could load (only a .tmp-* folder, which the next run removes)."""
     out = tmp_path / "cache"
     real_encode = autoencoder_module.encode
     calls = []
@@ -141,27 +143,32 @@ def test_killed_prepare_leaves_incomplete_cache_then_rerun_completes(
     monkeypatch.setattr(autoencoder_module, "encode", dying_encode)
     with pytest.raises(KeyboardInterrupt):
         prepare_latents(att_faces, str(tiny_vae_dir), out, _cfg(), batch_size=32, device="cpu", progress=False)
-    assert out.is_dir() and not (out / MANIFEST).exists()
-    with pytest.raises(UserError, match="incomplete"):
+    assert not out.exists()
+    with pytest.raises(UserError, match="folder not found"):
         load_latent_cache(out)
-
-    # also killed while writing files (after some .npy exist): still refused
-    np.save(out / "stray.npy", np.zeros(3, np.float32))
-    with pytest.raises(UserError, match="incomplete"):
-        load_latent_cache(out)
+    (tmp_path / ".tmp-cache-killed").mkdir()  # what a kill -9 during the writing leaves beside it
 
     monkeypatch.setattr(autoencoder_module, "encode", real_encode)
     m = prepare_latents(att_faces, str(tiny_vae_dir), out, _cfg(), batch_size=32, device="cpu", progress=False)
     cache = load_latent_cache(out)
-    assert len(cache) == 200 and not (out / "stray.npy").exists()
+    assert len(cache) == 200 and not list(tmp_path.glob(".tmp-*"))
     assert m.scaling_factor == pytest.approx(0.18215)  # "config": the diffusers default in the VAE's config
 
+    # a folder left half-written by an older version (its marker, no manifest) is still refused, and rebuilt
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / ".incomplete").touch()
+    np.save(legacy / "stray.npy", np.zeros(3, np.float32))
+    with pytest.raises(UserError, match="incomplete"):
+        load_latent_cache(legacy)
+    prepare_latents(att_faces, str(tiny_vae_dir), legacy, _cfg(), device="cpu", progress=False)
+    assert len(load_latent_cache(legacy)) == 200 and not (legacy / "stray.npy").exists()
 
-def test_overwrite_with_stale_manifest_removes_it_first(
-    att_faces, tiny_vae_dir, tmp_path, autoencoder_module, monkeypatch
-):
+
+def test_overwrite_that_fails_keeps_the_old_cache(att_faces, tiny_vae_dir, tmp_path, autoencoder_module, monkeypatch):
     out = tmp_path / "cache"
     prepare_latents(att_faces, str(tiny_vae_dir), out, _cfg(), device="cpu", progress=False)
+    before = load_latent_cache(out)
 
     def broken(ae, images):
         raise RuntimeError("boom")
@@ -171,8 +178,8 @@ def test_overwrite_with_stale_manifest_removes_it_first(
         prepare_latents(
             att_faces, str(tiny_vae_dir), out, _cfg("data.image_size=8"), device="cpu", progress=False, overwrite=True
         )
-    with pytest.raises(UserError, match="incomplete"):  # the old manifest must not vouch for a half-new folder
-        load_latent_cache(out)
+    after = load_latent_cache(out)  # the old, good cache: --overwrite only replaces it once the new one is complete
+    assert torch.equal(after.latents, before.latents) and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_refuses_foreign_folders_and_bad_settings(att_faces, tiny_vae_dir, tmp_path):

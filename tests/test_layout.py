@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("ldm.models",),
     ("ldm.data",),
-    ("ldm.diffusion",),
+    ("ldm.diffusion", "ldm.text2image"),  # text2image: pretrained pipelines, beside our own
     ("ldm.evaluation",),
     ("ldm.training",),
     ("ldm.app",),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import write_tiny_pipeline
 
 from ldm.errors import UserError
 
@@ -19,28 +20,9 @@ STEPS = 3
 @pytest.fixture(scope="module")
 def run_dir(tiny_vae_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder holding only ``pipeline/`` (tiny seeded UNet on 8x8x4 latents, the shared tiny VAE)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
-
-    from ldm.diffusion.pipeline import build_pipeline
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on a shared 2-core machine: one thread is far faster
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        norm_num_groups=8,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        num_class_embeds=len(CLASSES) + 1,
-    )
-    vae = AutoencoderKL.from_pretrained(tiny_vae_dir)
-    train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    run = tmp_path_factory.mktemp("run")
-    build_pipeline(unet, vae, train.config, CLASSES, 0.7).save_pretrained(run / "pipeline")
+    run = write_tiny_pipeline(tmp_path_factory.mktemp("run"), tiny_vae_dir, CLASSES)
     yield run
     torch.set_num_threads(threads)
 

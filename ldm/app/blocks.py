@@ -23,7 +23,8 @@ from typing import Any
 import gradio as gr
 
 from ldm.app.handlers import NO_MODEL_HELP, NO_NEGATIVE, LdmApp
-from ldm.app.settings import PREPROCESS, TRAIN_HERE, TrainSettings
+from ldm.app.settings import PREPROCESS, TRAIN_HERE, TrainSettings, gpu_count
+from ldm.app.text2image import text2image_tab
 from ldm.choices import SCHEDULER_NAMES
 from ldm.config import SamplingConfig
 
@@ -338,6 +339,18 @@ def training_tab(app: LdmApp) -> TrainingTab:
                 placeholder="training.sample_every=100\ndata.image_size=32",
                 elem_id="ldm-extra",
             )
+            gpus = gpu_count()
+            form.add(
+                gr.Number,
+                "processes",
+                "Processes",
+                info=f"Training processes, one per GPU ({gpus} here): N processes train as one with N x the batch",
+                precision=0,
+                minimum=1,
+                maximum=max(gpus, 1),
+                visible=gpus > 1,  # one GPU or none: always one process
+                elem_id="ldm-processes",
+            )
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="ldm-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="ldm-stop")
@@ -433,6 +446,8 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
                 training = training_tab(app)
             with gr.Tab("Runs", id="runs") as runs_tab_block:
                 runs = runs_tab(app, tabs, inference, training)
+            with gr.Tab("Text to image", id="text2image"):
+                text2image_tab(app.text2image)
 
         def on_load() -> list[Any]:
             """Page (re)load: discover models, runs and folders, and reattach to the running job."""

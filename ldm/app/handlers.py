@@ -182,6 +182,9 @@ class LdmApp:
         self.pipelines = PipelineCache(device)
         self.outputs = self.ws.app_dir / "outputs"
         self.outputs.mkdir(parents=True, exist_ok=True)
+        from ldm.app.text2image import Text2ImageState
+
+        self.text2image = Text2ImageState(self.ws, self.outputs, device)
 
     # ------------------------------------------------------------------------------------------------------------
     # Inference tab
@@ -512,6 +515,6 @@ class LdmApp:
 
 
 def _slug(name: str) -> str:
-    from ldm.diffusion.sample_files import slugify
+    from ldm.utils import slugify
 
     return slugify(name)

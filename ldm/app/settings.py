@@ -56,6 +56,7 @@ class TrainSettings:
     max_steps: int = _config_key("training.max_steps", 0)  # step budget (0 = none)
     run_name: str = "my-run"  # runs/<run_name>
     extra: str = ""  # more key=value settings, one per line or space separated
+    processes: int = 1  # training processes, one per GPU (`accelerate launch`); offered with more than one GPU
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -230,6 +231,24 @@ def _ldm(*args: str) -> list[str]:
     return [sys.executable, "-m", "ldm", *args]
 
 
+def gpu_count() -> int:
+    """CUDA GPUs torch can use here (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _launch(processes: int) -> list[str]:
+    """The command prefix that runs ``ldm`` in ``processes`` processes, one per GPU (`accelerate launch`)."""
+    if processes == 1:
+        return _ldm()
+    gpus = gpu_count()
+    if not 1 <= processes <= max(gpus, 1):
+        raise UserError(f"processes {processes}: one process per GPU, and this machine has {gpus} GPU(s)")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "-m", "ldm"]  # fmt: skip
+
+
 def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
     """The ``ldm`` commands that carry out the settings, every path checked to lie inside the workspace."""
     if not RUN_NAME.match(s.run_name or ""):
@@ -271,7 +290,7 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
                 f"latent folder {s.latent_dir!r} has no {MANIFEST}, so it is not a (complete) latent cache; "
                 "choose preprocess = yes to build one from a data folder"
             )
-    train = _ldm("train", "--latents", str(latents), "--out", str(run)) + overrides
+    train = _launch(s.processes) + ["train", "--latents", str(latents), "--out", str(run)] + overrides
     phases.append(Phase("train", train, str(run)))
     info = {"settings": asdict(s), "latents": str(latents), "overrides": overrides}
     return JobPlan(run=run, latents=latents, phases=phases, log=run / "app-job.log", info=info)
@@ -315,7 +334,8 @@ def plan_resume_run(ws: Workspace, run_text: str | Path | None, info: dict[str, 
         raise UserError(f"run {ws.rel(run)}: its checkpoint {ckpt.name} does not say which latent cache it used")
     latents = ws.resolve(recorded, what=f"latent folder of run {ws.rel(run)}")
     info["latents"] = str(latents)
-    argv = _ldm("train", "--latents", str(latents), "--out", str(run), "--resume", RunFolder.LATEST)
+    processes = int(((info or {}).get("settings") or {}).get("processes") or 1)  # as the run was started
+    argv = _launch(processes) + ["train", "--latents", str(latents), "--out", str(run), "--resume", RunFolder.LATEST]
     argv += list(info.get("overrides") or [])
     return JobPlan(
         run=run, latents=latents, phases=[Phase("train", argv, str(run))], log=run / "app-job.log", info=info

@@ -59,9 +59,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     how = "stopped early" if result["stopped_early"] else "finished"
     run = RunFolder(args.out)
+    held = (
+        f"held-out PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} on {result['num_holdout']} images"
+        if result["num_holdout"]
+        else "no held-out images to measure (every class keeps its only images for training)"
+    )
     print(
-        f"{how} after {result['steps']} steps ({result['train_seconds']:.0f} s): "
-        f"held-out PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} on {result['num_holdout']} images; "
+        f"{how} after {result['steps']} steps ({result['train_seconds']:.0f} s): {held}; "
         f"latent {tuple(result['latent_shape'])}, scaling_factor {result['scaling_factor']:.4f}\n"
         f"autoencoder saved in {run.vae_dir} (use --vae {args.out}); reconstructions in {run.recon_dir}/"
     )

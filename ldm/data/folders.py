@@ -78,11 +78,65 @@ def _check_image(path: Path) -> tuple[str, tuple[int, int]] | str:
         return f"truncated or corrupt ({e})"
 
 
-def list_class_files(root: str | Path) -> dict[str, list[Path]]:
+def class_name_collisions(names: Sequence[str]) -> list[list[str]]:
+    """Groups of class names that one name cannot tell apart: equal once case, spacing and the characters a file
+    name cannot hold are ignored (``Alice``/``alice``, ``a b``/``a-b``). Classes are found by name ignoring case
+    and spacing, and output files are named by :func:`ldm.utils.slugify`."""
+    from ldm.utils import slugify
+
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(slugify(name).casefold(), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _walk_class_files(root: Path, classes: list[str]) -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
+    """``({class: sorted candidate files}, [(path, why it is not used)])``: each class folder walked, following
+    links, but never into a folder already entered (a loop), nor through a link into the rest of the data folder
+    (the folder itself or another class: another class's images are not this class's); every real file is listed
+    once, under the first path that reaches it (sorted order). The paths left out are reported."""
+    real_root = os.path.realpath(root)
+    listing: dict[str, list[Path]] = {}
+    left_out: list[tuple[Path, str]] = []
+    first_path: dict[str, Path] = {}
+    for name in classes:
+        real_class = os.path.realpath(root / name)
+        seen_dirs: set[str] = set()
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            real = os.path.realpath(dirpath)
+            inside_class = real == real_class or real.startswith(real_class + os.sep)
+            inside_root = real == real_root or real.startswith(real_root + os.sep)
+            if real in seen_dirs or (inside_root and not inside_class) or real_root.startswith(real + os.sep):
+                why = (
+                    "a link back into a folder already searched (a loop)"
+                    if real in seen_dirs
+                    else ("a link to another part of the data folder (another class's images belong to that class)")
+                )
+                left_out.append((Path(dirpath), f"{why}; not followed"))
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real)
+            dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+            for f in sorted(f for f in filenames if not _hidden(f)):
+                path = Path(dirpath) / f
+                target = os.path.realpath(path)
+                if target in first_path:
+                    left_out.append((path, f"the same file as {first_path[target]} (through a link); used once"))
+                    continue
+                first_path[target] = path
+                files.append(path)
+        listing[name] = sorted(files)
+    return listing, left_out
+
+
+def list_class_files(root: str | Path, duplicates: list[tuple[Path, str]] | None = None) -> dict[str, list[Path]]:
     """Candidate files of ``root/<class>/...`` without opening them: ``{class: sorted paths}``, classes sorted.
 
-    Hidden files and folders are ignored; subfolders of a class folder are searched. Raises :class:`DataError` when
-    ``root`` is missing, is not a folder, or has no class subfolders.
+    Hidden files and folders are ignored; subfolders of a class folder are searched, links followed; a file reached
+    by several paths is listed once (the others go to ``duplicates`` when given, with the reason). Raises
+    :class:`DataError` when ``root`` is missing, is not a folder, has no class subfolders, or has class names that
+    differ only in case or spacing.
     """
     root = Path(root)
     if not root.exists():
@@ -98,13 +152,16 @@ def list_class_files(root: str | Path) -> dict[str, list[Path]]:
         raise DataError(
             f"no class subfolders in {root}{hint}; expected {root}/<class name>/<images>, one folder per class"
         )
-    listing = {}
-    for name in classes:
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-            files.extend(Path(dirpath) / f for f in filenames if not _hidden(f))
-        listing[name] = sorted(files)
+    collisions = class_name_collisions(classes)
+    if collisions:
+        pairs = "; ".join(" / ".join(repr(n) for n in g) for g in collisions)
+        raise DataError(
+            f"class folders of {root} whose names differ only in case, spacing or punctuation: {pairs}. A class is "
+            "picked by its name ignoring these, and output files are named after it: rename or merge them"
+        )
+    listing, found_twice = _walk_class_files(root, classes)
+    if duplicates is not None:
+        duplicates.extend(found_twice)
     return listing
 
 
@@ -116,9 +173,10 @@ def scan_image_folder(root: str | Path) -> FolderScan:
     class subfolders, or a class folder has no readable image.
     """
     root = Path(root)
-    listing = list_class_files(root)
+    duplicates: list[tuple[Path, str]] = []
+    listing = list_class_files(root, duplicates)
     classes = list(listing)
-    scan = FolderScan(root=root, classes=classes, samples=[])
+    scan = FolderScan(root=root, classes=classes, samples=[], skipped=duplicates)
     for label, name in enumerate(classes):
         found = 0
         for path in listing[name]:
@@ -132,7 +190,7 @@ def scan_image_folder(root: str | Path) -> FolderScan:
             found += 1
         if found == 0:
             bad = [s for s in scan.skipped if s[0].is_relative_to(root / name)]
-            detail = f" ({len(bad)} unreadable files, e.g. {bad[0][0].name}: {bad[0][1]})" if bad else ""
+            detail = f" ({len(bad)} files or folders left out, e.g. {bad[0][0].name}: {bad[0][1]})" if bad else ""
             raise DataError(
                 f"class folder {root / name} has no readable image{detail}; "
                 "every class folder needs at least one image (PNG, JPEG, PGM, ... anything PIL reads)"

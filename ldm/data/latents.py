@@ -41,9 +41,9 @@ from ldm.choices import SCALING_FACTOR_MODES
 from ldm.config import Config, to_dict
 from ldm.data.folders import PREPROCESSING, FolderScan, ImageFolderDataset, list_class_files, scan_image_folder
 from ldm.data.manifest import FORMAT_VERSION, MANIFEST, MIRRORED, AutoencoderInfo, LatentStats, Manifest
-from ldm.device import default_device
+from ldm.device import resolve_device
 from ldm.errors import CacheMismatchError, DataError, UserError
-from ldm.utils import hash_folder
+from ldm.utils import atomic_dir, check_output_folder, hash_folder
 
 if TYPE_CHECKING:
     import torch
@@ -145,8 +145,8 @@ def _differences(old: Manifest, new: Manifest) -> list[str]:
     return diffs
 
 
-def _start_writing(out: Path, overwrite: bool) -> None:
-    """Make ``out`` an empty folder marked incomplete; never deletes a folder that is not a latent cache."""
+def _check_replaceable(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder that is not a latent cache (never deleted)."""
     if out.exists():
         if not out.is_dir():
             raise UserError(f"--out {out} is a file; give a folder for the latent cache")
@@ -155,16 +155,14 @@ def _start_writing(out: Path, overwrite: bool) -> None:
                 f"--out {out} exists, is not empty and is not a latent cache (no {MANIFEST}); "
                 "refusing to write into it: choose a new or empty folder"
             )
-        # the manifest goes first: from here on the folder can never load as a complete cache
-        Manifest.path(out).unlink(missing_ok=True)
-        (out / MARKER).touch()
-        for p in out.iterdir():
-            if p.name == MARKER:
-                continue
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    else:
-        out.mkdir(parents=True)
-        (out / MARKER).touch()
+
+
+def _remove_stale_builds(out: Path) -> None:
+    """Delete the ``.tmp-<name>-*`` folders that killed runs of ``prepare`` left beside ``out``."""
+    if out.parent.is_dir():
+        for p in out.parent.glob(f".tmp-{out.name}-*"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _save_npy(path: Path, a: np.ndarray) -> None:
@@ -192,7 +190,8 @@ def prepare_latents(
     scaling setting, nothing is done. A cache that differs raises :class:`CacheMismatchError` naming what differs,
     unless ``overwrite``. An incomplete cache (a killed run) is rebuilt.
     """
-    out = Path(out)
+    out = check_output_folder(out)
+    device = resolve_device(device)
     image_size, channels = cfg.data.image_size, cfg.data.channels
     if channels not in (1, 3):
         raise UserError(f"data.channels must be 1 (grey) or 3 (RGB), got {channels}")
@@ -225,7 +224,6 @@ def prepare_latents(
     from ldm.models import autoencoder as ae_lib
 
     scan = scan_image_folder(data_dir)
-    device = device or default_device()
     ae = ae_lib.load_autoencoder(vae_source, device=device)
     if ae.in_channels != channels:
         raise UserError(
@@ -272,7 +270,8 @@ def prepare_latents(
             + "\n  ".join(diffs)
             + "\nrefusing to mix them: give a new --out folder, or --overwrite to replace this cache"
         )
-    _start_writing(out, overwrite)
+    _check_replaceable(out)
+    _remove_stale_builds(out)
 
     # encode everything first (unscaled): the "auto" scaling factor needs the statistics of the whole dataset
     t0 = time.perf_counter()
@@ -282,6 +281,27 @@ def prepare_latents(
     std = float(z.std(dtype=np.float64))
     scale = _scaling_factor(setting, z, ae.scaling_factor)
     z *= np.float32(scale)
+    # The new cache is built beside ``out`` and swapped in once complete: a kill before the swap leaves the old
+    # cache (the one --overwrite replaces) as it was, and never a half-written one at ``out``.
+    with atomic_dir(out) as build:
+        _write_into(build, manifest, z, mirrored, scale, scan, pack, cfg, device, seconds, std)
+    return manifest
+
+
+def _write_into(
+    out: Path,
+    manifest: Manifest,
+    z: np.ndarray,
+    mirrored: np.ndarray | None,
+    scale: float,
+    scan: FolderScan,
+    pack: bool,
+    cfg: Config,
+    device: str,
+    seconds: float,
+    std: float,
+) -> None:
+    """Write the scaled latents ``z`` (and the mirrored ones) and the completed ``manifest`` into ``out``."""
     manifest.files = _write_latents(out, z, scan, pack)
     if mirrored is not None:
         _save_npy(out / MIRRORED, mirrored * np.float32(scale))
@@ -300,8 +320,6 @@ def prepare_latents(
     manifest.encode_seconds = round(seconds, 3)
     manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest.save(out)  # last: from now on the cache is complete
-    (out / MARKER).unlink(missing_ok=True)
-    return manifest
 
 
 def _encode_all(

@@ -174,7 +174,7 @@ class Manifest:
             )
         skipped = self.skipped or []
         if skipped:
-            text += f"\n  skipped {len(skipped)} unreadable files:"
+            text += f"\n  skipped {len(skipped)} files:"
             text += "".join(f"\n    {p}: {reason}" for p, reason in skipped[:10])
             text += f"\n    ... and {len(skipped) - 10} more (see {MANIFEST})" if len(skipped) > 10 else ""
         return text

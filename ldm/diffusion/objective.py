@@ -115,6 +115,8 @@ def diffusion_loss(
     cfg: DiffusionConfig,
     null_class_id: int,
     generator: torch.Generator | None = None,
+    world: int = 1,
+    rank: int = 0,
 ) -> torch.Tensor:
     """The training loss of one batch, a float32 scalar tensor (no ``.item()``: no device sync).
 
@@ -126,8 +128,12 @@ def diffusion_loss(
         cfg: loss, prediction type, min-SNR gamma, label dropout.
         null_class_id: the id of the null (unconditional) class, ``num_classes``.
         generator: source of the label dropout, timesteps and noise (on ``latents.device``); ``None`` = global RNG.
+        world, rank: with several processes, each holding slice ``rank`` of a global batch of ``world`` equal
+            slices: the random draws are made for the whole global batch (the same generator state on every
+            process) and sliced, so N processes draw exactly what one process with the global batch draws.
 
-    Steps: each label becomes the null class with probability ``cfg.label_dropout``; ``t ~ U{0..T-1}`` (or EDM's log-normal, ``cfg.timestep_sampling``);
+    Steps: each label becomes the null class with probability ``cfg.label_dropout``; ``t ~ U{0..T-1}`` (or EDM's
+    log-normal, ``cfg.timestep_sampling``);
     ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``; target ``eps`` or
     ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0``;
     per-sample mean of the chosen loss, times the min-SNR weight if ``cfg.snr_gamma`` is set, then the batch mean.
@@ -139,11 +145,13 @@ def diffusion_loss(
     if cfg.prediction_type not in PREDICTION_TYPES:
         raise UserError(f"diffusion.prediction_type {cfg.prediction_type!r}; accepted: {', '.join(PREDICTION_TYPES)}")
     b, device = latents.shape[0], latents.device
+    mine = slice(rank * b, (rank + 1) * b)  # this process's part of the global batch's draws
     if cfg.label_dropout > 0:
-        drop = torch.rand(b, device=device, generator=generator) < cfg.label_dropout
+        drop = torch.rand(b * world, device=device, generator=generator)[mine] < cfg.label_dropout
         labels = torch.where(drop, torch.full_like(labels, null_class_id), labels)
-    t = sample_timesteps(scheduler, b, cfg.timestep_sampling, device, generator)
-    noise = torch.randn(latents.shape, device=device, dtype=latents.dtype, generator=generator)
+    t = sample_timesteps(scheduler, b * world, cfg.timestep_sampling, device, generator)[mine]
+    shape = (b * world, *latents.shape[1:])
+    noise = torch.randn(shape, device=device, dtype=latents.dtype, generator=generator)[mine]
     noisy = scheduler.add_noise(latents, noise, t)
     if cfg.prediction_type == "epsilon":
         target = noise

@@ -38,6 +38,8 @@ from ldm.errors import UserError
 from ldm.figures import to_pil
 from ldm.run_folder import RunFolder
 
+MAX_SEED = 2**63 - 1  # seeds are int64 (torch.Generator.manual_seed); the app and the CLI accept 0 .. MAX_SEED
+
 # The shim that lets plain diffusers load an exported folder:
 #   DiffusionPipeline.from_pretrained(dir, custom_pipeline=dir, trust_remote_code=True)
 # (diffusers finds the DiffusionPipeline subclass defined outside diffusers in <dir>/pipeline.py).
@@ -271,18 +273,26 @@ class ClassConditionalLatentDiffusionPipeline(DiffusionPipeline):
             if len(generator) != b:
                 raise UserError(f"generator: give one per image ({b}), got {len(generator)}")
             return list(generator)
-        seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
+        seeds = list(range(b)) if seeds is None else list(seeds)
         if len(seeds) != b:
             raise UserError(f"seeds: give one per image ({b}), got {len(seeds)}")
+        for s in seeds:
+            if isinstance(s, bool) or not float(s).is_integer() or not 0 <= int(s) <= MAX_SEED:
+                raise UserError(f"seed {s} is not a whole number from 0 to {MAX_SEED} (2**63 - 1)")
+        seeds = [int(s) for s in seeds]
         return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
     def _check(self, b: int, num_inference_steps: int, guidance_scale: float, neg: Optional[list[int]]) -> None:
         if b == 0:
             raise UserError("no images requested (class_labels is empty)")
-        if num_inference_steps < 1:
-            raise UserError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if guidance_scale < 0:
-            raise UserError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance_scale}")
+        steps = self.scheduler.config.num_train_timesteps
+        if not 1 <= num_inference_steps <= steps:
+            raise UserError(
+                f"num_inference_steps must be from 1 to {steps} (the model's training steps), "
+                f"got {num_inference_steps}"
+            )
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 0):  # nan/inf: all-black images
+            raise UserError(f"guidance_scale must be a number >= 0 (1 = no guidance), got {guidance_scale}")
         if neg is not None and len(neg) != b:
             raise UserError(f"negative_class_labels: give 1 or {b}, got {len(neg)}")
 
@@ -467,23 +477,25 @@ def load_pipeline(
 ) -> ClassConditionalLatentDiffusionPipeline:
     """Load the pipeline of a run folder or a pipeline folder, quietly (no progress bars).
 
-    ``device`` defaults to :func:`ldm.device.default_device`; ``dtype`` to float32.
+    ``device``: :func:`ldm.device.resolve_device`'s (None: the best here); ``dtype``: by default
+    :func:`ldm.device.inference_dtype`'s (float16 or bfloat16 on CUDA, float32 elsewhere).
     """
     from diffusers.utils import logging as diffusers_logging
 
-    from ldm.device import default_device
+    from ldm.device import inference_dtype, resolve_device
 
+    device = resolve_device(device)  # before the loading: a bad --device is an error, not a traceback after it
     folder = RunFolder.find_pipeline(path)
     bar = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar in CLI output
     try:
-        pipe = ClassConditionalLatentDiffusionPipeline.from_pretrained(folder, dtype=dtype or torch.float32)
+        pipe = ClassConditionalLatentDiffusionPipeline.from_pretrained(folder, dtype=dtype or inference_dtype(device))
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"could not load the pipeline in {folder}: {e}") from None
     finally:
         if bar:
             diffusers_logging.enable_progress_bar()
-    pipe.to(device or default_device())
+    pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -564,12 +576,12 @@ def export_pipeline(
     is none, then the EMA weights of that (or the latest) checkpoint. ``scheduler`` replaces the default sampler.
     Returns ``(out_path, pipeline)``.
     """
-    from ldm.utils import atomic_dir
+    from ldm.utils import atomic_dir, check_output_folder
 
     run = Path(run)
     if not run.exists():
         raise UserError(f"run folder not found: {run}")
-    out = Path(out)
+    out = check_output_folder(out)
     if out.resolve() in (run.resolve(), RunFolder(run).pipeline_dir.resolve()):
         raise UserError(f"--out {out} is the source itself; choose another folder")
     folder = RunFolder.pipeline_of(run)

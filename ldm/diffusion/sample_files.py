@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ldm.errors import UserError
+from ldm.utils import slugify
 
 if TYPE_CHECKING:
     import torch
@@ -150,12 +151,6 @@ class SampleFiles:
     grid: Optional[Path] = None
     snapshots: Optional[Path] = None
     records: list[dict[str, Any]] = field(default_factory=list)
-
-
-def slugify(name: str) -> str:
-    """A file-name-safe form of a class name (letters, digits, ``-`` and ``_``)."""
-    out = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(name).strip())
-    return "-".join(p for p in out.split("-") if p) or "class"
 
 
 def model_identity(pipe: ClassConditionalLatentDiffusionPipeline, path: str | Path | None = None) -> dict[str, Any]:
@@ -290,7 +285,9 @@ def sample_to_folder(
     sampling = sampling or SamplingConfig()
     ids, neg_id = _resolve_request(pipe, classes, sampling)
     names, seed = pipe.class_names, sampling.seed
-    out = Path(out)
+    from ldm.utils import check_output_folder
+
+    out = check_output_folder(out)  # before any image is generated
     out.mkdir(parents=True, exist_ok=True)
     identity = model_identity(pipe, model_path)
 

@@ -524,7 +524,7 @@ def evaluate_run(
     ``guidance_scale`` defaults to the run's ``sampling.guidance_scale`` (3.0 without a run config).
     """
     from ldm.data.folders import scan_image_folder
-    from ldm.device import default_device
+    from ldm.device import resolve_device
     from ldm.diffusion.pipeline import load_pipeline
     from ldm.evaluation.inception import load_inception
     from ldm.utils import atomic_write_json, atomic_write_text
@@ -534,13 +534,13 @@ def evaluate_run(
     run = Path(run)
     if num_samples < 2:
         raise UserError(f"--num-samples must be at least 2 (FID/KID need two images), got {num_samples}")
-    extractor = load_inception(device=device or "cpu")  # fails early, naming the extra, before any generation
+    device = resolve_device(device)
+    extractor = load_inception(device=device)  # fails early, naming the extra, before any generation
     folder = RunFolder.find_pipeline(run)
     out_dir, cfg = _run_settings(run if run.is_dir() else folder)
     if guidance_scale is None:
         guidance_scale = float(cfg.sampling.guidance_scale) if cfg is not None else 3.0
     scan = scan_image_folder(real)
-    device = device or default_device()
     pipe = load_pipeline(folder, device=device)
     model_classes = pipe.class_names
     to_data = _class_map(model_classes, scan.classes, real)
@@ -624,7 +624,7 @@ def evaluate_run(
     }
     if write:
         written = RunFolder(out_dir)
-        atomic_write_json(written.eval_path, _json_safe(result))
+        atomic_write_json(written.eval_path, result)  # NaN -> null: strict JSON
         atomic_write_text(written.eval_report_path, eval_markdown(result))
         log(f"wrote {written.eval_path}, {written.eval_report_path} and {fig_path}")
     return result
@@ -671,17 +671,6 @@ def memorisation_report(
         "figure": RunFolder.MEMORISATION_PLOT,
         "closest_pairs": pairs,
     }
-
-
-def _json_safe(x: Any) -> Any:
-    """NaN/inf -> None so eval.json stays strict JSON."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 # ---------------------------------------------------------------------------------------------------------------------

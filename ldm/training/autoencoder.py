@@ -140,6 +140,13 @@ class AutoencoderTrainer(TrainingLoop):
         )
         if len(self.train_x) == 0:
             raise UserError(f"{self.data_dir}: no training images left after the held-out split")
+        if self.main and self.scan.skipped:  # said here as `ldm data inspect` and `ldm prepare` say it
+            root, skipped = self.scan.root, self.scan.skipped
+            lines = [f"  {p.relative_to(root) if p.is_relative_to(root) else p}: {why}" for p, why in skipped[:10]]
+            more = []
+            if len(skipped) > 10:
+                more = [f"  ... and {len(skipped) - 10} more (ldm data inspect {root} lists them)"]
+            self.log("\n".join([f"skipped {len(skipped)} files of {root}:", *lines, *more]))
         # the colour space of training (None: plain RGB); computed from the training images, so a resumed run
         # (same data, same split) gets the same one
         self.colour = None
@@ -410,9 +417,14 @@ class AutoencoderTrainer(TrainingLoop):
             {"step": step, "seconds": round(train_seconds, 2), "final": True, "holdout": held}
         )
         atomic_write_json(self.run_folder.eval_path, result)
+        measured = (
+            f"held-out PSNR {held['psnr']:.2f} dB, SSIM {held['ssim']:.4f}"
+            if len(self.hold_x)
+            else "no held-out images"
+        )
         msg = (
-            f"{state} at step {step} ({reason}) after {train_seconds / 60:.1f} min: held-out PSNR {held['psnr']:.2f} "
-            f"dB, SSIM {held['ssim']:.4f}; autoencoder in {self.run_folder.vae_dir}"
+            f"{state} at step {step} ({reason}) after {train_seconds / 60:.1f} min: {measured}; "
+            f"autoencoder in {self.run_folder.vae_dir}"
         )
         self.log(msg, echo=False)
         self.status(state, msg, loss=self.last_loss)

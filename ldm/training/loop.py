@@ -33,7 +33,7 @@ from ldm.config import Config
 from ldm.device import CpuBf16
 from ldm.errors import UserError
 from ldm.run_folder import RunFolder
-from ldm.utils import atomic_dir, atomic_write_json
+from ldm.utils import atomic_dir, atomic_write_json, check_output_folder
 
 CHECKPOINT_FORMAT = 1
 
@@ -109,6 +109,11 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     generator.set_state(state["noise"])
 
 
+def _same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two processes' saved states hold the same stage generator (the stream a step's noise comes from)."""
+    return torch.equal(a["noise"], b["noise"])
+
+
 def make_ema(model: torch.nn.Module, decay: float, warmup: bool = True, power: float = 0.75) -> Any:
     """diffusers' ``EMAModel`` of ``model``'s parameters: ``use_ema_warmup`` decay ``1 - (1 + t) ** -power``, else
     ``(1 + t) / (10 + t)``, both capped at ``decay``; one multi-tensor update per step."""
@@ -152,6 +157,7 @@ class TrainingLoop:
     section = ""  # the config section of the stage's settings (mixed_precision, keep_checkpoints, ...)
     cpu_bf16: CpuBf16 = "kernels"  # what bf16 autocast needs on a CPU to pay for this stage (see ldm.device)
     label = "train"  # progress bar description
+    shared_rng = False  # True: every process has the same random stream, so a resume may change the process count
     weights = ""  # a checkpoint's folder of the raw weights (``save_pretrained``); the EMA's is ``<weights>_ema``
 
     def __init__(
@@ -177,9 +183,18 @@ class TrainingLoop:
         self.should_stop = should_stop or (lambda: False)
         self.progress, self.on_log = progress, on_log
         self.keep_checkpoints = settings.keep_checkpoints
+        from ldm.device import resolve_device
+
+        # a typo or a GPU this machine does not have is an error, not a run on the CPU with another precision;
+        # unset or "auto": CUDA when there is a GPU, else the CPU (training on Apple's MPS only when asked for)
+        flag = "--device" if device else f"{self.section}.device"
         device = device or getattr(settings, "device", None)
+        if device in (None, "", "auto"):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device, flag)
 
         # Refuse before touching anything: a run folder with checkpoints is only continued on request.
+        check_output_folder(self.out)
         self.resume_from: Path | None = None
         if resume is not None:
             self.resume_from = self.run_folder.resolve_resume(resume)
@@ -190,8 +205,8 @@ class TrainingLoop:
 
         from ldm.device import resolve_mixed_precision
 
-        want_cpu = device == "cpu" or (device in (None, "auto") and not torch.cuda.is_available())
-        probe = "cpu" if want_cpu else (device if device not in (None, "auto") else "cuda")
+        want_cpu = device == "cpu"
+        probe = device
         key = f"{self.section}.mixed_precision"
         self.mixed_precision = resolve_mixed_precision(settings.mixed_precision, probe, key, self.cpu_bf16)
         from accelerate.state import AcceleratorState
@@ -443,24 +458,33 @@ class TrainingLoop:
             rng = {"per_process": gather_object([rng_state(self.generator)])}
         final = self.run_folder.checkpoint_dir(self.step_count)
         if self.main:
-            with atomic_dir(final) as tmp:
-                self.raw_model.save_pretrained(tmp / self.weights, safe_serialization=True)
-                if self.ema is not None:
-                    self.ema.save_pretrained(str(tmp / f"{self.weights}_ema"))
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(rng, tmp / "rng.pt")
-                fields = self.save_state(tmp)
-                state = {
-                    "format_version": CHECKPOINT_FORMAT,
-                    "kind": self.kind,
-                    "step": self.step_count,
-                    "elapsed_seconds": self._elapsed(),
-                    "loss": self.last_loss,
-                    "num_processes": self.world,
-                    "mixed_precision": self.mixed_precision,
-                    **fields,
-                }
-                atomic_write_json(RunFolder.checkpoint_state_path(tmp), state)
+            try:
+                with atomic_dir(final) as tmp:
+                    self.raw_model.save_pretrained(tmp / self.weights, safe_serialization=True)
+                    if self.ema is not None:
+                        self.ema.save_pretrained(str(tmp / f"{self.weights}_ema"))
+                    torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                    torch.save(rng, tmp / "rng.pt")
+                    fields = self.save_state(tmp)
+                    state = {
+                        "files": RunFolder.file_sizes(tmp),  # checked before a resume loads them
+                        "format_version": CHECKPOINT_FORMAT,
+                        "kind": self.kind,
+                        "step": self.step_count,
+                        "elapsed_seconds": self._elapsed(),
+                        "loss": self.last_loss,
+                        "num_processes": self.world,
+                        "mixed_precision": self.mixed_precision,
+                        **fields,
+                    }
+                    atomic_write_json(RunFolder.checkpoint_state_path(tmp), state)
+            except OSError as e:  # disk full, permissions: the half-written folder is gone, older ones stay
+                good = self.run_folder.checkpoints()
+                msg = (f"could not write checkpoint {final.name} ({e.strerror or e}); the newest good one is "
+                       f"{good[-1].name if good else 'none'}")  # fmt: skip
+                self.log(msg)
+                self.status("failed", msg, loss=self.last_loss)
+                raise UserError(msg) from None
             self.run_folder.mark_latest(final)
             self.run_folder.prune_checkpoints(self.keep_checkpoints)
         self.acc.wait_for_everyone()
@@ -504,6 +528,8 @@ class TrainingLoop:
         states = torch.load(self.resume_from / "rng.pt", map_location="cpu", weights_only=False)["per_process"]
         if len(states) == self.world:
             set_rng_state(states[self.acc.process_index], self.generator)
+        elif self.shared_rng and all(_same_state(s, states[0]) for s in states):
+            set_rng_state(states[0], self.generator)  # the stream all of them shared: any process count continues it
         else:
             self.log(
                 f"warning: the checkpoint was written by {len(states)} process(es), this run has {self.world}; "

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldm.config import Config, TrainingConfig, to_dict
+from ldm.config import Config, DiffusionConfig, TrainingConfig, to_dict
 from ldm.errors import UserError
 from ldm.figures import labelled_grid, plot_loss
 from ldm.run_folder import save_png
@@ -78,14 +78,23 @@ def step_horizon(tc: TrainingConfig, num_latents: int, latents_per_step: int) ->
 
 def check_training_config(tc: TrainingConfig) -> None:
     """Raise UserError for settings that cannot train (naming the key and what is accepted)."""
+    for key in (
+        "max_steps",
+        "epochs",
+        "max_minutes",
+        "warmup_steps",
+        "log_every",
+        "sample_every",
+        "eval_every",
+        "checkpoint_every",
+    ):
+        if getattr(tc, key) < 0:
+            raise UserError(f"training.{key} must be >= 0, got {getattr(tc, key)}")
     if tc.max_steps <= 0 and tc.epochs <= 0 and tc.max_minutes <= 0:
         raise UserError(
             "nothing says when to stop: set training.max_steps, training.epochs or training.max_minutes "
             "(or --max-steps / --epochs / --max-minutes); the first one reached ends the run"
         )
-    for key in ("max_steps", "epochs", "warmup_steps", "log_every", "sample_every", "eval_every", "checkpoint_every"):
-        if getattr(tc, key) < 0:
-            raise UserError(f"training.{key} must be >= 0, got {getattr(tc, key)}")
     if tc.batch_size < 1 or tc.gradient_accumulation_steps < 1:
         raise UserError("training.batch_size and training.gradient_accumulation_steps must be >= 1")
     if tc.learning_rate <= 0:
@@ -96,6 +105,19 @@ def check_training_config(tc: TrainingConfig) -> None:
         raise UserError(f"training.eval_num_samples must be >= 2 when eval_every is set, got {tc.eval_num_samples}")
     if tc.max_grad_norm < 0:
         raise UserError(f"training.max_grad_norm must be >= 0 (0 = no clipping), got {tc.max_grad_norm}")
+
+
+def check_diffusion_config(dc: DiffusionConfig) -> None:
+    """Raise UserError for objective settings out of range (naming the key and what is accepted)."""
+    if not 0.0 <= dc.label_dropout < 1.0:
+        raise UserError(
+            f"diffusion.label_dropout must be in [0, 1) (the share of null-class labels; 0.1 is usual), got "
+            f"{dc.label_dropout}"
+        )
+    if dc.snr_gamma is not None and dc.snr_gamma <= 0:
+        raise UserError(f"diffusion.snr_gamma must be > 0 (5 is usual) or null (no weighting), got {dc.snr_gamma}")
+    if dc.huber_delta <= 0:
+        raise UserError(f"diffusion.huber_delta must be > 0, got {dc.huber_delta}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -116,6 +138,7 @@ class Trainer(TrainingLoop):
     kind = "diffusion"
     section = "training"
     weights = "unet"
+    shared_rng = True  # every process has the same random stream (see setup)
     divergence_hint = (
         "Try a lower training.learning_rate, training.max_grad_norm=1, or training.mixed_precision=no, then"
     )
@@ -123,6 +146,7 @@ class Trainer(TrainingLoop):
     def check_config(self) -> None:
         self.tc = self.cfg.training
         check_training_config(self.tc)
+        check_diffusion_config(self.cfg.diffusion)
 
     def load_source(self, latents: Path) -> None:
         from ldm.data.latents import load_latent_cache
@@ -184,12 +208,12 @@ class Trainer(TrainingLoop):
         if self.ema is not None:
             self.ema.to(self.device)
 
-        # The noise generator lives on the training device; every process has its own seed and saved state.
-        rank = self.acc.process_index
-        self.generator = torch.Generator(device=self.device).manual_seed(tc.seed * 7919 + 1 + rank)
+        # The noise generator lives on the training device. One random stream, the same on every process: each draws
+        # for the global batch and keeps its slice, so N processes train as one process with the global batch does.
+        self.generator = torch.Generator(device=self.device).manual_seed(tc.seed * 7919 + 1)
         if self.resume_from is not None:
             self.load_optimizer(self.optimizer)
-            self.restore_rng(lambda: self.generator.manual_seed(tc.seed * 7919 + 1 + rank + 104_729 * self.step_count))
+            self.restore_rng(lambda: self.generator.manual_seed(tc.seed * 7919 + 1 + 104_729 * self.step_count))
 
         self.latents = self.cache.latents.to(self.device)
         self.labels = self.cache.labels.to(self.device)
@@ -216,6 +240,13 @@ class Trainer(TrainingLoop):
             raise UserError(
                 f"cannot resume from {ckpt}: latent shape {state.get('latent_shape')} != cache {self.latent_shape}"
             )
+        trained_on, cache_ae = state.get("autoencoder_hash"), self.cache.manifest.autoencoder.content_hash
+        if trained_on and cache_ae and trained_on != cache_ae:
+            raise UserError(
+                f"cannot resume from {ckpt}: it was trained on latents of another autoencoder (hash "
+                f"{trained_on[:12]}) than the one that made the cache {self.latents_path} ({cache_ae[:12]}); "
+                f"resume on the run's own cache ({state.get('latents')}) or start a new run on this one"
+            )
         if state.get("unet") != to_dict(self.cfg.unet):
             raise UserError(
                 f"cannot resume from {ckpt}: its unet config {state.get('unet')} differs from this config's "
@@ -237,6 +268,9 @@ class Trainer(TrainingLoop):
             "classes": self.classes,
             "latent_shape": list(self.latent_shape),
             "latents": str(self.latents_path.resolve()),
+            # the autoencoder whose latents the model learned: resuming on another one's would pair the model with
+            # a decoder it never saw (the exported pipeline takes the cache's autoencoder)
+            "autoencoder_hash": self.cache.manifest.autoencoder.content_hash,
             "unet": to_dict(self.cfg.unet),
         }
 
@@ -264,15 +298,17 @@ class Trainer(TrainingLoop):
             idx = self.stream.next(bs * self.world)[rank * bs : (rank + 1) * bs].to(self.device)
             x, y = self.latents[idx], self.labels[idx]
             if self.mirrored is not None:  # training.hflip: the mirrored image's latent, half of the time
-                mirror = torch.rand(len(x), generator=self.generator, device=self.device) < 0.5
+                draws = torch.rand(bs * self.world, generator=self.generator, device=self.device)
+                mirror = draws[rank * bs : (rank + 1) * bs] < 0.5
                 x = torch.where(mirror[:, None, None, None], self.mirrored[idx], x)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             last = micro == tc.gradient_accumulation_steps - 1
             with self.acc.no_sync(self.unet) if not last else contextlib.nullcontext(), self.acc.autocast():
                 loss = diffusion_loss(
-                    self.unet, self.scheduler, x, y, self.cfg.diffusion, self.null_class_id, self.generator
-                )
+                    self.unet, self.scheduler, x, y, self.cfg.diffusion, self.null_class_id, self.generator,
+                    world=self.world, rank=rank,
+                )  # fmt: skip
             self.acc.backward(loss / tc.gradient_accumulation_steps)
             total += loss.detach().float()
         mean_loss = float(self.acc.reduce(total / tc.gradient_accumulation_steps, "mean"))
@@ -350,7 +386,7 @@ class Trainer(TrainingLoop):
             self.log_window(force_plot=at_end)
         if tc.sample_every > 0 and self.step_count % tc.sample_every == 0 and not at_end:
             self.save_samples()
-        if self.evaluator is not None and self.step_count % tc.eval_every == 0:
+        if tc.eval_every > 0 and self.step_count % tc.eval_every == 0:
             self.evaluate()
         if tc.checkpoint_every > 0 and self.step_count % tc.checkpoint_every == 0 and not at_end:
             self.checkpoint_and_export()
@@ -396,9 +432,17 @@ class Trainer(TrainingLoop):
         self.acc.wait_for_everyone()
 
     def evaluate(self) -> None:
+        """The quick evaluation (main process); every process waits for it with its clock paused, so that all of
+        them keep the same training time (the others would otherwise reach max_minutes first)."""
+        t_eval = time.monotonic()
+        if self.evaluator is not None:
+            self._evaluate_and_log()
+        self.acc.wait_for_everyone()
+        self.t0 += time.monotonic() - t_eval  # the time budget is for training
+
+    def _evaluate_and_log(self) -> None:
         from ldm.figures import plot_eval_metrics
 
-        t_eval = time.monotonic()
         row = self.quick_eval()
         self.run_folder.append_metrics(row)
         self.records.append(row)
@@ -408,7 +452,6 @@ class Trainer(TrainingLoop):
             f"accuracy {row['eval_class_accuracy']:.2f} ({row['eval_num_samples']} samples, "
             f"{row['eval_seconds']:.0f} s, not counted in max_minutes) -> {self.run_folder.eval_plot_path.name}"
         )
-        self.t0 += time.monotonic() - t_eval  # the time budget is for training
 
     def checkpoint_and_export(self) -> None:
         self.save_checkpoint()
