@@ -47,13 +47,14 @@ class Family:
     name: str
     steps: int
     guidance_scale: float
+    size: int  # the side its models are trained at (used when a model's own config cannot be read)
     max_steps: int | None = None  # distilled few-step models: more steps do not help (and can hurt)
 
 
 FAMILIES = {
-    "sd": Family("Stable Diffusion 1.x/2.x", steps=25, guidance_scale=7.5),
-    "sdxl": Family("SDXL / SSD-1B", steps=25, guidance_scale=7.0),
-    "turbo": Family("SDXL-Turbo (adversarially distilled: 1-4 steps, no guidance)", 1, 0.0, max_steps=4),
+    "sd": Family("Stable Diffusion 1.x/2.x", steps=25, guidance_scale=7.5, size=512),
+    "sdxl": Family("SDXL / SSD-1B", steps=25, guidance_scale=7.0, size=1024),
+    "turbo": Family("SDXL-Turbo (adversarially distilled: 1-4 steps, no guidance)", 1, 0.0, 512, max_steps=4),
 }
 
 
@@ -64,6 +65,27 @@ def family_of(pipeline_class: str, source: str) -> Family:
     if "XL" in pipeline_class:
         return FAMILIES["sdxl"]
     return FAMILIES["sd"]
+
+
+def defaults_for(source: str) -> tuple[Family, int]:
+    """The family and default image side of a model, read from its configs without loading any weights (a folder,
+    or a hub id in the local cache); from its name, with the family's usual side, when the configs are not here."""
+    source = PRESETS.get(source.strip(), source.strip())
+    folder = Path(source).expanduser()
+    try:
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(source, local_files_only=True))
+        index = json.loads((folder / "model_index.json").read_text())
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        return family_of(index.get("_class_name", ""), source), side
+    except Exception:  # noqa: BLE001 - not here (not cached, not a folder, no configs): judge by the name
+        name = source.lower()
+        family = family_of("XL" if ("xl" in name or "ssd" in name) else "", source)
+        return family, family.size
 
 
 @dataclass

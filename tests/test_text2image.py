@@ -96,6 +96,8 @@ def test_the_app_tab_generates_and_reports_a_missing_model(sd, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(sd, ws / "models" / "tiny-sd")
     app = LdmApp(ws, device="cpu")
+    assert app.text2image.defaults("models/tiny-sd") == [32, 32, 25, 7.5]  # its own size, SD 1.x's steps, guidance
+    assert app.text2image.defaults("SDXL-Turbo") == [512, 512, 1, 0.0]  # not here: by its name
     gallery, files, params, message, seed = app.text2image.generate(
         "models/tiny-sd", "a red square", "", 3, False, 32, 48, 2, 4.0, 2, "", 1.0, progress=lambda *a, **k: None
     )

@@ -64,6 +64,16 @@ class Text2ImageState:
             set_lora_scale(self._model, lora_scale)
         return self._model
 
+    def defaults(self, model: str | None) -> list[Any]:
+        """Width, height, steps and guidance boxes filled with the picked model's defaults (nothing is loaded)."""
+        from ldm.text2image import defaults_for
+
+        try:
+            family, side = defaults_for(self._source(model, "model"))
+        except UserError:
+            return [gr.update()] * 4
+        return [side, side, family.steps, family.guidance_scale]
+
     def generate(
         self,
         model: str | None,
@@ -136,12 +146,14 @@ def text2image_tab(state: Text2ImageState) -> None:
     """The tab's components and their wiring."""
     from ldm.text2image import PRESETS
 
+    first = next(iter(PRESETS))
+    side, _, first_steps, first_guidance = state.defaults(first)
     with gr.Row(elem_classes="ldm-stack"):
         with gr.Column(scale=2, min_width=280):
             model = gr.Dropdown(
                 label="Model",
-                choices=list(PRESETS),
-                value=next(iter(PRESETS)),
+                choices=[*PRESETS, *(state.ws.rel(p) for p in state.ws.discover().text2image)],
+                value=first,
                 allow_custom_value=True,
                 info="A preset, a hub id (from the local cache) or a pipeline folder inside the workspace",
                 elem_id="ldm-t2i-model",
@@ -156,15 +168,14 @@ def text2image_tab(state: Text2ImageState) -> None:
                 randomize = gr.Checkbox(label="Random seed", value=False)
                 num_images = gr.Slider(1, 8, value=1, step=1, label="Images")
             with gr.Row():
-                width = gr.Number(
-                    label="Width", value=None, precision=0, info="empty: the model's", elem_id="ldm-t2i-w"
-                )
-                height = gr.Number(label="Height", value=None, precision=0, info="empty: the model's",
-                                   elem_id="ldm-t2i-h")  # fmt: skip
+                size = dict(value=side, precision=0, info="the model's own when picked")
+                width = gr.Number(label="Width", elem_id="ldm-t2i-w", **size)
+                height = gr.Number(label="Height", elem_id="ldm-t2i-h", **size)
             with gr.Row():
-                steps = gr.Number(label="Steps", value=None, precision=0, info="empty: the family's (Turbo 1, XL 25)",
+                steps = gr.Number(label="Steps", value=first_steps, precision=0, info="Turbo 1-4, SD/XL ~25",
                                   elem_id="ldm-t2i-steps")  # fmt: skip
-                guidance = gr.Number(label="Guidance", value=None, info="empty: the family's (Turbo 0, XL 7)")
+                guidance = gr.Number(label="Guidance", value=first_guidance, info="Turbo 0, SD/XL ~7",
+                                     elem_id="ldm-t2i-guidance")  # fmt: skip
             with gr.Row():
                 lora = gr.Textbox(label="LoRA weights", placeholder="loras/my-style", info=NO_LORA_HELP)
                 lora_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA scale")
@@ -175,7 +186,7 @@ def text2image_tab(state: Text2ImageState) -> None:
                                  elem_id="ldm-t2i-gallery")  # fmt: skip
             files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple")
             params = gr.Code(label="Parameters", language="json", wrap_lines=True, elem_id="ldm-t2i-params")
-    # guidance stays None when the box is empty: gr.Number gives None then
+    model.change(state.defaults, model, [width, height, steps, guidance], api_name="text2image_defaults")
     go.click(
         state.generate,
         [model, prompt, negative, seed, randomize, width, height, steps, guidance, num_images, lora, lora_scale],

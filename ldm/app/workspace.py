@@ -60,6 +60,7 @@ class Discovery:
     vae_runs: list[Path] = field(default_factory=list)  # ldm train-vae run folders (vae/config.json)
     autoencoders: list[Path] = field(default_factory=list)  # standalone diffusers autoencoder folders
     pipelines: list[Path] = field(default_factory=list)  # exported pipeline folders outside run folders
+    text2image: list[Path] = field(default_factory=list)  # other diffusers pipelines (for the Text to image tab)
 
 
 def read_json(path: Path) -> Any:
@@ -210,7 +211,9 @@ class Workspace:
             names = {p.name for p in d.iterdir()} if depth else set()
             if depth:
                 if "model_index.json" in names:
-                    found.pipelines.append(d)
+                    index = read_json(d / "model_index.json") or {}
+                    ours = index.get("_class_name") == "ClassConditionalLatentDiffusionPipeline"
+                    (found.pipelines if ours else found.text2image).append(d)
                     return
                 if MANIFEST in names:
                     found.caches.append(d)
