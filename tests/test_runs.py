@@ -239,6 +239,7 @@ WHOLE = {*FILE_NAMES, *FOLDER_NAMES, RunFolder.VAE}
 # (module, string): where a string that looks like the layout is something else
 ALLOWED = {
     ("ldm/commands/quickstart.py", RunFolder.SAMPLES),  # `--out samples/` in a printed example: a user folder
+    ("ldm/text2image.py", RunFolder.VAE),  # a diffusers pipeline's own vae/ subfolder, not a run folder's
 }
 
 
