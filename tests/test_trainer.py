@@ -450,6 +450,19 @@ def test_two_processes_train_as_one_with_the_global_batch_and_resume_across_proc
         assert losses(resumed) == pytest.approx(after_3, rel=1e-4)
 
 
+def test_every_process_pauses_its_clock_while_the_main_one_evaluates(cache, tmp_path, monkeypatch):
+    """training.eval_every: the main process evaluates while the others wait at a barrier; all of them take that
+    time off their clock, so none reaches max_minutes early (a process without the evaluator, as the others are)."""
+    import time
+
+    trainer = _trainer(cache, tmp_path / "run", "training.mixed_precision=no")
+    assert trainer.evaluator is None  # as on every process but the main one
+    monkeypatch.setattr(trainer.acc, "wait_for_everyone", lambda: time.sleep(0.3))  # the main one evaluating
+    before = trainer._elapsed()
+    trainer.evaluate()
+    assert trainer._elapsed() - before < 0.1  # the 0.3 s of waiting is not training time
+
+
 def test_loss_png_redraws_are_throttled_but_the_last_is_forced(tmp_path, monkeypatch):
     """loss.png is redrawn at most once per max(10 s, 30x a draw's cost) (a redraw costs 0.3-0.4 s on 2 cores), so
     plotting stays a few percent of a run even with log_every=1; the forced draw at the end always happens."""
