@@ -22,7 +22,7 @@ import dataclasses
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,6 @@ class Text2ImageModel:
     lora: dict[str, Any] | None = None  # {"source", "folder", "hash", "scale"}
     default_size: int = 512
     down_factor: int = 8
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -362,8 +361,9 @@ def slug(text: str, limit: int = 40) -> str:
 
 def generate_to_folder(
     model: Text2ImageModel, request: T2IRequest, out: str | Path, on_step: Callable[[int, int], None] | None = None
-) -> list[Path]:
-    """:func:`generate`, written as ``<prompt>-seed<S>.png`` files carrying their records into ``out``."""
+) -> list[tuple[Path, dict[str, Any]]]:
+    """:func:`generate`, written as ``<prompt>-seed<S>.png`` files carrying their records into ``out``: (path, record)
+    per image."""
     from ldm.diffusion.sample_files import save_png_with_parameters
     from ldm.utils import check_output_folder
 
@@ -371,7 +371,7 @@ def generate_to_folder(
     images, records = generate(model, request, on_step)
     out.mkdir(parents=True, exist_ok=True)
     return [
-        save_png_with_parameters(img, out / f"{slug(rec['prompt'])}-seed{rec['seed']}.png", rec)
+        (save_png_with_parameters(img, out / f"{slug(rec['prompt'])}-seed{rec['seed']}.png", rec), rec)
         for img, rec in zip(images, records)
     ]
 

@@ -121,13 +121,12 @@ class Text2ImageState:
             m = self.model(source, lora_source, float(lora_scale if lora_scale is not None else 1.0))
             folder = self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-t2i-{slugify(request.prompt[:30])}-seed{seed}"
             t0 = time.perf_counter()
-            files = generate_to_folder(
+            written = generate_to_folder(
                 m, request, folder, on_step=lambda done, total: progress(done / total, desc=f"step {done}/{total}")
             )
             seconds = time.perf_counter() - t0
-        from ldm.diffusion.sample_files import read_parameters
-
-        records = [read_parameters(f) for f in files]
+        files = [path for path, _ in written]
+        records = [record for _, record in written]  # the parameters each PNG carries
         first = records[0]
         params = {k: first[k] for k in ("prompt", "negative_prompt", "width", "height", "num_inference_steps",
                                          "guidance_scale", "scheduler", "model", "lora")}  # fmt: skip

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance_scale,
     )
     model = load_text2image(args.model, device=args.device, lora=args.lora, lora_scale=args.lora_scale)
-    for path in generate_to_folder(model, request, args.out):
+    for path, _ in generate_to_folder(model, request, args.out):
         print(path)
     return 0
 
