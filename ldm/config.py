@@ -141,6 +141,7 @@ class TrainingConfig:
     )
     log_every: int = 10  # steps between metrics.jsonl lines
     sample_every: int = 500  # steps between sample grids (0 = only at the end)
+    sample_minutes: float = 2.0  # also a grid when this many minutes of training passed since the last (0 = off)
     sample_scheduler: Literal[SCHEDULER_NAMES] = "dpm++"  # grid sampler
     sample_num_inference_steps: int = 20  # denoising steps of the grids (cheap: they are a progress view)
     sample_guidance_scale: float = 3.0  # guidance scale of the grids (1 = off)

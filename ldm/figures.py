@@ -162,35 +162,57 @@ def snapshot_figure(
     image_index: int | Sequence[int] = 0,
     labels: Sequence[str] | None = None,
     title: str | None = None,
-    cell_inches: float = 1.2,
+    cell_inches: float = 1.0,
     dpi: int = 100,
+    max_columns: int = 6,
 ) -> Image.Image:
     """Figure of the denoising snapshots of one or more images: per image, a row of decoded noisy latents and below
-    it a row of predicted clean images (x0), one column per snapshot timestep (titled with it). Returns PIL RGB.
+    it a row of predicted clean images (x0), one column per snapshot timestep (titled with it), wrapped onto further
+    row pairs after ``max_columns`` columns; each image under its own heading (``labels``). Returns PIL RGB.
+
+    Laid out to stay legible when shown small (the app shows it about 370 px wide on a phone): few columns, text
+    sized against the cells rather than fixed, short row labels, and the title wrapped to the figure's width.
 
     ``snapshots``: a :class:`ldm.diffusion.pipeline.Snapshots` (``timesteps``, and ``noisy`` / ``pred_x0`` float
     tensors ``(S, B, C, H, W)`` in [-1, 1]); ``image_index`` indexes its B images.
     """
+    import textwrap
+
     from PIL import Image
 
     idxs = [image_index] if isinstance(image_index, int) else list(image_index)
     s = len(snapshots.timesteps)
-    rows = 2 * len(idxs)
-    fig = _new_figure(figsize=(cell_inches * s + 1.2, cell_inches * rows + 0.6), dpi=dpi)
-    axes = fig.subplots(rows, s, squeeze=False)
-    for r, k in enumerate(idxs):
-        name = labels[r] if labels is not None and r < len(labels) else None
-        for j in range(s):
-            for row, (tensor, kind) in enumerate(((snapshots.noisy, "noisy"), (snapshots.pred_x0, "predicted x0"))):
-                ax = axes[2 * r + row][j]
-                _show(ax, tensor[j, k])
-                if 2 * r + row == 0:
-                    ax.set_title(f"t={snapshots.timesteps[j]}", fontsize=8)
-                if j == 0:
-                    ax.set_ylabel(f"{name}\n{kind}" if name else kind, fontsize=7)
+    cols = max(1, min(s, max_columns))
+    lines = math.ceil(s / cols)  # row pairs (noisy, x0) per image
+    font = 14 * cell_inches  # points: a seventh of a cell, about 11 px on screen at 6 columns in 370 px
+    text_h = 1.5 * font / 72  # inches taken by one line of text
+    names = [labels[r] if labels is not None and r < len(labels) else None for r in range(len(idxs))]
+    width = cols * cell_inches + text_h + 0.15
+    block = [lines * (2 * cell_inches + text_h) + (text_h if name else 0.0) for name in names]
+    title_lines = []
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        title_lines = textwrap.wrap(title, width=max(16, int(width * 72 / (0.6 * font))))
+    height = sum(block) + len(title_lines) * text_h + 0.1
+    fig = _new_figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    subfigs = fig.subfigures(len(idxs), 1, squeeze=False, height_ratios=block)[:, 0]
+    for subfig, k, name in zip(subfigs, idxs, names):
+        axes = subfig.subplots(2 * lines, cols, squeeze=False)
+        for ax in axes.flat:
+            ax.set_axis_off()  # the last row pair may have empty cells
+        for j in range(s):
+            line, col = divmod(j, cols)
+            for row, (tensor, kind) in enumerate(((snapshots.noisy, "noisy"), (snapshots.pred_x0, "pred. x0"))):
+                ax = axes[2 * line + row][col]
+                ax.set_axis_on()
+                _show(ax, tensor[j, k])
+                if row == 0:
+                    ax.set_title(f"t={snapshots.timesteps[j]}", fontsize=font, pad=2)
+                if col == 0:
+                    ax.set_ylabel(kind, fontsize=0.85 * font, labelpad=2)
+        if name:
+            subfig.suptitle(name, fontsize=font, fontweight="bold")
+    if title_lines:
+        fig.suptitle("\n".join(title_lines), fontsize=font)
     return Image.open(io.BytesIO(_png(fig))).convert("RGB")
 
 

@@ -40,7 +40,28 @@ from pathlib import Path
 from typing import Any
 
 from ldm.errors import UserError
-from ldm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ldm.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, recorded_path, resolve_recorded
+
+# keys whose values are local paths in inputs.json and checkpoint state files: written relative to the run folder
+# inside a workspace (:func:`ldm.utils.recorded_path`), read back absolute, so a moved workspace keeps its runs
+PATH_KEYS = frozenset({"path", "data_dir", "source", "folder", "latents"})
+
+
+def portable_paths(obj: Any, base: Path, writing: bool) -> Any:
+    """``obj`` with the path values under :data:`PATH_KEYS` (at any depth) recorded for a file in ``base``
+    (``writing``) or resolved back to absolute paths (reading); a hub id or any other value stays as it is."""
+    if isinstance(obj, list):
+        return [portable_paths(v, base, writing) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for k, v in obj.items():
+        if k in PATH_KEYS and isinstance(v, str):
+            out[k] = (recorded_path(v, base) if Path(v).is_absolute() else v) if writing else resolve_recorded(v, base)
+        else:
+            out[k] = portable_paths(v, base, writing)
+    return out
+
 
 STATES = ("running", "finished", "stopped", "failed")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -305,12 +326,12 @@ class RunFolder:
 
     def write_inputs(self, inputs: dict[str, Any]) -> None:
         """Record what the run is trained on (``inputs.json``), before the first step."""
-        atomic_write_json(self.inputs_path, inputs)
+        atomic_write_json(self.inputs_path, portable_paths(inputs, self.path, writing=True))
 
     def read_inputs(self) -> dict[str, Any] | None:
         """The recorded inputs, or None (a run from before they were recorded, or not started)."""
         found = _read_json(self.inputs_path)
-        return found if isinstance(found, dict) else None
+        return portable_paths(found, self.path, writing=False) if isinstance(found, dict) else None
 
     # -- status, metrics, log -----------------------------------------------------------------------------------------
 
@@ -397,8 +418,16 @@ class RunFolder:
 
     @classmethod
     def read_checkpoint_state(cls, ckpt: str | Path) -> dict[str, Any]:
-        """The ``state.json`` of a checkpoint (OSError / ValueError when it is missing or broken)."""
-        return json.loads(cls.checkpoint_state_path(ckpt).read_text())
+        """The ``state.json`` of a checkpoint (OSError / ValueError when it is missing or broken), its recorded paths
+        absolute (see :func:`portable_paths`; they are relative to the checkpoint's run folder)."""
+        state = json.loads(cls.checkpoint_state_path(ckpt).read_text())
+        return portable_paths(state, cls.of_checkpoint(ckpt).path, writing=False) if isinstance(state, dict) else state
+
+    @classmethod
+    def write_checkpoint_state(cls, ckpt: str | Path, run: str | Path, state: dict[str, Any]) -> None:
+        """Write a checkpoint's ``state.json`` (its presence marks the checkpoint complete: write it last); ``run``
+        is the run folder the checkpoint will live in (its recorded paths are relative to it)."""
+        atomic_write_json(cls.checkpoint_state_path(ckpt), portable_paths(state, Path(run), writing=True))
 
     @staticmethod
     def file_sizes(folder: str | Path) -> dict[str, int]:

@@ -128,6 +128,45 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# paths recorded in files: portable workspaces
+
+WORKSPACE_MARKER = ".ldm-app"  # a folder holding this one is a workspace (the app and `ldm quickstart` make it)
+
+
+def workspace_of(folder: str | Path) -> Path | None:
+    """The workspace ``folder`` belongs to: the nearest folder at or above it that holds ``.ldm-app/``, else the
+    current folder when ``folder`` lies inside it (``ldm train --out runs/x`` run from a project folder)."""
+    folder = Path(folder).resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / WORKSPACE_MARKER).is_dir():
+            return candidate
+    cwd = Path.cwd().resolve()
+    if cwd != Path(cwd.anchor) and folder.is_relative_to(cwd):
+        return cwd
+    return None
+
+
+def recorded_path(target: str | Path, base: str | Path) -> str:
+    """How a file in folder ``base`` records the local path ``target``: relative to ``base`` ("./..." or "../...")
+    when both lie inside base's workspace, so a moved or copied workspace keeps working; absolute otherwise (data
+    outside the workspace stays where it is)."""
+    target, base = Path(target).resolve(), Path(base).resolve()
+    ws = workspace_of(base)
+    if ws is None or not target.is_relative_to(ws):
+        return str(target)
+    rel = Path(os.path.relpath(target, base)).as_posix()
+    return rel if rel.startswith("..") else f"./{rel}"
+
+
+def resolve_recorded(text: str | None, base: str | Path) -> str | None:
+    """The absolute path of a path :func:`recorded_path` wrote into a file in ``base`` ("./..." and "../..." are
+    taken from ``base``); anything else (an absolute path, a hub id, None) is returned as it is."""
+    if isinstance(text, str) and (text.startswith("./") or text.startswith("../") or text in (".", "..")):
+        return str((Path(base) / text).resolve())
+    return text
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

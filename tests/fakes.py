@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +55,9 @@ def write_tiny_latent_cache(vae_dir: Path, cache: Path, classes: list[str]) -> P
         "scaling_factor": 1.0,
         "files": files,
     }
-    (cache / "manifest.json").write_text(json.dumps(manifest))
+    from ldm.data.manifest import Manifest
+
+    Manifest.from_dict(manifest).save(cache)  # as prepare writes it: paths inside a workspace relative to the cache
     return cache
 
 

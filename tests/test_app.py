@@ -76,9 +76,12 @@ def test_resolve_accepts_inside_and_refuses_outside(tmp_path):
     for bad in ("../secret", str(outside), "/etc", "data/../../secret", "~"):
         with pytest.raises(UserError, match="outside the workspace"):
             ws.resolve(bad)
-    (ws.root / "link").symlink_to(outside)  # a symlink inside pointing out is refused too
-    with pytest.raises(UserError, match="outside the workspace"):
+    (ws.root / "link").symlink_to(outside)  # a symlink inside pointing out is refused too, and the message says so
+    with pytest.raises(UserError, match="through the symlink link.*symlink inside it that points outside is refused"):
         ws.resolve("link")
+    with pytest.raises(UserError) as refused:
+        ws.resolve("../secret")
+    assert "link the data" not in str(refused.value) and "copy the folder into the workspace" in str(refused.value)
     with pytest.raises(UserError, match="no path given"):
         ws.resolve("  ")
     with pytest.raises(UserError, match="does not exist"):
@@ -188,7 +191,11 @@ def test_training_tab_controls_are_tied_to_settings_by_name(tmp_path):
     handlers = {f.api_name: f for f in build_app(tmp_path).fns.values()}
     controls = handlers["start_training"].inputs
     assert [c.label for c in controls] == list(TRAINING_CONTROLS.values())
-    assert [c.value for c in controls] == TrainSettings().values()  # each control shows its own field's default
+    from ldm.app.recipes import default_settings
+
+    # each control shows its own field's value of the default recipe (demo: measured, unlike TrainSettings())
+    assert [c.value for c in controls] == default_settings().values()
+    assert default_settings().extra and default_settings().learning_rate == 2e-3
     assert handlers["save_settings"].inputs[1:] == controls
     assert handlers["load_settings"].outputs[:-1] == controls
     assert handlers["load"].outputs[7 : 7 + len(controls)] == controls  # refilled after a page reload
@@ -283,26 +290,32 @@ def test_planned_commands_are_accepted_by_the_real_cli(tmp_path):
     assert not (tmp_path / "runs" / "r" / "checkpoints").exists()
 
 
-def test_resume_plan(tmp_path):
-    from ldm.app.settings import plan_resume
+def test_resume_plan_finishes_the_budget_or_continues_for_more(tmp_path):
+    from ldm.app.settings import plan_resume_run
 
     ws = Workspace(tmp_path)
-    run = tmp_path / "runs" / "r"
-    job = {"run": str(run), "info": {"latents": str(tmp_path), "overrides": ["unet.preset=tiny"]}}
+    run, cache = tmp_path / "runs" / "r", tmp_path / "data" / "latents" / "c"
     with pytest.raises(UserError, match="does not exist"):
-        plan_resume(ws, job)
+        plan_resume_run(ws, "runs/r")
     run.mkdir(parents=True)
     with pytest.raises(UserError, match="no checkpoint yet"):
-        plan_resume(ws, job)
-    (run / "checkpoints" / "step-000004").mkdir(parents=True)
-    (run / "checkpoints" / "step-000004" / "state.json").write_text(json.dumps({"latents": "/elsewhere"}))
-    plan = plan_resume(ws, job)
-    assert plan.phases[0].argv[-3:] == ["--resume", "latest", "unet.preset=tiny"]
-    assert plan.latents == tmp_path  # the job's own latents win over the checkpoint's record
-    with pytest.raises(UserError, match="nothing to resume.*Runs tab"):
-        plan_resume(ws, None)
+        plan_resume_run(ws, "runs/r")
+    cache.mkdir(parents=True)
+    ckpt = run / "checkpoints" / "step-000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text(json.dumps({"latents": "../../data/latents/c"}))  # as a workspace records it
+    info = {"latents": "data/latents/elsewhere", "settings": {"processes": 1}}
+    plan = plan_resume_run(ws, "runs/r", info)
+    argv = plan.phases[0].argv
+    # paths relative to the workspace (the worker runs in it); the checkpoint's own record wins over the job's
+    assert argv[argv.index("--latents") + 1] == "data/latents/c" and argv[argv.index("--out") + 1] == "runs/r"
+    assert argv[-2:] == ["--resume", "latest"] and plan.latents == cache
+    more = plan_resume_run(ws, "runs/r", info, more={"max_minutes": 2.5, "max_steps": 0}).phases[0].argv
+    assert more[-4:] == ["--resume", "latest", "--max-minutes", "2.5"]
+    with pytest.raises(UserError, match="Max minutes or Max steps"):
+        plan_resume_run(ws, "runs/r", info, more={"max_minutes": 0, "max_steps": 0})
     with pytest.raises(UserError, match="outside the workspace"):
-        plan_resume(ws, {**job, "run": "/etc"})
+        plan_resume_run(ws, "/etc")
 
 
 def test_resume_plan_for_a_run_not_started_by_the_app(tmp_path):
@@ -319,8 +332,8 @@ def test_resume_plan_for_a_run_not_started_by_the_app(tmp_path):
     cache.mkdir(parents=True)
     plan = plan_resume_run(ws, "runs/cli")
     argv = plan.phases[0].argv
-    assert argv[argv.index("--latents") + 1] == str(cache) and argv[-2:] == ["--resume", "latest"]
-    assert plan.info["latents"] == str(cache)
+    assert argv[argv.index("--latents") + 1] == "data/latents/c" and argv[-2:] == ["--resume", "latest"]
+    assert plan.info["latents"] == "data/latents/c"
     state.write_text(json.dumps({"latents": "/etc"}))
     with pytest.raises(UserError, match="outside the workspace"):
         plan_resume_run(ws, "runs/cli")
@@ -358,9 +371,9 @@ def test_autoencoder_runs_are_listed_and_resumed_with_train_vae(tmp_path):
     assert argv[argv.index("train-vae") :] == [
         "train-vae",
         "--data",
-        str(data),
+        "data/faces",
         "--out",
-        str(run),
+        "runs/faces-vae",
         "--resume",
         "latest",
     ]
@@ -394,7 +407,7 @@ def test_runs_tab_resumes_a_stopped_cli_run(tmp_path):
     assert stopped.state == "stopped" and stopped.step == 1
     app = LdmApp(tmp_path)
     message, timer, tabs, runs_message = app.resume_run(str(run))
-    assert "Resumed **runs/cli**" in message and runs_message == message
+    assert "Resuming **runs/cli**" in message and runs_message == message
     assert tabs.selected == "training"
     job = app.jobs.wait(180)
     assert job["state"] == "finished", (run / "app-job.log").read_text()
@@ -421,7 +434,7 @@ def test_no_model_message(tmp_path):
 def test_unknown_class_message(model_ws):
     app = LdmApp(model_ws, device="cpu")
     model = str(model_ws / "runs" / "tiny")
-    out = app.generate(model, "smiling", "smilling", 2, "dpm++", 3, 3.0, None, 0, False)
+    out = app.generate(model, "smilling", "", 2, "dpm++", 3, 3.0, None, 0, False)
     assert out[0] == [] and "unknown class 'smilling'" in out[4] and "smiling" in out[4]
     out = app.generate(model, "smiling", "", 2, "dpm++", 3, 3.0, "grumpy", 0, False)
     assert "unknown class 'grumpy'" in out[4]
@@ -440,8 +453,8 @@ def test_generate_images_files_and_parameters(model_ws):
     seen = []
     gallery, fig, files, params, message, seed = app.generate(
         model,
+        " Sleepy ",  # the Class box (typed: case and spaces do not matter) wins over the API's class_text
         "frowning",
-        " Sleepy ",
         2,
         "ddim",
         4,
@@ -459,10 +472,10 @@ def test_generate_images_files_and_parameters(model_ws):
     assert img.size == (8, 8)
     embedded = read_parameters(files[0])  # the PNG carries its recipe
     assert embedded["class"] == "sleepy" and embedded["seed"] == 123 and embedded["negative_class"] == "smiling"
-    # same seed, same pixels; randomise draws a new seed
+    # same seed, same pixels; a failed Generate leaves the seed box as it was, even with randomise on
     again = app.generate(model, "sleepy", "", 1, "ddim", 4, 2.0, "smiling", 123, False)
     assert list(Image.open(again[2][0]).getdata()) == list(img.getdata())
-    assert app.generate(None, "sleepy", "", 1, "ddim", 2, 2.0, None, 123, True)[5] != 123  # even on an error
+    assert app.generate(None, "sleepy", "", 1, "ddim", 2, 2.0, None, 123, True)[5] == 123  # kept on an error
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -476,7 +489,8 @@ FAKE_TRAINER = textwrap.dedent(
     signal.signal(signal.SIGINT, lambda *a: stop.append(1))
     def status(state, step):
         tmp = os.path.join(run, "status.tmp")
-        st = {"state": state, "step": step, "max_steps": 1000, "pid": os.getpid(), "eta_seconds": 9}
+        st = {"state": state, "step": step, "max_steps": 1000, "pid": os.getpid(), "eta_seconds": 9,
+              "updated_unix": time.time()}
         json.dump(st, open(tmp, "w"))
         os.replace(tmp, os.path.join(run, "status.json"))
     for step in range(1, 1000):
@@ -508,7 +522,7 @@ def test_job_start_poll_reattach_stop(tmp_path):
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
         time.sleep(0.1)
     time.sleep(0.5)
-    html, frame, sample, log, timer = app.poll()
+    html, frame, sample, log, message, timer, seen = app.poll()
     assert 'data-state="running"' in html and "phase 2/2: train" in html and "ETA" in html
     assert len(frame) >= 2 and "step" in log
     assert "encoding" in (run / "app-job.log").read_text()  # the first phase ran before the second
@@ -524,6 +538,34 @@ def test_job_start_poll_reattach_stop(tmp_path):
     html, *_ = app.poll()
     assert 'data-state="stopped"' in html
     assert "no job is running" in app.stop_training()
+
+
+def test_the_progress_line_and_the_message_come_from_one_view_of_the_job():
+    """Headline state, step and message agree at every moment: a status.json from before the job started is not
+    shown (no "stopped" line after Resume), a stop request reads "stopping" everywhere, a finished run says so once,
+    and a failed phase gives the log's reason (never the "Starting" message of the start)."""
+    from ldm.app.handlers import job_view
+
+    started = 1000.0
+    job = {"state": "running", "phase": "train", "phases": [{}, {}], "phase_index": 1, "run": "/w/runs/r",
+           "started": started}  # fmt: skip
+    old = {"state": "stopped", "step": 39, "message": "stopped at step 39", "updated_unix": started - 60}
+    view = job_view(job, old)
+    assert view.state == "starting" and view.step is None and "stopped" not in view.message
+    now = {"state": "running", "step": 41, "max_steps": 100, "message": "training", "updated_unix": started + 5}
+    view = job_view(job, now)
+    assert (view.state, view.step, view.max_steps, view.fraction) == ("running", 41, 100, 0.41)
+    view = job_view({**job, "stop_requested": started + 6}, now)
+    assert view.state == "stopping" and view.message.startswith("Stop requested")
+    html = progress_html({**job, "stop_requested": started + 6}, now)
+    assert 'data-state="stopping"' in html and "running" not in html
+    done = {**now, "state": "finished", "message": "finished at step 100 (reached max_steps=100) after 1.0 min"}
+    view = job_view({**job, "state": "finished", "message": "finished"}, done)
+    assert view.message.count("finished") == 1 and "Resume to train it longer" in view.message
+    failed = {**job, "state": "failed", "phase": "prepare", "message": "prepare failed (exit code 2); see the log"}
+    log = "== prepare\nencoding\nerror: data folder data/x has no class folders with images"
+    view = job_view(failed, None, log=log)
+    assert view.state == "failed" and "has no class folders" in view.message and "Start" not in view.message
 
 
 def test_job_failure_is_reported(tmp_path):
@@ -550,7 +592,7 @@ def test_poll_shows_autoencoder_progress_before_training(tmp_path):
     phases = [{"name": "train-vae", "argv": ["x"], "folder": str(vae)}, {"name": "train", "argv": ["y"], "folder": ""}]
     job = {"state": "running", "pid": os.getpid(), "run": str(tmp_path / "runs" / "r"), "phase": "train-vae"}
     (app.ws.app_dir / "job.json").write_text(json.dumps({**job, "phases": phases, "phase_index": 0}))
-    html, plot, image, log, timer = app.poll()
+    html, plot, image, log, message, timer, seen = app.poll()
     assert "phase 1/2: train-vae" in html and "step 5, 12 s" in html and "ldm-bar-busy" in html
     assert plot is None and image.size == (8, 8)
 
@@ -591,9 +633,7 @@ def test_gradio_client_api(model_ws):
         assert os.path.getsize(files[0]) > 0
         msg = client.predict("x.yaml", *TrainSettings(run_name="api").values(), api_name="/save_settings")
         assert "saved" in msg and (model_ws / "x.yaml").is_file()
-        _, bad = client.predict(
-            model, "smiling", "nobody", 1, "dpm++", 2, 3.0, "(none)", 0, False, api_name="/generate"
-        )[3:5]
+        _, bad = client.predict(model, "nobody", "", 1, "dpm++", 2, 3.0, "(none)", 0, False, api_name="/generate")[3:5]
         assert "unknown class 'nobody'" in bad
     finally:
         demo.close()

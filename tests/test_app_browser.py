@@ -82,6 +82,17 @@ def _progress(page) -> tuple[str, int]:
     return bar.get_attribute("data-state") or "", int(bar.get_attribute("data-step") or -1)
 
 
+def generate_in_page(page, steps: int = 5, images: int = 4, timeout: float = 120) -> str:
+    """Set the Inference tab's steps, press Generate, wait for ``images`` images; returns the message shown."""
+    box = page.locator("#ldm-steps input[type=number]")
+    box.fill(str(steps))
+    box.press("Enter")
+    page.locator("#ldm-generate").click()
+    gallery = page.locator("#ldm-gallery img")
+    _wait(page, "generated images", lambda: gallery.count() >= images, timeout)
+    return page.locator("#ldm-message").inner_text()
+
+
 def _wait(page, what: str, predicate, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -126,9 +137,8 @@ def test_train_stop_pick_generate_in_chromium(tmp_path, browser_page):
         plot_before = page.locator("#ldm-loss").screenshot()
         page.screenshot(path=str(ARTIFACTS / "browser-2-training.png"), full_page=True)
         _wait(page, "progress to move", lambda: _progress(page)[1] >= first_step + 2, 120)
-        page.wait_for_timeout(2500)  # one more poll, so the plot has the new points
-        plot_after = page.locator("#ldm-loss").screenshot()
-        assert plot_after != plot_before, "the loss plot did not change while training"
+        # the plot is redrawn when its data changed, at most every PLOT_SECONDS (watching must not slow training)
+        _wait(page, "the loss plot to redraw", lambda: page.locator("#ldm-loss").screenshot() != plot_before, 30)
         assert _progress(page)[0] == "running"
         page.screenshot(path=str(ARTIFACTS / "browser-3-training-later.png"), full_page=True)
 
@@ -162,13 +172,7 @@ def test_train_stop_pick_generate_in_chromium(tmp_path, browser_page):
 
         # ---- Inference tab: the run is selected; generate 4 images with 5 steps
         page.get_by_text("3 classes: angry, happy, sad").wait_for(timeout=30_000)
-        steps = page.locator("#ldm-steps input[type=number]")
-        steps.fill("5")
-        steps.press("Enter")
-        page.locator("#ldm-generate").click()
-        gallery_images = page.locator("#ldm-gallery img")
-        _wait(page, "generated images", lambda: gallery_images.count() >= 4, 90)
-        assert "image(s) of" in page.locator("#ldm-message").inner_text()
+        assert "image(s) of" in generate_in_page(page, timeout=90)
         page.wait_for_timeout(1000)
         page.screenshot(path=str(ARTIFACTS / "browser-6-generated.png"), full_page=True)
         page.set_viewport_size({"width": 390, "height": 844})  # a phone
@@ -218,7 +222,7 @@ def test_two_sessions_generate_while_training_and_a_restarted_app_reattaches(tmp
 
         # both sessions generate at the same moment, different classes
         for page, name in zip(pages, ("happy", "sad")):
-            _fill(page, "ldm-class-text", name)
+            _fill(page, "ldm-class", name)  # typed into the Class box
             steps = page.locator("#ldm-steps input[type=number]")
             steps.fill("5")
             steps.press("Enter")

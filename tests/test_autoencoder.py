@@ -326,8 +326,8 @@ def test_train_vae_resumes_exactly_and_keeps_the_run_folder_layout(att_faces: Pa
     assert RunFolder(run).read_status()["state"] == "finished"
     assert [p.name for p in RunFolder(run).checkpoints()] == ["step-000003", "step-000006"]  # keep_checkpoints=2
 
-    # the CLI: --resume without --data and --config continues on the run's own dataset and config
-    assert main(["train-vae", "--out", str(run), "--resume", "latest", "--max-steps", "7", "--no-progress"]) == 0
+    # the CLI: --resume without --data and --config continues on the run's own dataset and config (1 step more)
+    assert main(["train-vae", "--out", str(run), "--resume", "latest", "--max-steps", "1", "--no-progress"]) == 0
     assert RunFolder(run).read_status()["step"] == 7 and "finished after 7 steps" in capsys.readouterr().out
     assert main(["train-vae", "--out", str(tmp_path / "new"), "--max-steps", "1"]) == 2
     assert "--data DIR is required" in capsys.readouterr().err

@@ -164,10 +164,10 @@ def test_resume_falls_back_from_a_damaged_checkpoint_and_refuses_another_autoenc
     manifest["autoencoder"]["content_hash"] = "another-autoencoder"
     (other / "manifest.json").write_text(json.dumps(manifest))
     resume = ["train", "--out", str(run), "--resume", "latest", "--device", "cpu", "--no-progress"]
-    _refused(resume + ["--latents", str(other), "--max-steps", "6"], capsys, "another autoencoder")
+    _refused(resume + ["--latents", str(other), "training.max_steps=6"], capsys, "another autoencoder")
 
     # --resume latest: the damaged newest checkpoint is skipped, with a word, for the intact one before it
-    assert ldm_main(resume + ["--max-steps", "6"]) == 0
+    assert ldm_main(resume + ["training.max_steps=6"]) == 0  # the run's own budget, raised (not a continuation)
     err = capsys.readouterr().err
     assert "step-000004 is damaged" in err and "bytes" in err
     assert "(step 2)" in (run / "train.log").read_text()

@@ -304,15 +304,60 @@ def test_refuses_to_overwrite_an_existing_run(cache, tmp_path, capsys):
     argv = ["train", "--latents", str(cache), "--out", str(run), "--max-steps", "2", "--no-progress", *TINY]
     assert ldm_main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
-    # resuming from the CLI without --config picks up the run's own config.yaml; the new --max-steps wins
+    # resuming from the CLI without --config picks up the run's own config.yaml; --max-steps trains that much more
     assert (
         ldm_main(["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--max-steps", "2"]) == 0
     )
-    assert RunFolder(run).read_status()["step"] == 2
+    assert RunFolder(run).read_status()["step"] == 3
     # resuming a run that already reached its budget does no step past it
     assert ldm_main(["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--no-progress"]) == 0
     status = RunFolder(run).read_status()
-    assert status["state"] == "finished" and status["step"] == 2 and "already reached max_steps=2" in status["message"]
+    assert status["state"] == "finished" and status["step"] == 3
+    assert "already reached max_steps=2 of this continuation" in status["message"]
+
+
+def test_a_finished_run_continues_for_more_steps_as_a_new_segment(cache, tmp_path):
+    """Continue training: the new budget counts from the resumed step; the learning rate warms up again to half the
+    peak and decays to zero at the continuation's end; a stop inside the continuation resumes to its end."""
+    run = tmp_path / "run"
+    _train(_cfg("training.max_steps=4", "training.warmup_steps=2"), cache, run)
+    first = RunFolder(run).read_metrics()
+    assert first[-1]["lr"] <= 0.5 * 2e-3  # the last step of the first segment's cosine
+
+    argv = ["train", "--out", str(run), "--resume", "latest", "--max-steps", "6", "--no-progress"]
+    stop_after = {"n": 0}
+
+    def stop_at_step_3_of_6():
+        stop_after["n"] += 1
+        return stop_after["n"] >= 3
+
+    from ldm.training.trainer import train
+
+    cfg = load_config(RunFolder(run).config_path, ["training.max_steps=6"])
+    result = train(
+        cfg, cache, run, resume="latest", continue_training=True, should_stop=stop_at_step_3_of_6, progress=False,
+        device="cpu",
+    )  # fmt: skip
+    assert result.state == "stopped" and result.step == 7
+    # a plain resume (no new budget) finishes the continuation it was in: 6 steps after step 4
+    assert ldm_main(["train", "--out", str(run), "--resume", "latest", "--no-progress"]) == 0
+    status = RunFolder(run).read_status()
+    assert status["state"] == "finished" and status["step"] == 10 and status["max_steps"] == 10
+    segments = status["segments"]
+    assert [(s["start_step"], s["end_step"]) for s in segments] == [(0, 4), (4, 10)]
+    assert segments[0]["max_steps"] == 4 and segments[1]["max_steps"] == 6
+    assert "max_steps=6 of this continuation" in segments[1]["end"]
+    lrs = {r["step"]: r["lr"] for r in RunFolder(run).read_metrics() if "lr" in r}
+    peak = 2e-3
+    assert lrs[5] == pytest.approx(0.5 * peak * 0.5)  # warm-up step 1 of 2, to half the peak
+    assert lrs[6] == pytest.approx(0.5 * peak)
+    assert lrs[10] < lrs[8] < lrs[6]  # a new cosine down to the continuation's end
+
+    # and again from the CLI, with a time budget: only that budget holds (the steps of the last one are cleared)
+    assert ldm_main([*argv[:5], "--max-minutes", "0.02", "--no-progress"]) == 0
+    status = RunFolder(run).read_status()
+    assert len(status["segments"]) == 3 and status["segments"][2]["max_steps"] == 0
+    assert status["segments"][2]["max_minutes"] == 0.02 and status["step"] > 10
 
 
 def test_resume_from_the_cli_uses_the_cache_the_run_was_trained_on(cache, tmp_path, capsys):
@@ -321,14 +366,14 @@ def test_resume_from_the_cli_uses_the_cache_the_run_was_trained_on(cache, tmp_pa
     run = tmp_path / "run"
     _train(_cfg("training.max_steps=1"), moved, run)
     # no --latents: the checkpoint names its cache
-    assert ldm_main(["train", "--out", str(run), "--resume", "latest", "--max-steps", "2", "--no-progress"]) == 0
+    assert ldm_main(["train", "--out", str(run), "--resume", "latest", "--max-steps", "1", "--no-progress"]) == 0
     assert RunFolder(run).read_status()["step"] == 2
     # that cache gone: a clear error naming it, and --latents still works
     shutil.rmtree(moved)
     assert ldm_main(["train", "--out", str(run), "--resume", "latest", "--max-steps", "3", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert str(moved.resolve()) in err and "no longer there" in err and "--latents" in err
-    argv = ["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--max-steps", "3"]
+    argv = ["train", "--latents", str(cache), "--out", str(run), "--resume", "latest", "--max-steps", "1"]
     assert ldm_main([*argv, "--no-progress"]) == 0
     assert RunFolder(run).read_status()["step"] == 3
     # a new run needs its cache
@@ -438,12 +483,13 @@ def test_two_processes_train_as_one_with_the_global_batch_and_resume_across_proc
     assert [p.name for p in RunFolder(two).checkpoints()] == ["step-000003", "step-000006"]
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
 
-    # 2 processes -> 1, and 1 -> 2, from step 3
+    # 2 processes -> 1, and 1 -> 2, from step 3 (the same budget: not a continuation, which --max-steps would be)
     two_in_one, one_in_two = tmp_path / "two-in-one", tmp_path / "one-in-two"
     resume_two = ["--resume", str(two / "checkpoints" / "step-000003")]
-    run([sys.executable, "-m", "ldm.cli", "train", "--out", str(two_in_one), *resume_two, *common, *settings,
+    same = [a for a in common if a not in ("--max-steps", "6")] + ["training.max_steps=6"]
+    run([sys.executable, "-m", "ldm.cli", "train", "--out", str(two_in_one), *resume_two, *same, *settings,
          "training.batch_size=4"])  # fmt: skip
-    run([*launch, "--out", str(one_in_two), "--resume", str(one / "checkpoints" / "step-000003"), *common,
+    run([*launch, "--out", str(one_in_two), "--resume", str(one / "checkpoints" / "step-000003"), *same,
          *settings, "training.batch_size=2"])  # fmt: skip
     after_3 = {k: v for k, v in losses(one).items() if k > 3}
     for resumed in (two_in_one, one_in_two):

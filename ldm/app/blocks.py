@@ -51,9 +51,15 @@ CSS = """
 #ldm-header code { white-space: normal !important; overflow-wrap: anywhere; word-break: break-all; }
 /* the image blocks' floating label would cover the top of figures that carry their own title */
 #ldm-snapshot img, #ldm-sample img, #ldm-run-sample img { padding-top: 30px; }
-#ldm-runs-table { min-width: 0 !important; max-width: 100%; overflow-x: auto; }
+/* the columns are shares of the table's width (LdmApp.runs_table), so the table has no width of its own: ask for the
+   whole page, capped by its container */
+#ldm-runs-table { min-width: 0 !important; width: 100vw; max-width: 100%; overflow-x: auto; }
 @media (max-width: 640px) {
   #ldm-runs-table { max-width: calc(100vw - 16px); }
+  /* the columns are shares of the table's width (LdmApp.runs_table): a smaller proportional font and tighter cells
+     let them wrap at word ends rather than mid-word */
+  #ldm-runs-table [role="grid"], #ldm-runs-table [role="grid"] span { font-family: var(--font); font-size: 12px; }
+  #ldm-runs-table .cell-wrap { padding: 6px 4px !important; }
   #ldm-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
   #ldm-header h1 { font-size: 1.25rem; }
   .ldm-stack { flex-direction: column !important; }
@@ -103,8 +109,10 @@ class SettingsForm:
     """
 
     def __init__(self) -> None:
+        from ldm.app.recipes import default_settings
+
         self.controls: dict[str, Any] = {}
-        self.defaults = TrainSettings()
+        self.defaults = default_settings()
 
     def add(self, kind: Callable[..., Any], name: str, label: str, **kwargs: Any) -> Any:
         """Build the control ``kind`` (a gradio component class) of settings field ``name``."""
@@ -143,7 +151,7 @@ class TrainingTab:
     folders: list[Any]  # data, latent and autoencoder pickers, refilled from the workspace
     message: Any
     timer: Any
-    live: list[Any]  # what a poll refreshes: progress, loss plot, sample grid, log, timer
+    live: list[Any]  # what a poll refreshes: progress, loss plot, sample grid, log, message, timer, seen
 
 
 @dataclass
@@ -171,25 +179,28 @@ def inference_tab(app: LdmApp) -> InferenceTab:
     model_note = gr.Markdown()
     with gr.Row(elem_classes="ldm-stack"):
         with gr.Column(scale=2, min_width=280):
+            # the one class input: pick, type (filters the list; case and spaces do not matter) or click a chip below
             class_choice = gr.Dropdown(
                 label="Class",
                 choices=[],
-                info="The class to generate (from the chosen model)",
+                info="Pick or type the class to generate (case and spaces do not matter)",
                 allow_custom_value=True,
+                filterable=True,
+                elem_id="ldm-class",
             )
-            class_text = gr.Textbox(
-                label="…or type a class name",
-                placeholder="e.g. smiling",
-                info="If filled, wins over the dropdown; case and spaces do not matter",
-                elem_id="ldm-class-text",
+            # the API's class_text parameter (used only when the Class box is empty); not shown on the page
+            class_text = gr.Textbox(visible=False)
+            # chips drawn as plain text (a Dropdown draws a value only when it is among the choices it was built with)
+            class_examples = gr.Dataset(
+                components=["textbox"], samples=[], label="Classes of this model (click one)", elem_id="ldm-chips"
             )
-            class_examples = gr.Dataset(components=[class_text], samples=[], label="Classes of this model (click one)")
             negative = gr.Dropdown(
                 label="Negative class",
                 choices=[NO_NEGATIVE],
                 value=NO_NEGATIVE,
                 info="Guidance pushes away from this class instead of from 'no class'",
                 allow_custom_value=True,
+                elem_id="ldm-negative",
             )
             with gr.Row():
                 num_images = gr.Slider(
@@ -228,7 +239,7 @@ def inference_tab(app: LdmApp) -> InferenceTab:
             snapshot = gr.Image(label="Timestep snapshots (first image)", type="filepath", elem_id="ldm-snapshot")
             files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple", elem_id="ldm-files")
             params = gr.Code(label="Parameters", language="json", wrap_lines=True, elem_id="ldm-params")
-    class_examples.click(lambda sample: sample[0], class_examples, class_text, api_visibility="private")
+    class_examples.click(lambda sample: sample[0], class_examples, class_choice, api_visibility="private")
     refresh.click(app.refresh_models, model, [model, notice], api_name="refresh_models")
     model.change(app.select_model, model, [class_choice, negative, class_examples, model_note], api_name="classes")
     generate.click(
@@ -245,7 +256,19 @@ def training_tab(app: LdmApp) -> TrainingTab:
     """Settings of a training job, Start / Stop / Resume, and its live progress, loss curve, samples and log."""
     with gr.Row(elem_classes="ldm-stack"):
         with gr.Column(scale=2, min_width=280):
+            from ldm.app.recipes import CUSTOM, recipe_names
+
+            names = recipe_names()
+            recipe = gr.Dropdown(
+                label="Start from a recipe",
+                choices=names,
+                value="demo" if "demo" in names else CUSTOM,
+                info="Fills the settings below with a measured recipe; your data folder and run name stay",
+                elem_id="ldm-recipe",
+            )
             form = SettingsForm()
+            note = app.recipe_note(recipe.value, form.defaults.max_minutes, form.defaults.max_steps)
+            recipe_note = gr.Markdown(note, elem_id="ldm-recipe-note")
             folder = dict(choices=[], allow_custom_value=True)  # discovered at run time; free text too
             gr.Markdown("### Data")
             form.add(
@@ -355,6 +378,11 @@ def training_tab(app: LdmApp) -> TrainingTab:
                 start = gr.Button("Start", variant="primary", elem_id="ldm-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="ldm-stop")
                 resume = gr.Button("Resume", elem_id="ldm-resume")
+            gr.Markdown(
+                "Resume acts on the run named above: a stopped run finishes its budget; a finished one trains "
+                "*Max minutes* (or *Max steps*) more.",
+                elem_classes="ldm-hint",
+            )
             with gr.Accordion("Save / load settings", open=False):
                 settings_file = gr.Textbox(
                     value=DEFAULT_SETTINGS_FILE,
@@ -378,17 +406,24 @@ def training_tab(app: LdmApp) -> TrainingTab:
             sample = gr.Image(label="Newest sample grid (one row per class)", type="pil", elem_id="ldm-sample")
             log = gr.Textbox(label="Log (newest lines)", lines=12, max_lines=40, autoscroll=True, elem_id="ldm-log")
     timer = gr.Timer(POLL_SECONDS, active=False)
+    seen = gr.State({})  # what this page shows already (see LdmApp.poll)
     fields = form.in_field_order()
     folders = [form["data_dir"], form["latent_dir"], form["autoencoder"]]
-    live = [progress, loss_plot, sample, log, timer]
+    live = [progress, loss_plot, sample, log, train_message, timer, seen]
     start.click(app.start_training, fields, [train_message, timer], api_name="start_training").then(
-        app.poll, None, live, api_visibility="private"
+        app.poll, seen, live, api_visibility="private"
     )
-    stop.click(app.stop_training, None, train_message, api_name="stop_training")
-    resume.click(app.resume_training, None, [train_message, timer], api_name="resume_training").then(
-        app.poll, None, live, api_visibility="private"
+    stop.click(app.stop_training, None, train_message, api_name="stop_training").then(
+        app.poll, seen, live, api_visibility="private"
     )
-    timer.tick(app.poll, None, live, api_name="poll", show_progress="hidden")
+    resume.click(app.resume_training, fields, [train_message, timer], api_name="resume_training").then(
+        app.poll, seen, live, api_visibility="private"
+    )
+    timer.tick(app.poll, seen, live, api_name="poll", show_progress="hidden")
+    recipe.input(app.pick_recipe, [recipe, *fields], [*fields, recipe_note], api_name="pick_recipe")
+    budget = [recipe, form["max_minutes"], form["max_steps"]]
+    for control in budget[1:]:
+        control.change(app.recipe_note, budget, recipe_note, api_visibility="private", show_progress="hidden")
     save.click(app.save_settings, [settings_file, *fields], train_message, api_name="save_settings")
     load.click(app.load_settings, settings_file, [*fields, train_message], api_name="load_settings")
     return TrainingTab(fields, folders, train_message, timer, live)
@@ -407,7 +442,17 @@ def runs_tab(app: LdmApp, tabs: gr.Tabs, inference: InferenceTab, training: Trai
         )
         runs_refresh = gr.Button("Refresh", scale=1, min_width=90, elem_id="ldm-runs-refresh")
         use = gr.Button("Use for inference", variant="primary", scale=2, min_width=150, elem_id="ldm-use")
-        resume_run = gr.Button("Resume training", scale=2, min_width=150, elem_id="ldm-resume-run")
+    with gr.Row(elem_classes="ldm-stack"):
+        more_minutes = gr.Number(
+            value=2.0,
+            label="Minutes more",
+            info="For a finished run: how much longer Resume trains it",
+            minimum=0,
+            scale=1,
+            min_width=150,
+            elem_id="ldm-more-minutes",
+        )
+        resume_run = gr.Button("Resume / continue training", scale=2, min_width=150, elem_id="ldm-resume-run")
     runs_table = gr.Dataframe(label="Runs (newest first)", interactive=False, wrap=True, elem_id="ldm-runs-table")
     run_details = gr.Markdown()
     with gr.Row(elem_classes="ldm-stack"):
@@ -423,8 +468,11 @@ def runs_tab(app: LdmApp, tabs: gr.Tabs, inference: InferenceTab, training: Trai
     )
     # any run with a checkpoint, started here or by `ldm train`; progress shows in the Training tab
     resume_run.click(
-        app.resume_run, run_pick, [training.message, training.timer, tabs, run_details], api_name="resume_run"
-    ).then(app.poll, None, training.live, api_visibility="private")
+        app.resume_run,
+        [run_pick, more_minutes],
+        [training.message, training.timer, tabs, run_details],
+        api_name="resume_run",
+    ).then(app.poll, training.live[-1], training.live, api_visibility="private")
     return RunsTab(runs_table, run_pick)
 
 
@@ -456,7 +504,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
             table, pick = app.runs_table()
             running = app.jobs.current()
             form = app.job_settings() if running else [gr.update() for _ in training.fields]
-            return [model_update, note, *folders, table, pick, *form, *app.poll()]
+            return [model_update, note, *folders, table, pick, *form, *app.poll(None)]
 
         demo.load(
             on_load,

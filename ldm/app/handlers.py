@@ -16,8 +16,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,10 @@ import gradio as gr
 
 from ldm.app.jobs import JobManager
 from ldm.app.settings import (
-    JobPlan,
+    RUN_NAME,
     TrainSettings,
     load_settings,
     plan_job,
-    plan_resume,
     plan_resume_run,
     save_settings,
 )
@@ -98,47 +96,136 @@ def _plot_value(frame: Any) -> Any:
     return frame if len(frame) else None
 
 
-def progress_html(job: dict[str, Any] | None, status: dict[str, Any] | None, detail: str = "") -> str:
-    """The Training tab's progress bar: phase, step / max steps, percentage, ETA and loss, as HTML.
+@dataclass
+class JobView:
+    """What the Training tab says about the job at one moment: every line of it comes from here, so the headline,
+    the detail line and the message under the buttons always agree."""
 
-    ``status`` is the run's status.json (train phase); ``detail`` is extra text for the other phases."""
+    state: str  # none | starting | running | stopping | finishing | finished | stopped | failed
+    run: str = ""  # the run's folder name
+    phase: str = ""
+    phase_of: str = ""  # "phase 2/3"
+    step: int | None = None  # the trainer's step, when its status.json belongs to this job
+    max_steps: int | None = None
+    fraction: float | None = None  # share of the budget done (steps or time), for the bar
+    eta_seconds: float | None = None
+    loss: float | None = None
+    detail: str = ""  # progress of a phase before training (the autoencoder's steps)
+    message: str = ""  # one sentence: what is happening or how it ended, and what to do next
+
+
+def segment_lines(segments: Any) -> list[str]:
+    """One line per training segment of a run (status.json's ``segments``): the first run and each continuation,
+    with its steps, minutes, budget and how it ended."""
+    lines = []
+    for i, seg in enumerate(segments if isinstance(segments, list) else []):
+        budget = " or ".join(
+            f"{k.replace('max_', '')} {seg[k]:g}" for k in ("max_minutes", "max_steps", "epochs") if seg.get(k)
+        )
+        start, end = int(seg.get("start_step") or 0), seg.get("end_step")
+        minutes = ""
+        if seg.get("end_seconds") is not None:
+            minutes = f", {(float(seg['end_seconds']) - float(seg.get('start_seconds') or 0)) / 60:.1f} min"
+        how = f": {html.escape(str(seg['end']))}" if seg.get("end") else " (in progress or interrupted)"
+        what = "first run" if i == 0 else f"continuation {i}"
+        steps = f"steps {start} → {end if end is not None else '…'}{minutes}"
+        lines.append(f"{i + 1}. {what}, {steps}, budget {budget or '–'}{how}")
+    return lines
+
+
+def _last_error(log: str) -> str:
+    """The last line of a log that explains a failure (the CLI's "error: ..." or a Python exception), else ''."""
+    for line in reversed(log.splitlines()):
+        text = line.strip()
+        if text.startswith("error:") or (text and text.split(":", 1)[0].endswith(("Error", "Exception"))):
+            return text
+    return ""
+
+
+def job_view(job: dict[str, Any] | None, status: dict[str, Any] | None, detail: str = "", log: str = "") -> JobView:
+    """The job's state from the job file (``job``), the run's ``status.json`` (``status``, train phase) and the log
+    tail (``log``, for the reason of a failure). A status written before this job started is stale (an earlier
+    job's end) and is not shown."""
     if not job:
-        return '<div class="ldm-progress-text">No training job yet: fill in the settings and press Start.</div>'
+        return JobView("none", message="No training job yet: fill in the settings and press Start.")
     phases = job.get("phases") or []
     index = int(job.get("phase_index") or 0)
-    phase = job.get("phase") or "?"
-    state = job.get("state") or "?"
-    run = html.escape(Path(str(job.get("run", ""))).name)
-    status = status or {}
-    step, max_steps = int(status.get("step") or 0), int(status.get("max_steps") or 0)
-    if phase == "train" and max_steps > 0 and status:
-        frac = min(1.0, step / max_steps)
-        bar = f'<div class="ldm-bar" style="width:{100 * frac:.1f}%"></div>'
-        pct = f"{100 * frac:.0f}%"
+    phase = str(job.get("phase") or "?")
+    view = JobView(
+        state=str(job.get("state") or "?"),
+        run=Path(str(job.get("run", ""))).name,
+        phase=phase,
+        phase_of=f"phase {index + 1}/{max(1, len(phases))}",
+        detail=detail,
+    )
+    fresh = None
+    if phase == "train" and status and float(status.get("updated_unix") or 0) >= float(job.get("started") or 0) - 1:
+        fresh = status
+    if fresh:
+        view.step = int(fresh.get("step") or 0)
+        view.max_steps = int(fresh.get("max_steps") or 0) or None
+        view.loss = fresh.get("loss") if isinstance(fresh.get("loss"), (int, float)) else None
+        view.eta_seconds = fresh.get("eta_seconds")
+        fractions = [view.step / view.max_steps] if view.max_steps else []
+        segment = (fresh.get("segments") or [{}])[-1]
+        if fresh.get("max_minutes") and fresh.get("elapsed_seconds") is not None:
+            spent = float(fresh["elapsed_seconds"]) - float(segment.get("start_seconds") or 0)
+            fractions.append(spent / (60 * float(fresh["max_minutes"])))
+        view.fraction = min(1.0, max(fractions)) if fractions else None
+    trainer_says = str((fresh or {}).get("message") or "")
+    if view.state == "running":
+        if job.get("stop_requested"):
+            view.state, view.message = "stopping", "Stop requested: finishing the current step, saving a checkpoint."
+        elif phase != "train":
+            view.message = f"{phase} running" + (f": {detail}" if detail else "")
+        elif not fresh:
+            view.state, view.message = "starting", "Starting: loading the data and the model."
+        elif fresh.get("state") != "running":
+            view.state, view.message = "finishing", f"{trainer_says} Exporting the model."
+        else:
+            view.message = trainer_says if trainer_says not in ("", "training", "starting") else "Training."
+    elif view.state == "failed":
+        reason = _last_error(log) or trainer_says
+        view.message = f"{job.get('message') or 'failed'}" + (f": {reason}" if reason else "")
+    elif view.state == "finished":
+        then = " Generate from it in the Inference tab, or Resume to train it longer."
+        view.message = (trainer_says or "Finished.") + then
+    elif view.state == "stopped":
+        view.message = (trainer_says or str(job.get("message") or "stopped")) + " Resume continues it."
+    return view
+
+
+def progress_html(job: dict[str, Any] | None, status: dict[str, Any] | None, detail: str = "", log: str = "") -> str:
+    """The Training tab's progress: a bar, a headline (run, phase, state, step / max steps, %, ETA, loss) and the
+    message line, all from :func:`job_view`."""
+    return view_html(job_view(job, status, detail, log))
+
+
+def view_html(view: JobView) -> str:
+    if view.state == "none":
+        return f'<div class="ldm-progress-text">{html.escape(view.message)}</div>'
+    busy = view.state in ("starting", "running", "stopping", "finishing")
+    if view.fraction is not None:
+        bar = f'<div class="ldm-bar" style="width:{100 * view.fraction:.1f}%"></div>'
     else:
-        frac = None
-        bar = '<div class="ldm-bar ldm-bar-busy"></div>' if state == "running" else '<div class="ldm-bar"></div>'
-        pct = ""
-    parts = [f"<b>{run}</b>", f"phase {index + 1}/{max(1, len(phases))}: {html.escape(phase)}", html.escape(state)]
-    if detail:
-        parts.append(html.escape(detail))
-    if phase == "train" and status:
-        parts.append(f"step {step}" + (f" / {max_steps}" if max_steps else ""))
-        if pct:
-            parts.append(pct)
-        if state == "running" and status.get("eta_seconds") is not None:
-            parts.append(f"ETA {_fmt_seconds(status['eta_seconds'])}")
-        if isinstance(status.get("loss"), (int, float)):
-            parts.append(f"loss {status['loss']:.4f}")
-    message = job.get("message") or ""
-    if phase == "train" and status.get("message"):
-        # the trainer's own words say more than the worker's ("failed at step 10: ...", "stopped: saving")
-        message = status["message"] if state == "running" else f"{message}: {status['message']}"
-    css_state = html.escape(state)
+        bar = '<div class="ldm-bar ldm-bar-busy"></div>' if busy else '<div class="ldm-bar"></div>'
+    parts = [f"<b>{html.escape(view.run)}</b>", f"{view.phase_of}: {html.escape(view.phase)}", html.escape(view.state)]
+    if view.detail:
+        parts.append(html.escape(view.detail))
+    if view.step is not None:
+        parts.append(f"step {view.step}" + (f" / {view.max_steps}" if view.max_steps else ""))
+        if view.fraction is not None:
+            parts.append(f"{100 * view.fraction:.0f}%")
+        if busy and view.eta_seconds is not None:
+            parts.append(f"ETA {_fmt_seconds(view.eta_seconds)}")
+        if view.loss is not None:
+            parts.append(f"loss {view.loss:.4f}")
+    css_state = html.escape(view.state)
     return (
-        f'<div class="ldm-progress ldm-state-{css_state}" data-step="{step}" data-state="{css_state}">{bar}</div>'
+        f'<div class="ldm-progress ldm-state-{css_state}" data-step="{view.step if view.step is not None else -1}" '
+        f'data-state="{css_state}">{bar}</div>'
         f'<div class="ldm-progress-text">{" · ".join(parts)}</div>'
-        f'<div class="ldm-progress-msg">{html.escape(str(message))}</div>'
+        f'<div class="ldm-progress-msg">{html.escape(view.message)}</div>'
     )
 
 
@@ -241,18 +328,18 @@ class LdmApp:
         seed: float,
         randomize: bool,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[list[tuple[str, str]], Any, list[str], str, str, int]:
+    ) -> tuple[list[tuple[str, str]], Any, list[str], str, str, float | None]:
         """Generate images of one class: (gallery, snapshot figure, PNG files, parameters text, message, seed).
 
-        The free-text class wins over the dropdown when filled. PNGs land in ``.ldm-app/outputs/<time>-<class>/``
-        and carry their generation parameters as PNG text.
+        ``class_choice`` (the Class box: pick or type) names the class; ``class_text`` is read only when it is empty
+        (an API parameter kept for old callers; the page has no second class box). The returned seed is the one used,
+        or on failure the ``seed`` given, so a failed Generate does not change the Seed box. PNGs land in
+        ``.ldm-app/outputs/<time>-<class>/`` and carry their generation parameters as PNG text.
         """
-        seed = int(seed or 0)
-        if randomize:
-            seed = random.randrange(0, 2**31 - 1)
+        used = random.randrange(0, 2**31 - 1) if randomize else int(seed or 0)
         try:
             return self._generate(
-                model, class_choice, class_text, num_images, sampler, steps, guidance, negative, seed, progress
+                model, class_choice, class_text, num_images, sampler, steps, guidance, negative, used, progress
             )
         except (UserError, ConfigError) as e:
             return [], None, [], "", _warn(str(e)), seed
@@ -270,7 +357,7 @@ class LdmApp:
 
         path = self._model_path(model)
         names = self.class_names(str(path))
-        wanted = (class_text or "").strip() or (class_choice or "")
+        wanted = (class_choice or "").strip() or (class_text or "")
         class_id = resolve_class(wanted, names)  # UserError listing the closest names
         neg = None if not negative or negative == NO_NEGATIVE else names[resolve_class(negative, names)]
         n, steps = int(num_images or 1), int(steps or 25)
@@ -278,6 +365,14 @@ class LdmApp:
             raise UserError(f"number of images must be 1..64, got {n}")
         if not 1 <= steps <= 1000:
             raise UserError(f"steps must be 1..1000, got {steps}")
+        note = ""
+        if neg == names[class_id]:
+            # eps_neg = eps_c makes the guided eps_neg + w (eps_c - eps_neg) the plain eps_c: guidance cancels out
+            note = (
+                f"negative class = class ({neg}): guidance pushes away from the class itself and cancels out (the "
+                "images are as with guidance 1); pick another negative class or (none)"
+            )
+            gr.Warning(note)
         progress(0, desc="loading the model")
         pipe = self.pipelines.get(path)
         batch_size = 16
@@ -324,6 +419,8 @@ class LdmApp:
         }
         gallery = [(f, f"{names[class_id]} · seed {s}") for f, s in zip(files, seeds)]
         message = f"Done: {n} image(s) of **{names[class_id]}** in {seconds:.1f} s (seeds {seeds[0]}..{seeds[-1]})."
+        if note:
+            message += f"  \n**Warning:** {note}"
         snapshot = str(out.snapshots) if out.snapshots else None
         return gallery, snapshot, files, json.dumps(params, indent=2), message, seed
 
@@ -352,7 +449,7 @@ class LdmApp:
             return _warn(str(e)), gr.Timer(active=self.jobs.is_running())
         names = " → ".join(p.name for p in plan.phases)
         gr.Info(f"training started: {names}")
-        return f"Started **{self.ws.rel(plan.run)}**: {names}.", gr.Timer(active=True)
+        return f"Starting **{self.ws.rel(plan.run)}**: {names}.", gr.Timer(active=True)
 
     def stop_training(self) -> str:
         try:
@@ -362,65 +459,143 @@ class LdmApp:
         gr.Info("stopping: the trainer finishes its step and saves a checkpoint")
         return f"Stop requested for **{self.ws.rel(job['run'])}**: finishing the step, saving a checkpoint."
 
-    def _start_resume(self, plan_for: Callable[[dict[str, Any] | None], JobPlan]) -> JobPlan:
-        """Start ``plan_for(last job)`` unless a job is running (UserError then)."""
+    def _resume_or_continue(self, run_text: str | None, more: dict[str, float]) -> str:
+        """Start training ``run_text`` again from its newest checkpoint: a run that finished its budget trains
+        ``more`` (minutes / steps) more, any other finishes the budget it was started with. Returns the message."""
         job = self.jobs.current()
         if job and job.get("state") == "running":
             raise UserError(
-                f"a job is running ({self.ws.rel(job['run'])}); Resume continues a stopped run: stop it or wait for it"
+                f"a job is running ({self.ws.rel(job['run'])}); stop it or wait for it before resuming another"
             )
-        plan = plan_for(job)
+        run = self.ws.resolve(run_text, what="run folder")
+        info = self.ws.run_info(run)
+        same_run = job is not None and Path(job["run"]) == run
+        job_info = (job.get("info") or {}) if same_run else {}
+        if info.state == "finished":
+            if not any(v > 0 for v in more.values()):
+                raise UserError(
+                    f"run {info.name} already finished its budget; set how much longer to train it "
+                    "(Max minutes or Max steps) and press Resume again"
+                )
+            plan = plan_resume_run(self.ws, run, job_info, more=more)
+            amount = " and ".join(
+                f"{v:g} more {'minutes' if k == 'max_minutes' else 'steps'}" for k, v in more.items() if v > 0
+            )
+            message = f"Continuing **{info.name}** from step {info.step} for {amount}."
+        else:
+            plan = plan_resume_run(self.ws, run, job_info)
+            message = f"Resuming **{info.name}** from its newest checkpoint: it finishes the budget it started with."
         self.jobs.start(plan.run, plan.phases, plan.log, plan.info)
-        return plan
+        gr.Info(message.replace("**", ""))
+        return message
 
-    def resume_training(self) -> tuple[str, Any]:
+    def resume_training(self, *values: Any) -> tuple[str, Any]:
+        """The Training tab's Resume: the run named in the form; a finished one trains the form's Max minutes / Max
+        steps more. (message, timer update)."""
         try:
-            plan = self._start_resume(lambda job: plan_resume(self.ws, job))
+            s = TrainSettings.from_values(*values)
+            if not RUN_NAME.match(s.run_name or ""):
+                raise UserError(f"run name {s.run_name!r}: type the name of the run to resume (runs/NAME)")
+            run = self.ws.resolve(f"runs/{s.run_name}", what="run", must_exist=False)
+            if not RunFolder(run).is_started:
+                raise UserError(f"there is no run runs/{s.run_name} yet; press Start to start it")
+            message = self._resume_or_continue(str(run), {"max_minutes": s.max_minutes, "max_steps": s.max_steps})
         except (UserError, ConfigError) as e:
             return _warn(str(e)), gr.Timer(active=self.jobs.is_running())
-        gr.Info("resuming from the newest checkpoint")
-        return f"Resumed **{self.ws.rel(plan.run)}** from its newest checkpoint.", gr.Timer(active=True)
+        return message, gr.Timer(active=True)
 
-    def resume_run(self, run: str | None) -> tuple[str, Any, Any, str]:
-        """Resume the run picked in the Runs tab and switch to the Training tab, which shows its progress:
-        (training message, timer update, tabs update, runs-tab message)."""
+    def resume_run(self, run: str | None, minutes: float | None = 0) -> tuple[str, Any, Any, str]:
+        """The Runs tab's Resume / continue of the picked run (a finished one trains ``minutes`` more), then the
+        Training tab, which shows its progress: (training message, timer update, tabs update, runs-tab message)."""
         try:
-            plan = self._start_resume(lambda _job: plan_resume_run(self.ws, run))
-        except (UserError, ConfigError) as e:
+            message = self._resume_or_continue(run, {"max_minutes": float(minutes or 0)})
+        except (UserError, ConfigError, ValueError) as e:
             return gr.Markdown(), gr.Timer(active=self.jobs.is_running()), gr.Tabs(), _warn(str(e))
-        gr.Info("resuming from the newest checkpoint")
-        message = f"Resumed **{self.ws.rel(plan.run)}** from its newest checkpoint."
         return message, gr.Timer(active=True), gr.Tabs(selected="training"), message
 
-    def poll(self) -> tuple[str, Any, Any, str, Any]:
-        """Live view of the job: (progress HTML, loss frame, newest sample grid, log tail, timer update).
+    PLOT_SECONDS = 10.0  # the live loss plot and sample grid are redrawn at most this often (see poll)
 
-        The log tail is short and the box tall enough for it (wrapped), so the newest line is always in view."""
+    def poll(self, seen: dict[str, Any] | None = None) -> tuple[Any, ...]:
+        """Live view of the job: (progress HTML, loss plot, newest sample grid, log tail, message, timer, seen).
+
+        ``seen`` is the page's memory of what it already shows (a ``gr.State``): the plot and the grid are sent
+        only when their data changed, and at most every :data:`PLOT_SECONDS` while the job runs (redrawing a plot
+        costs the browser's CPU, which on a small machine is the trainer's); the message under the buttons is
+        replaced when the job's state changes, so it never contradicts the progress line. The log tail is short and
+        the box tall enough for it, so the newest line is always in view."""
+        seen = dict(seen or {})
         job = self.jobs.current()
         if not job:
-            return progress_html(None, None), None, None, "", gr.Timer(active=False)
+            view = job_view(None, None)
+            return view_html(view), None, None, "", gr.skip(), gr.Timer(active=False), seen
         run = Path(job["run"])
         log = tail(Path(job.get("log") or run / "app-job.log"), lines=12)
-        timer = gr.Timer(active=job.get("state") == "running")
+        running = job.get("state") == "running"
+        timer = gr.Timer(active=running)
         if job.get("phase") != "train":
             # before training: the autoencoder's own metrics and reconstruction grids show that work is moving
             phases = job.get("phases") or []
             index = int(job.get("phase_index") or 0)
-            folder = RunFolder((phases[index] if index < len(phases) else {}).get("folder") or run)
+            folder = RunFolder(self.ws.root / ((phases[index] if index < len(phases) else {}).get("folder") or run))
             metrics = folder.read_metrics()
             last = metrics[-1] if metrics else {}
             detail = f"step {last['step']}, {last.get('seconds', 0):.0f} s" if "step" in last else ""
             recon = folder.recon_grids()
-            return progress_html(job, None, detail), None, _open_image(recon[-1] if recon else None), log, timer
-        status = RunFolder(run).read_status()
-        info = self.ws.run_info(run) if run.exists() else None
-        return (
-            progress_html(job, status),
-            _plot_value(loss_frame(RunFolder(run).read_metrics())),
-            _open_image(info.newest_sample if info else None),
-            log,
-            timer,
-        )
+            view = job_view(job, None, detail, log)
+            plot_data, grid = None, recon[-1] if recon else None
+        else:
+            view = job_view(job, RunFolder(run).read_status(), log=log)
+            plot_data = RunFolder(run).read_metrics()
+            info = self.ws.run_info(run) if run.exists() else None
+            grid = info.newest_sample if info else None
+
+        now = time.monotonic()
+        key = f"{job.get('started')}|{view.state}|{job.get('phase')}"
+        message = f"{view.message}" if seen.get("state") != key else gr.skip()
+        seen["state"] = key
+        due = not running or now - float(seen.get("drawn_at", 0.0)) >= self.PLOT_SECONDS
+        plot_sig = f"{job.get('started')}|{len(plot_data or [])}"
+        grid_sig = f"{grid}|{grid.stat().st_mtime if grid and grid.exists() else 0}"
+        plot, image, drawn = gr.skip(), gr.skip(), False
+        if seen.get("plot") != plot_sig and (due or "plot" not in seen):
+            plot, seen["plot"], drawn = _plot_value(loss_frame(plot_data or [])), plot_sig, True
+        if seen.get("grid") != grid_sig and (due or "grid" not in seen):
+            image, seen["grid"], drawn = _open_image(grid), grid_sig, True
+        if drawn:
+            seen["drawn_at"] = now
+        return view_html(view), plot, image, log, message, timer, seen
+
+    def pick_recipe(self, name: str | None, *values: Any) -> list[Any]:
+        """Fill the form with recipe ``name`` (its data folders and run name kept): (every field..., recipe note)."""
+        from ldm.app.recipes import CUSTOM, recipe_settings
+
+        if not name or name == CUSTOM:
+            return [gr.skip() for _ in fields(TrainSettings)] + [""]
+        try:
+            current = TrainSettings.from_values(*values)
+        except (UserError, ConfigError):
+            current = TrainSettings()
+        try:
+            s = recipe_settings(name, current)
+        except (UserError, ConfigError, OSError) as e:
+            return [gr.skip() for _ in fields(TrainSettings)] + [_warn(str(e))]
+        return s.values() + [self.recipe_note(name, s.max_minutes, s.max_steps)]
+
+    def recipe_note(self, name: str | None, minutes: float | None, max_steps: float | None) -> str:
+        """The recipe's measured result and what the budget in the form gives with it (markdown)."""
+        from ldm.app.recipes import CUSTOM, budget_estimate, recipe_summary
+
+        if not name or name == CUSTOM:
+            return ""
+        try:
+            minutes, max_steps = float(minutes or 0), int(max_steps or 0)
+        except (TypeError, ValueError):
+            minutes, max_steps = 0.0, 0
+        try:
+            estimate = budget_estimate(name, minutes, max_steps)
+            return recipe_summary(name) + (f"  \n{estimate}" if estimate else "")
+        except UserError as e:
+            return str(e)
 
     def job_settings(self) -> list[Any]:
         """The settings of the last job (to refill the form after a reload), else the defaults."""
@@ -452,24 +627,28 @@ class LdmApp:
     # Runs tab
 
     def runs_table(self) -> tuple[Any, Any]:
-        """(table rows, run picker update) of every run in the workspace, newest first."""
+        """(table update, run picker update) of every run in the workspace, newest first."""
         import pandas as pd
 
+        # column: its share of the table's width; shares (not pixels) keep every column in view on a 390 px phone,
+        # where the cells wrap instead of the table scrolling sideways
+        widths = {"run": "19%", "status": "19%", "steps": "14%", "last loss": "13%", "model": "14%", "updated": "21%"}
         infos = self.ws.runs()
         rows = [
             {
                 "run": r.name,
                 "status": r.state,
                 "steps": f"{r.step}" + (f" / {r.max_steps}" if r.max_steps else ""),
-                "last loss": None if r.last_loss is None else round(r.last_loss, 5),
+                "last loss": None if r.last_loss is None else round(r.last_loss, 4),
                 "model": "yes" if r.has_pipeline else "no",
                 "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)),
             }
             for r in infos
         ]
-        frame = pd.DataFrame(rows, columns=["run", "status", "steps", "last loss", "model", "updated"])
+        frame = pd.DataFrame(rows, columns=list(widths))
         choices = [(r.name, str(r.path)) for r in infos]
-        return frame, gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+        table = gr.Dataframe(value=frame, column_widths=list(widths.values()))
+        return table, gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
 
     def show_run(self, run: str | None) -> tuple[str, Any, Any]:
         """(details markdown, newest sample grid, loss frame) of one run."""
@@ -492,6 +671,9 @@ class LdmApp:
             f"{html.escape(r.message)}  \nnewest sample grid: {sample} · "
             f"model for inference: {'yes' if r.has_pipeline else 'not exported yet'}"
         )
+        history = segment_lines((RunFolder(path).read_status() or {}).get("segments"))
+        if len(history) > 1:
+            md += "  \n**History**  \n" + "  \n".join(history)
         return md, _open_image(r.newest_sample), _plot_value(loss_frame(RunFolder(path).read_metrics()))
 
     def use_for_inference(self, run: str | None) -> tuple[Any, Any, str, Any]:

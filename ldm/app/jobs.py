@@ -7,6 +7,8 @@
 
 The worker (``python -m ldm.app.jobs run JOBFILE``) starts in its own session, so it outlives the app: after a page
 reload or an app restart, :meth:`JobManager.current` finds it again through ``<workspace>/.ldm-app/job.json``.
+The job file records the run, the log and the commands' paths relative to the workspace (the worker runs in it),
+so a moved or copied workspace still knows its last job.
 It runs the phases one after another (train-vae, prepare, train), writing stdout and stderr of each into the log,
 and records the phase, its state and the exit code in the job file. Stop forwards SIGINT to the running phase and
 skips the phases after it.
@@ -47,19 +49,33 @@ class JobManager:
         self.job_file = workspace.app_dir / JOB_FILE
 
     def current(self) -> dict[str, Any] | None:
-        """The last job (running or not) as recorded in the job file, or None. A job whose worker died without
-        recording an end (killed, machine rebooted) is reported with state "failed" and says so."""
-        job = read_json(self.job_file)
-        if not isinstance(job, dict):
+        """The last job (running or not) as recorded in the job file, or None; ``run`` and ``log`` absolute. A job
+        whose worker died without recording an end (killed, machine rebooted) is reported with state "failed"."""
+        job = self._read()
+        if job is None:
             return None
         if job.get("state") == "running" and not pid_alive(job.get("pid")):
             # the worker writes its end state before exiting; reaching here means it was killed from outside
             time.sleep(0.2)
-            job = read_json(self.job_file) or job
+            job = self._read() or job
             if job.get("state") == "running" and not pid_alive(job.get("pid")):
-                job["state"] = "failed"
-                job["message"] = "the worker process ended without recording a result (killed?); see the log"
-                atomic_write_json(self.job_file, job)
+                job = _update(
+                    self.job_file,
+                    state="failed",
+                    message="the worker process ended without recording a result (killed?); see the log",
+                )
+        return self._absolute(job)
+
+    def _read(self) -> dict[str, Any] | None:
+        job = read_json(self.job_file)
+        return job if isinstance(job, dict) else None
+
+    def _absolute(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job with its ``run`` and ``log`` as absolute paths (recorded relative to the workspace)."""
+        job = dict(job)
+        for key in ("run", "log"):
+            if job.get(key):
+                job[key] = str(self.workspace.root / job[key])
         return job
 
     def is_running(self) -> bool:
@@ -82,8 +98,8 @@ class JobManager:
         log = Path(log)
         log.parent.mkdir(parents=True, exist_ok=True)
         job = {
-            "run": str(run),
-            "log": str(log),
+            "run": self.workspace.rel(run),
+            "log": self.workspace.rel(log),
             "phases": [asdict(p) for p in phases],
             "phase_index": 0,
             "phase": phases[0].name,
@@ -112,10 +128,10 @@ class JobManager:
         self._proc = proc  # reaped by stop()/wait() when started from this process (avoids a zombie)
         job["pid"] = proc.pid
         # the worker also writes its pid; writing it here closes the gap before it starts up
-        current = read_json(self.job_file) or job
+        current = self._read() or job
         current["pid"] = proc.pid
         atomic_write_json(self.job_file, current)
-        return current
+        return self._absolute(current)
 
     def stop(self) -> dict[str, Any]:
         """Ask the running job to stop safely (SIGINT to the worker, which forwards it to the running command)."""
@@ -126,8 +142,8 @@ class JobManager:
             os.kill(int(job["pid"]), signal.SIGINT)
         except ProcessLookupError:
             raise UserError("the job's worker process is gone; reload to see its last state") from None
-        job["message"] = "stop requested: finishing the current step and saving a checkpoint"
-        return job
+        # recorded, so every view of the job says "stopping" until the worker records the end
+        return self._absolute(_update(self.job_file, stop_requested=time.time()))
 
     def wait(self, timeout: float = 60.0) -> dict[str, Any] | None:
         """Block until the job is no longer running (for tests and scripts); returns the final job record."""
@@ -162,6 +178,8 @@ def run_worker(job_file: Path) -> int:
     child: dict[str, subprocess.Popen | None] = {"proc": None}
 
     def on_signal(signum: int, frame: Any) -> None:
+        if not stop["requested"]:
+            _update(job_file, stop_requested=time.time())  # every view says "stopping" until the end is recorded
         stop["requested"] = True
         proc = child["proc"]
         if proc is not None and proc.poll() is None:

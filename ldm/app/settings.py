@@ -250,7 +250,8 @@ def _launch(processes: int) -> list[str]:
 
 
 def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
-    """The ``ldm`` commands that carry out the settings, every path checked to lie inside the workspace."""
+    """The ``ldm`` commands that carry out the settings, every path checked to lie inside the workspace and written
+    relative to it (the worker runs in the workspace, so a moved workspace still runs its job)."""
     if not RUN_NAME.match(s.run_name or ""):
         raise UserError(
             f"run name {s.run_name!r}: use 1-64 letters, digits, '.', '_' or '-' (it becomes the folder runs/NAME)"
@@ -262,9 +263,13 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
         load_config(None, overrides)  # a bad extra setting is reported now, not after preprocessing
     except ConfigError as e:
         raise UserError(str(e)) from None
+    rel = ws.rel
     run = ws.resolve(f"runs/{s.run_name}", what="run folder", must_exist=False)
     if RunFolder(run).is_started:
-        raise UserError(f"run {ws.rel(run)} already exists: choose another run name, or Resume it")
+        raise UserError(
+            f"run {rel(run)} already exists: choose another run name, or press Resume to continue it "
+            "(a finished run then trains Max minutes / Max steps more)"
+        )
     # data.* and autoencoder.* settings also shape the autoencoder and the cache
     stage_overrides = [o for o in s.extra_overrides() if o.startswith(("data.", "autoencoder."))]
     phases: list[Phase] = []
@@ -273,16 +278,17 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
         if s.autoencoder in ("", TRAIN_HERE):
             vae = ws.resolve(f"runs/{s.run_name}-vae", what="autoencoder run folder", must_exist=False)
             if not RunFolder(vae).has_vae:  # reuse one trained by an earlier start
-                phases.append(Phase("train-vae", _ldm("train-vae", "--data", str(data), "--out", str(vae)), str(vae)))
-                phases[-1].argv += stage_overrides
+                argv = _ldm("train-vae", "--data", rel(data), "--out", rel(vae)) + stage_overrides
                 if RunFolder(vae).latest_checkpoint() is not None:  # an earlier start was interrupted: continue it
-                    phases[-1].argv += ["--resume", RunFolder.LATEST]
-            vae_source = str(vae)
+                    argv += ["--resume", RunFolder.LATEST]
+                phases.append(Phase("train-vae", argv, rel(vae)))
+            vae_source = rel(vae)
         else:
             vae_source = _autoencoder_source(ws, s.autoencoder)
         latents = ws.resolve(s.latent_dir or f"data/latents/{s.run_name}", what="latent folder", must_exist=False)
-        argv = _ldm("prepare", "--data", str(data), "--vae", vae_source, "--out", str(latents)) + stage_overrides
-        phases.append(Phase("prepare", argv, str(latents)))
+        _check_cache_fits(ws, latents, data)
+        argv = _ldm("prepare", "--data", rel(data), "--vae", vae_source, "--out", rel(latents)) + stage_overrides
+        phases.append(Phase("prepare", argv, rel(latents)))
     else:
         latents = ws.resolve(s.latent_dir, what="latent folder")
         if not Manifest.exists(latents):
@@ -290,53 +296,76 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
                 f"latent folder {s.latent_dir!r} has no {MANIFEST}, so it is not a (complete) latent cache; "
                 "choose preprocess = yes to build one from a data folder"
             )
-    train = _launch(s.processes) + ["train", "--latents", str(latents), "--out", str(run)] + overrides
-    phases.append(Phase("train", train, str(run)))
-    info = {"settings": asdict(s), "latents": str(latents), "overrides": overrides}
+    train = _launch(s.processes) + ["train", "--latents", rel(latents), "--out", rel(run)] + overrides
+    phases.append(Phase("train", train, rel(run)))
+    info = {"settings": asdict(s), "latents": rel(latents), "overrides": overrides}
     return JobPlan(run=run, latents=latents, phases=phases, log=run / "app-job.log", info=info)
 
 
+def _check_cache_fits(ws: Workspace, latents: Path, data: Path) -> None:
+    """Refuse, in the app's words, a latent folder that already holds a cache of other images (preprocessing into
+    it would fail after the autoencoder was trained)."""
+    if not Manifest.exists(latents):
+        return
+    try:
+        made_from = Manifest.load(latents).data_dir
+    except UserError:
+        return  # a broken manifest: prepare says what is wrong with it
+    if made_from and Path(made_from).resolve() != data.resolve():
+        raise UserError(
+            f"latent folder {ws.rel(latents)} already holds a cache of other images ({ws.rel(made_from)}); "
+            "choose another latent folder (empty = data/latents/RUN), or preprocess = no to train on that cache"
+        )
+
+
 def _autoencoder_source(ws: Workspace, text: str) -> str:
-    """A folder inside the workspace, or a hub id (``owner/name``, not a folder here)."""
+    """A folder inside the workspace (relative to it), or a hub id (``owner/name``, not a folder here)."""
     candidate = Path(text).expanduser()
     local = candidate if candidate.is_absolute() else ws.root / candidate
     if not local.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith("."):
         return text  # a hub id; loading it needs the hub, the prepare step reports if it is unreachable
-    return str(ws.resolve(text, what="autoencoder folder"))
+    return ws.rel(ws.resolve(text, what="autoencoder folder"))
 
 
-def plan_resume(ws: Workspace, job: dict[str, Any] | None) -> JobPlan:
-    """Continue the last job's run from its newest checkpoint (``ldm train --resume latest``), with its settings."""
-    if not job or not job.get("run"):
-        raise UserError(
-            "nothing to resume: no training job was started from this app in this workspace; to continue a run "
-            "started elsewhere (e.g. by `ldm train`), pick it in the Runs tab and press Resume training"
-        )
-    return plan_resume_run(ws, job["run"], job.get("info") or {})
-
-
-def plan_resume_run(ws: Workspace, run_text: str | Path | None, info: dict[str, Any] | None = None) -> JobPlan:
-    """Continue any run of the workspace from its newest checkpoint, on the latent cache that checkpoint records
-    (or ``info["latents"]``), with the run's own config plus ``info["overrides"]``."""
+def plan_resume_run(
+    ws: Workspace,
+    run_text: str | Path | None,
+    info: dict[str, Any] | None = None,
+    more: dict[str, float] | None = None,
+) -> JobPlan:
+    """Resume any run of the workspace from its newest checkpoint, on the latent cache (or dataset) that
+    checkpoint records, with the run's own config. Without ``more`` it finishes the budget it was started with;
+    ``more`` (``{"max_minutes": M, "max_steps": N}``, zeros ignored) continues it for that much more training, also
+    after it finished (a new segment with its own learning-rate schedule, see :mod:`ldm.training.loop`)."""
     run = ws.resolve(run_text, what="run folder")
+    rel = ws.rel
     ckpt = RunFolder(run).latest_checkpoint()
     if ckpt is None:
-        raise UserError(f"run {ws.rel(run)} has no checkpoint yet, so it cannot be resumed; start it again instead")
+        raise UserError(f"run {rel(run)} has no checkpoint yet, so it cannot be resumed; start it again instead")
     state = RunFolder.read_checkpoint_state(ckpt)
+    budget = []
+    for key, flag in (("max_minutes", "--max-minutes"), ("max_steps", "--max-steps")):
+        value = (more or {}).get(key) or 0
+        if value < 0:
+            raise UserError(f"{key.replace('_', ' ')} must be 0 or more, got {value:g}")
+        if value > 0:
+            budget += [flag, f"{int(value)}" if key == "max_steps" else f"{value:g}"]
+    if more is not None and not budget:
+        raise UserError("set Max minutes or Max steps: how much longer to train it")
     if state.get("kind") == "autoencoder":  # an `ldm train-vae` run continues on the dataset it records
-        data = ws.resolve(state.get("data_dir"), what=f"dataset of run {ws.rel(run)}")
-        argv = _ldm("train-vae", "--data", str(data), "--out", str(run), "--resume", RunFolder.LATEST)
-        phases = [Phase("train-vae", argv, str(run))]
-        return JobPlan(run=run, latents=data, phases=phases, log=run / "app-job.log", info={"data": str(data)})
+        data = ws.resolve(state.get("data_dir"), what=f"dataset of run {rel(run)}")
+        argv = _ldm("train-vae", "--data", rel(data), "--out", rel(run), "--resume", RunFolder.LATEST) + budget
+        phases = [Phase("train-vae", argv, rel(run))]
+        return JobPlan(run=run, latents=data, phases=phases, log=run / "app-job.log", info={"data": rel(data)})
     info = dict(info or {})
-    recorded = info.get("latents") or RunFolder.checkpoint_latents(ckpt)
+    recorded = RunFolder.checkpoint_latents(ckpt) or info.get("latents")
     if not recorded:
-        raise UserError(f"run {ws.rel(run)}: its checkpoint {ckpt.name} does not say which latent cache it used")
-    latents = ws.resolve(recorded, what=f"latent folder of run {ws.rel(run)}")
-    info["latents"] = str(latents)
-    processes = int(((info or {}).get("settings") or {}).get("processes") or 1)  # as the run was started
-    argv = _launch(processes) + ["train", "--latents", str(latents), "--out", str(run), "--resume", RunFolder.LATEST]
-    argv += list(info.get("overrides") or [])
+        raise UserError(f"run {rel(run)}: its checkpoint {ckpt.name} does not say which latent cache it used")
+    latents = ws.resolve(recorded, what=f"latent folder of run {rel(run)}")
+    info["latents"] = rel(latents)
+    processes = int((info.get("settings") or {}).get("processes") or 1)  # as the run was started
+    argv = _launch(processes) + ["train", "--latents", rel(latents), "--out", rel(run), "--resume", RunFolder.LATEST]
+    # the run's own config.yaml holds its settings; only the new budget is given
     return JobPlan(
-        run=run, latents=latents, phases=[Phase("train", argv, str(run))], log=run / "app-job.log", info=info
+        run=run, latents=latents, phases=[Phase("train", argv + budget, rel(run))], log=run / "app-job.log", info=info
     )

@@ -6,8 +6,10 @@
 
 Every folder a user types into the app goes through :meth:`Workspace.resolve`: relative paths are taken from the
 root, ``~``, ``..`` and symlinks are resolved first, and anything that does not end up inside the root is refused
-with a message. Discovery walks the root a few levels deep, skipping hidden folders and virtual environments, and
-never descends into the folders it recognises (a latent cache holds thousands of files).
+with a message. Policy on symlinks: a link inside the workspace that points outside it is refused like any other
+outside path (the workspace is the one folder the app may read and write, and a copy of it holds its data).
+Discovery walks the root a few levels deep, skipping hidden folders and virtual environments, and never descends
+into the folders it recognises (a latent cache holds thousands of files).
 """
 
 from __future__ import annotations
@@ -174,9 +176,12 @@ class Workspace:
         # points out of the workspace is caught here, not after the fact
         r = p.resolve()
         if not self.contains(r):
+            link = next((q for q in (p, *p.parents) if q.is_symlink() and q.is_relative_to(self.root)), None)
+            why = f" (through the symlink {link.relative_to(self.root)})" if link is not None else ""
             raise UserError(
-                f"{what} {raw!r} resolves to {r}, which is outside the workspace {self.root}; "
-                "only folders inside the workspace are accepted (move or link the data into it)"
+                f"{what} {raw!r} resolves to {r}{why}, which is outside the workspace {self.root}; only folders "
+                "inside the workspace are accepted, and a symlink inside it that points outside is refused too: "
+                "copy the folder into the workspace"
             )
         if must_exist and not r.exists():
             raise UserError(f"{what} {raw!r} does not exist (looked for {r})")
@@ -287,17 +292,20 @@ class Workspace:
         return sorted(infos, key=lambda r: r.updated, reverse=True)
 
     def models(self, found: Discovery | None = None) -> list[tuple[str, str]]:
-        """(label, absolute path) of everything the Inference tab can load: runs with an exported pipeline or a
-        checkpoint, and exported pipeline folders; newest runs first."""
+        """(label, absolute path) of everything the Inference tab can load, the default (first) being the best bet:
+        finished runs with an exported pipeline, then other runs with one (running, stopped, ...), then runs with a
+        checkpoint only, each newest first; then exported pipeline folders. The newest run is often a quick test
+        still training, so it is not the default unless nothing finished."""
         found = found or self.discover()
+        runs = [r for r in self.runs(found) if r.kind != "autoencoder" and (r.has_pipeline or r.has_checkpoint)]
+
+        def tier(r: RunInfo) -> int:
+            return 0 if r.has_pipeline and r.state == "finished" else 1 if r.has_pipeline else 2
+
         out = []
-        for info in self.runs(found):
-            if info.kind == "autoencoder":
-                continue
-            if info.has_pipeline:
-                out.append((f"{info.name}  (run, {info.state}, step {info.step})", str(info.path)))
-            elif info.has_checkpoint:
-                out.append((f"{info.name}  (run checkpoint, {info.state}, step {info.step})", str(info.path)))
+        for info in sorted(runs, key=tier):  # sorted is stable: newest first within a tier
+            kind = "run" if info.has_pipeline else "run checkpoint"
+            out.append((f"{info.name}  ({kind}, {info.state}, step {info.step})", str(info.path)))
         for p in found.pipelines:
             out.append((f"{self.rel(p)}  (exported pipeline)", str(p)))
         return out

@@ -51,17 +51,24 @@ def flag_overrides(section: str, **flags: object) -> list[str]:
     return [f"{section}.{key}={value}" for key, value in flags.items() if value is not None]
 
 
-def resolve_training_config(args: argparse.Namespace, section: str, **flags: object) -> tuple[Config, Path | None]:
-    """The config of a training command and, with ``--resume``, the checkpoint meant. Continuing a run continues
-    its recipe: without ``--config`` the run's own resolved config is the base. ``flags``: the dedicated flags of
-    ``section`` (``--max-steps`` ...), applied before the overrides."""
+def resolve_training_config(
+    args: argparse.Namespace, section: str, clearable: tuple[str, ...] = (), **flags: object
+) -> tuple[Config, Path | None, bool]:
+    """The config of a training command, with ``--resume`` the checkpoint meant, and whether the run is *continued*.
+
+    Continuing a run continues its recipe: without ``--config`` the run's own resolved config is the base. ``flags``:
+    the dedicated budget flags of ``section`` (``--max-steps`` ...), applied before the overrides. A budget flag
+    given with ``--resume`` trains that much *more* (a new segment, see :mod:`ldm.training.loop`); the budget keys
+    in ``clearable`` that were not given are then 0, so the flags alone say how long the continuation is."""
     ckpt = None
     if args.resume is not None:
         ckpt = RunFolder(args.out).resolve_resume(args.resume)
         run_config = RunFolder.of_checkpoint(ckpt).config_path
         if args.config is None and run_config.is_file():
             args.config = str(run_config)
-    return resolve_config(args, flag_overrides(section, **flags)), ckpt
+    continuing = ckpt is not None and any(v is not None for v in flags.values())
+    cleared = [f"{section}.{key}=0" for key in clearable if continuing and flags.get(key) is None]
+    return resolve_config(args, cleared + flag_overrides(section, **flags)), ckpt, continuing
 
 
 def run_stoppable(prog: str, threads: int | None, train: Callable[[StopFlag], T]) -> T | None:

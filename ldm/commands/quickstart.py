@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     t_all = time.monotonic()
+    from ldm.utils import WORKSPACE_MARKER
+
+    # a workspace: what it records about its own folders is relative to it, so it can be moved or copied (and it is
+    # the folder the app opens)
+    (ws / WORKSPACE_MARKER).mkdir(parents=True, exist_ok=True)
 
     # 1. dataset
     t = _step(f"1/5 synthetic faces -> {data_dir}")

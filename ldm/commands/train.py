@@ -1,7 +1,8 @@
 """``ldm train``: train the class-conditional diffusion UNet on a latent cache, into a run folder.
 
     ldm train --latents data/latents/demo --out runs/demo --config configs/demo.yaml
-    ldm train --out runs/demo --resume latest --max-steps 4000     # the cache the run was trained on
+    ldm train --out runs/demo --resume latest                      # after a stop: finish the budget it started with
+    ldm train --out runs/demo --resume latest --max-minutes 2      # train 2 minutes more (also after it finished)
     ldm train --latents data/latents/faces --out runs/lr1e-3 --config configs/faces.yaml training.learning_rate=1e-3
 
 Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and the exported pipeline, and exits 0
@@ -35,11 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="latent cache folder made by `ldm prepare` (with --resume: by default the one the run was trained on)",
     )
     p.add_argument("--out", required=True, metavar="RUN", help="run folder, e.g. runs/NAME")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps (training.max_steps)")
-    p.add_argument("--epochs", type=int, default=None, help="stop after N passes over the cache (training.epochs)")
-    p.add_argument(
-        "--max-minutes", type=float, default=None, help="stop after M minutes of training (training.max_minutes)"
-    )
+    more = "; with --resume: that much more training (a new segment)"
+    p.add_argument("--max-steps", type=int, default=None, help=f"stop after N optimiser steps{more}")
+    p.add_argument("--epochs", type=int, default=None, help=f"stop after N passes over the cache{more}")
+    p.add_argument("--max-minutes", type=float, default=None, help=f"stop after M minutes of training{more}")
     add_resume_argument(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: accelerate's choice)")
     p.add_argument(
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ldm.errors import UserError
 
     budget = {"max_steps": args.max_steps, "epochs": args.epochs, "max_minutes": args.max_minutes}
-    cfg, ckpt = resolve_training_config(args, "training", **budget)
+    cfg, ckpt, continuing = resolve_training_config(args, "training", tuple(budget), **budget)
     recorded = None
     if ckpt is not None and args.latents is None:
         # continuing a run: on the cache it was trained on
@@ -83,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
     def start(stop: Callable[[], bool]) -> Any:
         progress = not args.no_progress
         return train(
-            cfg, args.latents, args.out, resume=args.resume, should_stop=stop, progress=progress, device=args.device
-        )
+            cfg, args.latents, args.out, resume=args.resume, should_stop=stop, progress=progress, device=args.device,
+            continue_training=continuing,
+        )  # fmt: skip
 
     result = run_stoppable("train", args.threads, start)
     if result is None:

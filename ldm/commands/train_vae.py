@@ -2,7 +2,8 @@
 
     ldm train-vae --data data/synth-faces --out runs/vae
     ldm train-vae --data faces/ --out runs/vae-faces --max-minutes 20 data.channels=1 autoencoder.down_factor=8
-    ldm train-vae --out runs/vae-faces --resume latest --max-minutes 30   # continue it, on the data it was trained on
+    ldm train-vae --out runs/vae-faces --resume latest                  # after a stop: finish its budget
+    ldm train-vae --out runs/vae-faces --resume latest --max-minutes 30 # 30 minutes more, on the data it used
     ldm train-vae --data faces/ --out runs/x --dry-run      # print the resolved config and exit
 
 Ctrl-C (or SIGTERM) stops after the current step and still saves a checkpoint, ``vae/`` and ``eval.json`` (exit 0);
@@ -42,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from ldm.commands._common import dry_run, resolve_training_config, run_stoppable
     from ldm.errors import UserError
 
-    cfg, _ = resolve_training_config(args, "autoencoder", max_minutes=args.max_minutes, max_steps=args.max_steps)
+    # autoencoder.max_steps stays as an upper bound of a continuation by time (it must be at least 1)
+    budget = {"max_minutes": args.max_minutes, "max_steps": args.max_steps}
+    cfg, _, continuing = resolve_training_config(args, "autoencoder", ("max_minutes",), **budget)
     if args.resume is None and args.data is None:
         raise UserError("--data DIR is required for a new run (a folder of class folders)")
     if dry_run(args, cfg):
@@ -52,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
     def start(stop: Callable[[], bool]) -> dict[str, Any]:
         progress = not args.no_progress
-        return train_vae(cfg, args.data, args.out, progress=progress, should_stop=stop, resume=args.resume)
+        return train_vae(
+            cfg, args.data, args.out, progress=progress, should_stop=stop, resume=args.resume,
+            continue_training=continuing,
+        )  # fmt: skip
 
     result = run_stoppable("train-vae", args.threads, start)
     if result is None:

@@ -216,6 +216,8 @@ def prepare_latents(
         "data_dir": str(root),
         "mirrored": True if cfg.data.hflip else None,  # None, as manifests from before mirrored latents read
     }
+    # a local autoencoder by its absolute path (the manifest stores it relative to the cache inside a workspace)
+    vae_source = str(Path(vae_source).resolve()) if Path(str(vae_source)).exists() else str(vae_source)
     old = _read_manifest(out) if out.is_dir() and not overwrite else None
     if old is not None and _quick_up_to_date(old, root, vae_source, settings):
         print(f"latent cache {out} is up to date ({old.num_images} latents); nothing to do")

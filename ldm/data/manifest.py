@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ldm.errors import UserError
-from ldm.utils import atomic_write_json
+from ldm.utils import atomic_write_json, recorded_path, resolve_recorded
 
 FORMAT_VERSION = 1
 MIRRORED = "mirrored.npy"  # (N, C, H, W): the latent of each image mirrored left-right, same order
@@ -52,6 +52,11 @@ class LatentStats:
     channel_std: list[float]
 
 
+# (section or None, key) of the local paths a manifest records: absolute in memory, on disk relative to the cache when
+# inside its workspace (:func:`ldm.utils.recorded_path`), so a moved or copied workspace keeps its caches
+PATH_FIELDS = ((None, "data_dir"), ("autoencoder", "source"), ("autoencoder", "folder"))
+
+
 @dataclass
 class Manifest:
     """Contents of ``manifest.json``; see :func:`ldm.data.latents.prepare_latents` for how each field is made."""
@@ -67,7 +72,7 @@ class Manifest:
     scaling_factor: float | None = None  # the factor the stored latents were multiplied by
     scaling_factor_setting: float | str | None = None  # autoencoder.scaling_factor: a number, "config" or "auto"
     preprocessing: dict[str, Any] | None = None  # how images were brought to image_size (ldm.data.folders)
-    data_dir: str | None = None  # absolute dataset folder
+    data_dir: str | None = None  # dataset folder (absolute in memory; on disk see PATH_FIELDS)
     data_fingerprint: str | None = None  # latents.data_fingerprint of the used files
     listing_fingerprint: str | None = None  # latents.listing_fingerprint of every candidate file
     latent_stats: LatentStats | None = None
@@ -125,11 +130,21 @@ class Manifest:
             ) from None
         if not isinstance(d, dict):
             raise UserError(f"{path} is not a latent cache manifest (a JSON object); rebuild it with ldm prepare")
+        for section, key in PATH_FIELDS:
+            holder = d if section is None else d.get(section)
+            if isinstance(holder, dict) and key in holder:
+                holder[key] = resolve_recorded(holder[key], cache_dir)
         return cls.from_dict(d)
 
     def save(self, cache_dir: str | Path) -> None:
         """Write ``cache_dir/manifest.json`` atomically (readers never see half a file)."""
-        atomic_write_json(self.path(cache_dir), self.to_dict())
+        d = self.to_dict()
+        for section, key in PATH_FIELDS:
+            holder = d if section is None else d.get(section)
+            value = holder.get(key) if isinstance(holder, dict) else None
+            if isinstance(value, str) and Path(value).is_absolute():  # a hub id stays as it is
+                holder[key] = recorded_path(value, cache_dir)
+        atomic_write_json(self.path(cache_dir), d)
 
     def entries(self, cache_dir: str | Path) -> list[tuple[str, int]]:
         """(relative .npy path, label) of every latent in label order, from ``files`` (dicts, or plain relative

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from ldm.diffusion.schedulers import make_scheduler
 from ldm.errors import UserError
 from ldm.figures import to_pil
 from ldm.run_folder import RunFolder
+from ldm.utils import atomic_write_json
 
 MAX_SEED = 2**63 - 1  # seeds are int64 (torch.Generator.manual_seed); the app and the CLI accept 0 .. MAX_SEED
 
@@ -227,9 +229,15 @@ class ClassConditionalLatentDiffusionPipeline(DiffusionPipeline):
         self.register_to_config(id2label=id2label, scaling_factor=float(scaling_factor))
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
-        """``DiffusionPipeline.save_pretrained`` plus ``pipeline.py``, a loader shim for plain diffusers."""
+        """``DiffusionPipeline.save_pretrained`` plus ``pipeline.py``, a loader shim for plain diffusers. The configs
+        lose diffusers' ``_name_or_path`` (where a component was loaded from: an absolute folder on this machine that
+        nothing reads back), so the folder names no place and can be moved or shared."""
         super().save_pretrained(save_directory, *args, **kwargs)
         Path(save_directory, "pipeline.py").write_text(PIPELINE_SHIM)
+        for config in [Path(save_directory, "model_index.json"), *Path(save_directory).glob("*/config.json")]:
+            d = json.loads(config.read_text())
+            if d.pop("_name_or_path", None) is not None:
+                atomic_write_json(config, d)
 
     @property
     def class_names(self) -> list[str]:

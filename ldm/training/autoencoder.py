@@ -237,11 +237,9 @@ class AutoencoderTrainer(TrainingLoop):
     def step(self) -> dict[str, Any]:
         """One optimiser step of the autoencoder (and of the discriminator when it is on); returns the metrics record
         of the step (``step, seconds, lr, loss, rec_loss, kl`` and the GAN terms)."""
-        from ldm.training.optim import lr_factor
-
         ac, tf = self.ac, self._time_fraction()
-        lr = ac.learning_rate * lr_factor(
-            self.step_count, ac.warmup_steps, horizon=ac.max_steps, time_fraction=tf, decay_during_warmup=True
+        lr = ac.learning_rate * self.lr_multiplier(
+            ac.warmup_steps, "cosine", ac.max_steps, tf, decay_during_warmup=True
         )
         for g in self.optimizer.param_groups:
             g["lr"] = lr

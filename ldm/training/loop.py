@@ -10,6 +10,11 @@ grids, evaluation, checkpoints) and its end products (``finish``). The loop is w
         reason = self.stop_reason()       # budget reached or stop requested (Ctrl-C, the app's Stop)
         self.after_step(at_end=reason is not None)
 
+A run is trained in one or more *segments*: the first from step 0 with the config's budget; each later one
+(``continue_training=True``: ``ldm train --resume latest --max-minutes M``, the app's "Continue training") adds its
+budget on top of the resumed step, with a learning-rate segment of its own (:meth:`TrainingLoop.lr_multiplier`).
+A plain resume continues the current segment, so a stopped run finishes the budget it was started with.
+
 A checkpoint (:meth:`ldm.run_folder.RunFolder.checkpoint_dir`) holds the raw weights, the EMA, the optimiser(s),
 the RNG states and a state file (written last: its presence marks the checkpoint complete) with the step, the elapsed
 time and the stage's own fields; the run folder's ``latest`` pointer names the newest. Resuming restores all of it,
@@ -33,9 +38,13 @@ from ldm.config import Config
 from ldm.device import CpuBf16
 from ldm.errors import UserError
 from ldm.run_folder import RunFolder
-from ldm.utils import atomic_dir, atomic_write_json, check_output_folder
+from ldm.utils import atomic_dir, check_output_folder
 
 CHECKPOINT_FORMAT = 1
+# Peak learning rate of a continuation segment, as a share of the config's: the model has settled at the end of the
+# previous segment's cosine, and a restart at the full peak throws part of that away (a short warm-up to this peak,
+# then a cosine to zero at the continuation's end).
+CONTINUE_LR_SHARE = 0.5
 
 
 class TrainingDiverged(UserError):
@@ -170,11 +179,13 @@ class TrainingLoop:
         progress: bool = True,
         on_log: Callable[[dict[str, Any]], None] | None = None,
         device: str | None = None,
+        continue_training: bool = False,
     ):
         """``cfg``: the full config; ``source``: what the stage trains on (a latent cache, an image folder); ``out``:
         the run folder; ``resume``: ``"latest"``, a run or checkpoint folder; ``should_stop``: polled after every
         step; ``progress``: a progress bar and the log echoed; ``on_log``: called with every metrics record;
-        ``device``: ``"cpu"`` forces the CPU, None lets accelerate pick (CUDA when present)."""
+        ``device``: ``"cpu"`` forces the CPU, None lets accelerate pick (CUDA when present); ``continue_training``
+        (with ``resume``): the config's budget is trained *on top of* the resumed step, as a new segment."""
         self.cfg = cfg
         settings = getattr(cfg, self.section)
         self.check_config()
@@ -196,6 +207,9 @@ class TrainingLoop:
         # Refuse before touching anything: a run folder with checkpoints is only continued on request.
         check_output_folder(self.out)
         self.resume_from: Path | None = None
+        if continue_training and resume is None:
+            raise UserError("continuing a run needs the checkpoint to continue from (resume)")
+        self.continue_training = continue_training
         if resume is not None:
             self.resume_from = self.run_folder.resolve_resume(resume)
         elif (problem := self.run_folder.existing_run_problem()) is not None:
@@ -227,7 +241,9 @@ class TrainingLoop:
         self.start_step = 0
         self.elapsed_before = 0.0  # training seconds spent before this process (resume)
         self.last_loss: float | None = None
+        # the budget of the current segment, counted from its start (set by load_source; see the module docstring)
         self.max_steps, self.max_minutes, self.horizon = 0, 0.0, None
+        self.segments: list[dict[str, Any]] = [{"start_step": 0, "start_seconds": 0.0}]
         self.generator: torch.Generator | None = None  # the stage's own random source, saved with checkpoints
         self.last_ckpt: Path | None = None  # the newest checkpoint of this run and its step
         self.last_ckpt_step = -1
@@ -240,7 +256,8 @@ class TrainingLoop:
         """Raise UserError for settings that cannot train, before anything is touched."""
 
     def load_source(self, source: Path) -> None:
-        """Read what the stage trains on; set ``max_steps``, ``max_minutes`` and ``horizon``."""
+        """Read what the stage trains on; set the segment's budget ``max_steps``, ``max_minutes`` and ``horizon``
+        (steps until the budget ends it, None when only time bounds it), all counted from the segment's start."""
         raise NotImplementedError
 
     def train_step(self) -> float:
@@ -345,11 +362,12 @@ class TrainingLoop:
             print(msg, flush=True)
 
     def status(self, state: str, message: str = "", loss: float | None = None) -> None:
+        self._status_at = time.monotonic()
         if self.main:
             self.run_folder.write_status(
                 state,
                 step=self.step_count,
-                max_steps=self.horizon,
+                max_steps=self.end_step,
                 message=message,
                 eta_seconds=self._eta() if state == "running" else 0.0 if state == "finished" else None,
                 kind=self.kind,
@@ -357,6 +375,7 @@ class TrainingLoop:
                 loss=loss,
                 elapsed_seconds=round(self._elapsed(), 1),
                 max_minutes=self.max_minutes or None,
+                segments=self.segments,
             )
 
     def open_bar(self) -> None:
@@ -365,7 +384,7 @@ class TrainingLoop:
             from ldm.progress import progress_bar
 
             self.bar = progress_bar(
-                total=self.horizon, initial=self.step_count, unit="step", desc=self.label, dynamic_ncols=True
+                total=self.end_step, initial=self.step_count, unit="step", desc=self.label, dynamic_ncols=True
             )
 
     def bar_postfix(self, **values: str) -> None:
@@ -387,11 +406,35 @@ class TrainingLoop:
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - self.t0)
 
+    @property
+    def segment_start_step(self) -> int:
+        return int(self.segments[-1]["start_step"])
+
+    @property
+    def end_step(self) -> int | None:
+        """The step at which the current segment's step budget ends it (None when only time bounds it)."""
+        return None if self.horizon is None else self.segment_start_step + self.horizon
+
+    def _segment_seconds(self) -> float:
+        """Training seconds of the current segment so far."""
+        return self._elapsed() - float(self.segments[-1]["start_seconds"])
+
     def _time_fraction(self) -> float:
-        """Elapsed share of the ``max_minutes`` budget (0 without one)."""
+        """Elapsed share of the segment's ``max_minutes`` budget (0 without one)."""
         if self.max_minutes <= 0:
             return 0.0
-        return self._elapsed() / (60.0 * self.max_minutes)
+        return self._segment_seconds() / (60.0 * self.max_minutes)
+
+    def lr_multiplier(
+        self, warmup_steps: int, schedule: str, horizon: int | None, time_fraction: float, **kw: Any
+    ) -> float:
+        """:func:`ldm.training.optim.lr_factor` within the current segment (step and ``horizon`` counted from its
+        start), times :data:`CONTINUE_LR_SHARE` in a continuation segment."""
+        from ldm.training.optim import lr_factor
+
+        step = self.step_count - self.segment_start_step
+        factor = lr_factor(step, warmup_steps, schedule, horizon, time_fraction, **kw)
+        return factor * (CONTINUE_LR_SHARE if len(self.segments) > 1 else 1.0)
 
     def _eta(self) -> float | None:
         done = self.step_count - self.start_step
@@ -399,19 +442,20 @@ class TrainingLoop:
             return None
         per_step = (time.monotonic() - self.t0) / done
         etas = []
-        if self.horizon is not None:
-            etas.append(max(0, self.horizon - self.step_count) * per_step)
+        if self.end_step is not None:
+            etas.append(max(0, self.end_step - self.step_count) * per_step)
         if self.max_minutes > 0:
-            etas.append(max(0.0, 60.0 * self.max_minutes - self._elapsed()))
+            etas.append(max(0.0, 60.0 * self.max_minutes - self._segment_seconds()))
         return min(etas) if etas else None
 
     def _budget_reason(self) -> str | None:
-        if self.max_steps > 0 and self.step_count >= self.max_steps:
-            return f"reached max_steps={self.max_steps}"
+        of = " of this continuation" if len(self.segments) > 1 else ""
+        if self.max_steps > 0 and self.step_count - self.segment_start_step >= self.max_steps:
+            return f"reached max_steps={self.max_steps}{of}"
         if (reason := self.extra_stop_reason()) is not None:
-            return reason
-        if self.max_minutes > 0 and self._elapsed() >= 60.0 * self.max_minutes:
-            return f"reached max_minutes={self.max_minutes:g}"
+            return reason + of
+        if self.max_minutes > 0 and self._segment_seconds() >= 60.0 * self.max_minutes:
+            return f"reached max_minutes={self.max_minutes:g}{of}"
         return None
 
     def stop_reason(self) -> tuple[str | None, str]:
@@ -475,9 +519,10 @@ class TrainingLoop:
                         "loss": self.last_loss,
                         "num_processes": self.world,
                         "mixed_precision": self.mixed_precision,
+                        "segments": self.segments,
                         **fields,
                     }
-                    atomic_write_json(RunFolder.checkpoint_state_path(tmp), state)
+                    RunFolder.write_checkpoint_state(tmp, self.out, state)
             except OSError as e:  # disk full, permissions: the half-written folder is gone, older ones stay
                 good = self.run_folder.checkpoints()
                 msg = (f"could not write checkpoint {final.name} ({e.strerror or e}); the newest good one is "
@@ -506,7 +551,21 @@ class TrainingLoop:
         self.step_count = int(state["step"])
         self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
         self.last_loss = state.get("loss")
+        self.segments = [dict(seg) for seg in state.get("segments") or self.segments]
+        if self.continue_training:
+            self.segments[-1].setdefault("end_step", self.step_count)
+            self.segments.append({"start_step": self.step_count, "start_seconds": self.elapsed_before})
+        seg = self.segments[-1]
+        seg.update(self.budget())  # a plain resume may change the budget of the segment it continues
         return state
+
+    def budget(self) -> dict[str, Any]:
+        """The current segment's budget as recorded in ``segments`` (status.json, checkpoints)."""
+        return {"max_steps": self.max_steps, "max_minutes": self.max_minutes}
+
+    def budget_text(self) -> str:
+        """The current segment's budget in words, e.g. "max_minutes=2 or max_steps=500"."""
+        return " or ".join(f"{k}={v:g}" for k, v in self.budget().items() if v) or "no limit"
 
     def load_weights(self, model: torch.nn.Module) -> None:
         """Load the resumed checkpoint's raw weights into ``model`` and its EMA into ``self.ema``."""
@@ -553,6 +612,7 @@ class TrainingLoop:
                     self.bar.update(1)
                 reason, state = self.stop_reason()
                 self.after_step(at_end=reason is not None)
+                self._heartbeat(loss)
         except TrainingDiverged:
             raise
         except BaseException as e:
@@ -563,15 +623,23 @@ class TrainingLoop:
             raise
         finally:
             self.close_bar()
+        self.segments[-1].update(end_step=self.step_count, end_seconds=round(self._elapsed(), 1), end=reason)
         self.status("running", f"{reason}: saving", loss=self.last_loss)
         return self.finish(state, reason)
 
     def _start(self) -> None:
         """Metrics kept up to the resumed step, the stage's log lines, status "running", the progress bar."""
+        if self.resume_from is None:
+            self.segments = [{"start_step": 0, "start_seconds": 0.0, **self.budget()}]
         if self.main:
             if self.resume_from is not None:
                 self.run_folder.truncate_metrics(self.step_count)  # the steps after the checkpoint are trained again
                 self.log(f"resuming from {self.resume_from} (step {self.step_count})")
+                if self.continue_training:
+                    self.log(
+                        f"continuing: segment {len(self.segments)} trains {self.budget_text()} more from step "
+                        f"{self.step_count}, peak learning rate x{CONTINUE_LR_SHARE:g}"
+                    )
             elif self.run_folder.metrics_path.exists():
                 # An earlier start of this run died before its first checkpoint: its metrics describe nothing kept.
                 self.run_folder.truncate_metrics(0)
@@ -585,7 +653,17 @@ class TrainingLoop:
         self.status("running", "starting")
         self.open_bar()
 
+    STATUS_SECONDS = 2.0  # status.json is rewritten at least this often while training (the app shows it)
+
+    def _heartbeat(self, loss: float) -> None:
+        """Keep status.json's step fresh between metrics lines (a slow machine logs every 10 steps = many seconds)."""
+        now = time.monotonic()
+        if self.main and now - getattr(self, "_status_at", 0.0) >= self.STATUS_SECONDS:
+            self.status("running", "training", loss=self.last_loss if self.last_loss is not None else loss)
+
     def _done_already(self) -> str | None:
         """A resumed run may already be done (``--resume latest`` on a finished run): no step past the budget."""
         reason = self._budget_reason() if self.resume_from is not None else None
-        return None if reason is None else f"already {reason}"
+        if reason is None:
+            return None
+        return f"already {reason}: nothing to train; give it more time or steps to continue"

@@ -40,7 +40,7 @@ from ldm.errors import UserError
 from ldm.figures import labelled_grid, plot_loss
 from ldm.run_folder import save_png
 from ldm.training.loop import BatchStream, TrainingDiverged, TrainingLoop, make_ema
-from ldm.training.optim import lr_factor, make_optimizer
+from ldm.training.optim import make_optimizer
 from ldm.utils import atomic_dir
 
 __all__ = ["BatchStream", "TrainResult", "Trainer", "TrainingDiverged", "train"]
@@ -285,9 +285,7 @@ class Trainer(TrainingLoop):
         tc = self.tc
         # the step horizon, when known, drives the cosine alone (the time share differs between runs and resumes)
         time_fraction = self._time_fraction() if self.horizon is None else 0.0
-        lr = tc.learning_rate * lr_factor(
-            self.step_count, tc.warmup_steps, tc.lr_schedule, self.horizon, time_fraction
-        )
+        lr = tc.learning_rate * self.lr_multiplier(tc.warmup_steps, tc.lr_schedule, self.horizon, time_fraction)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.unet.train()
@@ -348,9 +346,14 @@ class Trainer(TrainingLoop):
         return self.stream.images_seen / self.stream.n
 
     def extra_stop_reason(self) -> str | None:
-        if self.tc.epochs > 0 and self.stream.images_seen >= self.tc.epochs * self.stream.n:
+        # passes over the cache since the segment started (a continuation counts its own epochs)
+        start = self.segment_start_step * self.latents_per_step if len(self.segments) > 1 else 0
+        if self.tc.epochs > 0 and self.stream.images_seen - start >= self.tc.epochs * self.stream.n:
             return f"reached epochs={self.tc.epochs}"
         return None
+
+    def budget(self) -> dict[str, Any]:
+        return {**super().budget(), "epochs": self.tc.epochs}
 
     def status_extra(self) -> dict[str, Any]:
         return {"epoch": round(self._epoch(), 4)}
@@ -360,17 +363,15 @@ class Trainer(TrainingLoop):
     def begin(self) -> None:
         from ldm.models.unet import describe_unet
 
-        tc = self.tc
         if self.main:
             self.log(
                 f"training on {len(self.cache.latents)} latents {self.latent_shape} x {self.num_classes} classes "
                 f"({', '.join(self.classes[:8])}{', ...' if self.num_classes > 8 else ''}) from {self.latents_path}"
             )
             self.log(describe_unet(self.raw_model))
-            budget = [f"{k}={getattr(tc, k)}" for k in ("max_steps", "epochs", "max_minutes") if getattr(tc, k)]
             self.log(
                 f"device {self.device} x {self.world} process(es), mixed precision {self.mixed_precision}; "
-                f"{self.latents_per_step} latents per optimiser step; stop at {' or '.join(budget)}"
+                f"{self.latents_per_step} latents per optimiser step; stop at {self.budget_text()}"
                 + (f" (~{self.horizon} steps)" if self.horizon else "")
             )
         self._window: list[tuple[float, float | None]] = []
@@ -379,12 +380,20 @@ class Trainer(TrainingLoop):
         self.records = self.run_folder.read_metrics() if self.main else []
         self.last_grid: Path | None = None
         self.last_sample_step = -1
+        self.last_sample_seconds = self.elapsed_before  # training time at the last grid (or at this start)
 
     def after_step(self, at_end: bool) -> None:
         tc = self.tc
         if at_end or (tc.log_every > 0 and self.step_count % tc.log_every == 0):
             self.log_window(force_plot=at_end)
-        if tc.sample_every > 0 and self.step_count % tc.sample_every == 0 and not at_end:
+        # by steps, and by time: a slow machine or a short run still shows a grid every few minutes
+        # (one process only: processes' clocks differ, and a grid is a step every process must take together)
+        due_by_time = (
+            self.world == 1
+            and tc.sample_minutes > 0
+            and self._elapsed() - self.last_sample_seconds >= 60 * tc.sample_minutes
+        )
+        if ((tc.sample_every > 0 and self.step_count % tc.sample_every == 0) or due_by_time) and not at_end:
             self.save_samples()
         if tc.eval_every > 0 and self.step_count % tc.eval_every == 0:
             self.evaluate()
@@ -428,6 +437,7 @@ class Trainer(TrainingLoop):
         if self.main:
             self.last_grid = self.sample_grid()
             self.last_sample_step = self.step_count
+            self.last_sample_seconds = self._elapsed()
             self.log(f"step {self.step_count}: samples -> {self.last_grid}")
         self.acc.wait_for_everyone()
 
@@ -467,11 +477,8 @@ class Trainer(TrainingLoop):
             if self.last_sample_step != self.step_count:
                 self.last_grid = self.sample_grid()
             pipeline_dir = self.export()
-            msg = (
-                f"{state} at step {self.step_count} ({reason}) after {self._elapsed() / 60:.1f} min; "
-                f"checkpoint {self.last_ckpt}, samples {self.last_grid}, pipeline {pipeline_dir}"
-            )
-            self.log(msg)
+            msg = f"{state} at step {self.step_count} ({reason}) after {self._elapsed() / 60:.1f} min"
+            self.log(f"{msg}; checkpoint {self.last_ckpt}, samples {self.last_grid}, pipeline {pipeline_dir}")
         else:
             msg = f"{state} at step {self.step_count}"
         self.acc.wait_for_everyone()
