@@ -566,6 +566,8 @@ def test_the_progress_line_and_the_message_come_from_one_view_of_the_job():
     log = "== prepare\nencoding\nerror: data folder data/x has no class folders with images"
     view = job_view(failed, None, log=log)
     assert view.state == "failed" and "has no class folders" in view.message and "Start" not in view.message
+    view = job_view(failed, None, log="ldm train: error: autoencoder source 'x' is neither a folder nor a hub id")
+    assert view.message.endswith(": autoencoder source 'x' is neither a folder nor a hub id")
 
 
 def test_job_failure_is_reported(tmp_path):

@@ -160,6 +160,7 @@ class RunsTab:
 
     table: Any
     pick: Any
+    details: list[Any]  # what show_run fills: details text, newest sample grid, loss curve
 
 
 def inference_tab(app: LdmApp) -> InferenceTab:
@@ -458,8 +459,12 @@ def runs_tab(app: LdmApp, tabs: gr.Tabs, inference: InferenceTab, training: Trai
     with gr.Row(elem_classes="ldm-stack"):
         run_sample = gr.Image(label="Newest sample grid", type="pil", elem_id="ldm-run-sample")
         run_loss = gr.LinePlot(x="step", y="loss", color="series", label="Loss curve", **LOSS_COLORS)
-    runs_refresh.click(app.runs_table, None, [runs_table, run_pick], api_name="runs")
-    run_pick.change(app.show_run, run_pick, [run_details, run_sample, run_loss], api_name="run_details")
+    details = [run_details, run_sample, run_loss]
+    # a refresh also redraws the picked run's details: picking the same run again fires no change event
+    runs_refresh.click(app.runs_table, None, [runs_table, run_pick], api_name="runs").then(
+        app.show_run, run_pick, details, api_visibility="private"
+    )
+    run_pick.change(app.show_run, run_pick, details, api_name="run_details")
     use.click(
         app.use_for_inference,
         run_pick,
@@ -473,7 +478,7 @@ def runs_tab(app: LdmApp, tabs: gr.Tabs, inference: InferenceTab, training: Trai
         [training.message, training.timer, tabs, run_details],
         api_name="resume_run",
     ).then(app.poll, training.live[-1], training.live, api_visibility="private")
-    return RunsTab(runs_table, run_pick)
+    return RunsTab(runs_table, run_pick, details)
 
 
 def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
@@ -522,7 +527,9 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
         )
         # opening a tab re-discovers the workspace, so folders and runs made meanwhile (e.g. by the CLI) appear
         training_tab_block.select(app.discovered_folders, None, training.folders, api_visibility="private")
-        runs_tab_block.select(app.runs_table, None, [runs.table, runs.pick], api_visibility="private")
+        runs_tab_block.select(app.runs_table, None, [runs.table, runs.pick], api_visibility="private").then(
+            app.show_run, runs.pick, runs.details, api_visibility="private"
+        )
     return demo
 
 

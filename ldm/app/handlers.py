@@ -133,11 +133,20 @@ def segment_lines(segments: Any) -> list[str]:
     return lines
 
 
+def _sentence(text: str) -> str:
+    """``text`` ending with a full stop (trainer messages have none), first letter upper case."""
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
 def _last_error(log: str) -> str:
     """The last line of a log that explains a failure (the CLI's "error: ..." or a Python exception), else ''."""
     for line in reversed(log.splitlines()):
         text = line.strip()
-        if text.startswith("error:") or (text and text.split(":", 1)[0].endswith(("Error", "Exception"))):
+        if text.startswith("error:") or ": error: " in text:  # "ldm train: error: ..." (argparse's form too)
+            return text.split("error: ", 1)[1]
+        if text and text.split(":", 1)[0].endswith(("Error", "Exception")):
             return text
     return ""
 
@@ -189,9 +198,9 @@ def job_view(job: dict[str, Any] | None, status: dict[str, Any] | None, detail: 
         view.message = f"{job.get('message') or 'failed'}" + (f": {reason}" if reason else "")
     elif view.state == "finished":
         then = " Generate from it in the Inference tab, or Resume to train it longer."
-        view.message = (trainer_says or "Finished.") + then
+        view.message = _sentence(trainer_says or "Finished") + then
     elif view.state == "stopped":
-        view.message = (trainer_says or str(job.get("message") or "stopped")) + " Resume continues it."
+        view.message = _sentence(trainer_says or str(job.get("message") or "stopped")) + " Resume continues it."
     return view
 
 
@@ -598,14 +607,13 @@ class LdmApp:
             return str(e)
 
     def job_settings(self) -> list[Any]:
-        """The settings of the last job (to refill the form after a reload), else the defaults."""
+        """The settings of the last job (to refill the form after a reload), else no change to the form."""
         job = self.jobs.current() or {}
         saved = (job.get("info") or {}).get("settings")
-        s = TrainSettings()
-        if isinstance(saved, dict):
-            known = {f.name for f in fields(TrainSettings)}
-            s = TrainSettings(**{k: v for k, v in saved.items() if k in known})
-        return s.values()
+        if not isinstance(saved, dict):  # e.g. a resume from the Runs tab: the form keeps what it shows
+            return [gr.skip() for _ in fields(TrainSettings)]
+        known = {f.name for f in fields(TrainSettings)}
+        return TrainSettings(**{k: v for k, v in saved.items() if k in known}).values()
 
     def save_settings(self, path_text: str, *values: Any) -> str:
         try:
