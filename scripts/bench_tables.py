@@ -171,6 +171,29 @@ def vae_colour_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def recipes_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """``scripts/bench_recipes.py``: one row per recipe, its curve of quick evaluations as step: accuracy / KID."""
+    head = ["recipe", "data", "minutes", "steps", "steps/min", "precision", "class accuracy / KID at step"]
+    rows = []
+    for name, r in results["recipes"].items():
+        curve = "; ".join(f"{p['step']}: {p['class_accuracy']:.2f} / {p['kid']:.3f}" for p in r["curve"])
+        rows.append([f"{name} (`{r['config']}`)", r["data"], f"{r['minutes']:g}", str(r["steps"]),
+                     f"{r['steps_per_minute']:.0f}", str(r.get("precision")), curve])  # fmt: skip
+    return head, rows
+
+
+def app_watch_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """``scripts/bench_app_watch.py``: steps per second of a training job by what the browser shows."""
+    head = ["condition", "steps/s (median)", "cost of watching", "windows"]
+    rates, cost = results["rates"], results["cost"]
+    rows = []
+    for condition, rate in rates.items():
+        n = sum(1 for w in results["windows"] if w["condition"] == condition)
+        share = f"{100 * cost[condition]:.1f}%" if condition in cost else ""
+        rows.append([condition, f"{rate:.3f}", share, f"{n} x {results['window_seconds']:g} s"])
+    return head, rows
+
+
 # Tables of every record of a script, one block of rows per record.
 FORMATTERS: dict[str, Callable[[dict], tuple[list[str], list[list[str]]]]] = {
     "bench_quality": quality_rows,
@@ -178,6 +201,8 @@ FORMATTERS: dict[str, Callable[[dict], tuple[list[str], list[list[str]]]]] = {
     "bench_train": train_rows,
     "bench_vae_colour": vae_colour_rows,
     "bench_train_memory": memory_rows,
+    "bench_recipes": recipes_rows,
+    "bench_app_watch": app_watch_rows,
 }
 # Tables made from a script's records as a whole (table name -> (script, formatter)).
 SUMMARIES: dict[str, tuple[str, Callable[[list[tuple[Path, dict]], str], str]]] = {

@@ -523,6 +523,7 @@ class LdmApp:
         return message, gr.Timer(active=True), gr.Tabs(selected="training"), message
 
     PLOT_SECONDS = 10.0  # the live loss plot and sample grid are redrawn at most this often (see poll)
+    redraw_every_poll = False  # True: send them on every poll, changed or not (the behaviour before; a benchmark's)
 
     def poll(self, seen: dict[str, Any] | None = None) -> tuple[Any, ...]:
         """Live view of the job: (progress HTML, loss plot, newest sample grid, log tail, message, timer, seen).
@@ -566,6 +567,8 @@ class LdmApp:
         plot_sig = f"{job.get('started')}|{len(plot_data or [])}"
         grid_sig = f"{grid}|{grid.stat().st_mtime if grid and grid.exists() else 0}"
         plot, image, drawn = gr.skip(), gr.skip(), False
+        if self.redraw_every_poll:
+            seen.pop("plot", None), seen.pop("grid", None)
         if seen.get("plot") != plot_sig and (due or "plot" not in seen):
             plot, seen["plot"], drawn = _plot_value(loss_frame(plot_data or [])), plot_sig, True
         if seen.get("grid") != grid_sig and (due or "grid" not in seen):

@@ -1,0 +1,131 @@
+"""What watching costs: training steps per second with the app's Training tab open in a browser against closed.
+
+    python scripts/bench_app_watch.py --latents runs/quickstart/data/latents/demo     # a quickstart's cache
+    python scripts/bench_app_watch.py --latents CACHE --window 10 --rounds 1 --record-dir /tmp   # smoke run
+
+A training job of the demo recipe (``configs/demo.yaml`` as the Training tab's preset fills it, on a copy of
+``--latents`` inside a fresh workspace) runs in the app's worker process, as a student starts it. The app runs in
+this process; a headless Chromium (Debian's, ``/usr/bin/chromium``) opens the page on the Training tab, which polls
+every 2 s. Windows of ``--window`` seconds follow each other in rounds, the conditions interleaved so that a load
+change hits all of them alike:
+
+``closed``: no page open (the trainer alone);
+``open``: the Training tab open, as the app draws it (plot and grid sent only when their data changed, at most every
+    ``LdmApp.PLOT_SECONDS``);
+``open, redraw every poll``: the same page with the plot and grid sent on every poll (``PLOT_SECONDS = 0`` and the
+    change check off), the app's behaviour before.
+
+Each window's rate is steps per training second between the newest metrics lines (every 10 steps) at its start and
+its end; the record
+(``scripts/bench_record.py``) keeps every window and the median rate per condition, and the cost of watching
+``1 - open / closed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_record import describe_machine, write_record  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CONDITIONS = ("closed", "open", "open, redraw every poll")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--latents", required=True, help="a latent cache of the demo recipe (ldm quickstart makes one)")
+    p.add_argument("--window", type=float, default=40.0, help="seconds per window")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the three conditions")
+    p.add_argument("--record-dir", default=str(ROOT / "docs" / "benchmarks"))
+    args = p.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    from ldm.app.blocks import launch_app
+    from ldm.app.handlers import LdmApp
+    from ldm.app.recipes import recipe_settings
+    from ldm.run_folder import RunFolder
+
+    cpu = describe_machine()
+    print(f"CPU: {cpu['model']} ({cpu['kind']}; {cpu['cores']} cores)", flush=True)
+    ws = Path(tempfile.mkdtemp(prefix="bench-app-watch-"))
+    shutil.copytree(args.latents, ws / "data" / "latents" / "demo")
+    with socket.socket() as sock:  # a free port (gradio checks the one it is given)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = launch_app(ws, port=port, prevent_thread_lock=True, quiet=True)
+    app: LdmApp = demo.ldm_app
+    total = (args.window * len(CONDITIONS) * args.rounds + 90) / 60
+    s = recipe_settings("demo")
+    s.preprocess, s.latent_dir, s.run_name = "no", "data/latents/demo", "watched"
+    s.max_minutes, s.max_steps = round(total, 1), 0
+    s.extra = "\n".join(line for line in s.extra.splitlines() if not line.startswith(("data.", "autoencoder.")))
+    message, _ = app.start_training(*s.values())
+    print(message, flush=True)
+    run = ws / "runs" / "watched"
+
+    def step() -> int:
+        return int((RunFolder(run).read_status() or {}).get("step") or 0)
+
+    def mark() -> tuple[int, float]:
+        """(step, training seconds) of the newest metrics line: exact, where status.json is a few steps behind."""
+        rows = [r for r in RunFolder(run).read_metrics() if "loss" in r]
+        return (int(rows[-1]["step"]), float(rows[-1]["elapsed"])) if rows else (0, 0.0)
+
+    windows: list[dict] = []
+    try:
+        deadline = time.monotonic() + 120
+        while step() < 20 and time.monotonic() < deadline:  # past the start-up (imports, the precision probe)
+            time.sleep(1)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            for r in range(args.rounds):
+                for condition in CONDITIONS:
+                    page = None
+                    if condition != "closed":
+                        eager = condition == "open, redraw every poll"
+                        app.PLOT_SECONDS = 0.0 if eager else LdmApp.PLOT_SECONDS
+                        app.redraw_every_poll = eager
+                        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                        page.goto(demo.local_url)
+                        page.get_by_role("tab", name="Training").click()
+                        page.wait_for_timeout(3000)  # the page settles: first poll drawn
+                    s0, t0 = mark()
+                    time.sleep(args.window)
+                    s1, t1 = mark()
+                    if page is not None:
+                        page.close()
+                    rate = (s1 - s0) / (t1 - t0)
+                    windows.append({"round": r, "condition": condition, "steps": s1 - s0, "seconds": t1 - t0})
+                    print(f"round {r + 1} {condition:24s} {rate:.3f} steps/s", flush=True)
+            browser.close()
+    finally:
+        if app.jobs.is_running():
+            app.jobs.stop()
+            app.jobs.wait(120)
+        demo.close()
+        shutil.rmtree(ws, ignore_errors=True)
+
+    rates = {
+        c: statistics.median(w["steps"] / w["seconds"] for w in windows if w["condition"] == c) for c in CONDITIONS
+    }
+    cost = {c: 1 - rates[c] / rates["closed"] for c in CONDITIONS[1:]}
+    for c in CONDITIONS[1:]:
+        print(f"{c}: {rates[c]:.3f} steps/s vs closed {rates['closed']:.3f}: costs {100 * cost[c]:.1f}%")
+    results = {"window_seconds": args.window, "rounds": args.rounds, "rates": rates, "cost": cost, "windows": windows}
+    print(f"record: {write_record('bench_app_watch', results, args.record_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
