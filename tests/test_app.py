@@ -524,7 +524,7 @@ def test_job_start_poll_reattach_stop(tmp_path):
     time.sleep(0.5)
     html, frame, sample, log, message, timer, seen = app.poll()
     assert 'data-state="running"' in html and "phase 2/2: train" in html and "ETA" in html
-    assert len(frame) >= 2 and "step" in log
+    assert len(frame.value["data"]) >= 2 and "step" in log
     assert "encoding" in (run / "app-job.log").read_text()  # the first phase ran before the second
     # a second manager (a reloaded page, a restarted app) sees the same job and refuses a second one
     other = JobManager(Workspace(tmp_path))
@@ -561,13 +561,22 @@ def test_the_progress_line_and_the_message_come_from_one_view_of_the_job():
     assert 'data-state="stopping"' in html and "running" not in html
     done = {**now, "state": "finished", "message": "finished at step 100 (reached max_steps=100) after 1.0 min"}
     view = job_view({**job, "state": "finished", "message": "finished"}, done)
-    assert view.message.count("finished") == 1 and "Resume to train it longer" in view.message
+    assert view.message.lower().count("finished") == 1 and "Resume to train it longer" in view.message
     failed = {**job, "state": "failed", "phase": "prepare", "message": "prepare failed (exit code 2); see the log"}
     log = "== prepare\nencoding\nerror: data folder data/x has no class folders with images"
     view = job_view(failed, None, log=log)
     assert view.state == "failed" and "has no class folders" in view.message and "Start" not in view.message
     view = job_view(failed, None, log="ldm train: error: autoencoder source 'x' is neither a folder nor a hub id")
     assert view.message.endswith(": autoencoder source 'x' is neither a folder nor a hub id")
+
+
+def test_a_loss_plot_with_one_point_says_why_there_is_no_line_yet():
+    from ldm.app.handlers import loss_plot
+
+    one = loss_plot([{"step": 10, "loss": 0.377309}])
+    assert "One point so far (step 10, loss 0.3773)" in one.caption and len(one.value["data"]) == 2
+    two = loss_plot([{"step": 10, "loss": 0.377309}, {"step": 20, "loss": 0.3}])
+    assert two.caption == "" and len(two.value["data"]) == 4  # the caption goes once the line can be drawn
 
 
 def test_job_failure_is_reported(tmp_path):
@@ -596,7 +605,7 @@ def test_poll_shows_autoencoder_progress_before_training(tmp_path):
     (app.ws.app_dir / "job.json").write_text(json.dumps({**job, "phases": phases, "phase_index": 0}))
     html, plot, image, log, message, timer, seen = app.poll()
     assert "phase 1/2: train-vae" in html and "step 5, 12 s" in html and "ldm-bar-busy" in html
-    assert plot is None and image.size == (8, 8)
+    assert plot.value is None and image.size == (8, 8)
 
 
 def test_dead_worker_is_reported_as_failed(tmp_path):

@@ -30,7 +30,8 @@ from ldm.config import SamplingConfig
 
 POLL_SECONDS = 2.0  # how often the Training tab refreshes while a job runs
 DEFAULT_SETTINGS_FILE = "app-settings.yaml"
-LOSS_COLORS = {"color_map": {"loss": "#9fb3c8", "smoothed": "#0d9488"}}  # raw loss pale, its moving average strong
+# raw loss pale, its moving average strong; whole steps and short loss labels (one point once gave "10.000000")
+LOSS_PLOT = {"color_map": {"loss": "#9fb3c8", "smoothed": "#0d9488"}, "x_axis_format": "d", "y_axis_format": ".4~f"}
 
 CSS = """
 .gradio-container { max-width: 1180px !important; margin: auto; }
@@ -402,7 +403,7 @@ def training_tab(app: LdmApp) -> TrainingTab:
                 color="series",
                 label="Loss",
                 elem_id="ldm-loss",
-                **LOSS_COLORS,
+                **LOSS_PLOT,
             )
             sample = gr.Image(label="Newest sample grid (one row per class)", type="pil", elem_id="ldm-sample")
             log = gr.Textbox(label="Log (newest lines)", lines=12, max_lines=40, autoscroll=True, elem_id="ldm-log")
@@ -458,7 +459,7 @@ def runs_tab(app: LdmApp, tabs: gr.Tabs, inference: InferenceTab, training: Trai
     run_details = gr.Markdown()
     with gr.Row(elem_classes="ldm-stack"):
         run_sample = gr.Image(label="Newest sample grid", type="pil", elem_id="ldm-run-sample")
-        run_loss = gr.LinePlot(x="step", y="loss", color="series", label="Loss curve", **LOSS_COLORS)
+        run_loss = gr.LinePlot(x="step", y="loss", color="series", label="Loss curve", **LOSS_PLOT)
     details = [run_details, run_sample, run_loss]
     # a refresh also redraws the picked run's details: picking the same run again fires no change event
     runs_refresh.click(app.runs_table, None, [runs_table, run_pick], api_name="runs").then(

@@ -96,6 +96,17 @@ def _plot_value(frame: Any) -> Any:
     return frame if len(frame) else None
 
 
+def loss_plot(metrics: list[dict[str, Any]]) -> Any:
+    """The loss plot's update: the frame, and a caption while a single point cannot draw a line yet."""
+    frame = loss_frame(metrics)
+    steps = frame["step"].unique() if len(frame) else []
+    caption = ""
+    if len(steps) == 1:
+        loss = float(frame[frame["series"] == "loss"]["loss"].iloc[0])
+        caption = f"One point so far (step {int(steps[0])}, loss {loss:.4f}): the curve starts at the next one."
+    return gr.LinePlot(value=_plot_value(frame), caption=caption)
+
+
 @dataclass
 class JobView:
     """What the Training tab says about the job at one moment: every line of it comes from here, so the headline,
@@ -570,7 +581,7 @@ class LdmApp:
         if self.redraw_every_poll:
             seen.pop("plot", None), seen.pop("grid", None)
         if seen.get("plot") != plot_sig and (due or "plot" not in seen):
-            plot, seen["plot"], drawn = _plot_value(loss_frame(plot_data or [])), plot_sig, True
+            plot, seen["plot"], drawn = loss_plot(plot_data or []), plot_sig, True
         if seen.get("grid") != grid_sig and (due or "grid" not in seen):
             image, seen["grid"], drawn = _open_image(grid), grid_sig, True
         if drawn:
@@ -685,7 +696,7 @@ class LdmApp:
         history = segment_lines((RunFolder(path).read_status() or {}).get("segments"))
         if len(history) > 1:
             md += "  \n**History**  \n" + "  \n".join(history)
-        return md, _open_image(r.newest_sample), _plot_value(loss_frame(RunFolder(path).read_metrics()))
+        return md, _open_image(r.newest_sample), loss_plot(RunFolder(path).read_metrics())
 
     def use_for_inference(self, run: str | None) -> tuple[Any, Any, str, Any]:
         """Make ``run`` the Inference tab's model and switch to that tab: (model picker, tabs, message, notice)."""
