@@ -279,6 +279,35 @@ def plot_loss(records: list[dict[str, Any]], path: str | Path, title: str = "tra
     save_figure(fig, path)
 
 
+def runs_figure(
+    series: Sequence[tuple[str, Sequence[tuple[int, float]], Sequence[tuple[int, float]]]],
+    path: str | Path,
+    smoothing: float = 0.9,
+) -> Path:
+    """Runs compared: per run ``(name, [(step, loss)], [(step, KID)])``, the smoothed losses on shared axes (left) and
+    KID over steps where evaluated (right, same colour per run); written to ``path`` atomically."""
+    fig = _new_figure(figsize=(11, 4.2), dpi=110)
+    ax_loss, ax_kid = fig.subplots(1, 2)
+    for name, loss, kid in series:
+        colour = None
+        if loss:
+            steps, values = zip(*loss)
+            (line,) = ax_loss.plot(steps, smooth_ema(list(values), smoothing), label=name, linewidth=1.6)
+            colour = line.get_color()
+        if kid:
+            ax_kid.plot(*zip(*kid), marker="o", label=name, color=colour)
+    ax_loss.set(title=f"training loss (smoothed, {smoothing:g})", xlabel="step", ylabel="loss")
+    ax_kid.set(title="KID over steps (lower is better)", xlabel="step")
+    for ax in (ax_loss, ax_kid):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    if not ax_kid.lines:
+        ax_kid.text(0.5, 0.5, "not evaluated", ha="center", va="center", transform=ax_kid.transAxes)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_eval_metrics(records: Sequence[dict[str, Any]], path: str | Path) -> bool:
     """Draw ``eval_kid`` (with its std) and ``eval_class_accuracy`` against ``step`` from metrics.jsonl rows into
     ``path`` (PNG, written atomically). Returns False (and writes nothing) when no row holds an evaluation."""
