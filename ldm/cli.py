@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "t2i": "t2i",
     "export": "export",
     "eval": "eval",
+    "sweep": "sweep",
     "runs": "runs",
     "app": "app",
 }

@@ -1,8 +1,8 @@
 """``ldm runs``: the runs of a folder as a table; ``--compare`` puts chosen runs side by side.
 
-    ldm runs                                   # every run below runs/: status, steps, minutes, loss, KID if evaluated
-    ldm runs runs/sweeps/lr
-    ldm runs --compare runs/lr5e-4 runs/lr1e-3 --figure compare.png   # + the settings that differ, and a figure
+ldm runs                                   # every run below runs/: status, steps, minutes, loss, KID if evaluated
+ldm runs runs/sweeps/lr
+ldm runs --compare runs/lr5e-4 runs/lr1e-3 --figure compare.png   # + the settings that differ, and a figure
 """
 
 from __future__ import annotations
