@@ -161,7 +161,8 @@ class RunsTab:
 
     table: Any
     pick: Any
-    details: list[Any]  # what show_run fills: details text, newest sample grid, loss curve
+    details: list[Any]  # what show_run fills: details text, newest sample grid, loss curve, memorisation figure
+    compare: Any  # the runs to compare (choices refilled with the table)
 
 
 def inference_tab(app: LdmApp) -> InferenceTab:
@@ -385,6 +386,35 @@ def training_tab(app: LdmApp) -> TrainingTab:
                 "*Max minutes* (or *Max steps*) more.",
                 elem_classes="ldm-hint",
             )
+            with gr.Accordion("Sweep: try several settings, one run each", open=False, elem_id="ldm-sweep"):
+                gr.Markdown(
+                    "Trains one run per combination of the values below, each with the settings above and "
+                    "*minutes per run*; they land in runs/sweeps/NAME and the **Runs** tab compares them."
+                )
+                from ldm.app.settings import SWEEPABLE
+
+                sweep_keys = []
+                for i in (1, 2):
+                    with gr.Row():
+                        key = gr.Dropdown(
+                            choices=["", *SWEEPABLE], value=SWEEPABLE[0] if i == 1 else "", label=f"Setting {i}",
+                            allow_custom_value=True, elem_id=f"ldm-sweep-key{i}",
+                        )  # fmt: skip
+                        values = gr.Textbox(
+                            label="Values", placeholder="0.0005, 0.001, 0.002" if i == 1 else "(optional)",
+                            elem_id=f"ldm-sweep-values{i}",
+                        )  # fmt: skip
+                    sweep_keys += [key, values]
+                with gr.Row():
+                    sweep_name = gr.Textbox(value="sweep", label="Sweep name", elem_id="ldm-sweep-name")
+                    sweep_minutes = gr.Number(value=3.0, label="Minutes per run", elem_id="ldm-sweep-minutes")
+                    sweep_eval = gr.Number(
+                        value=0, precision=0, label="Evaluate with N images", info="0 = no evaluation",
+                        elem_id="ldm-sweep-eval",
+                    )  # fmt: skip
+                with gr.Row():
+                    start_sweep = gr.Button("Start sweep", variant="primary", elem_id="ldm-start-sweep")
+                    continue_sweep = gr.Button("Continue sweep", elem_id="ldm-continue-sweep")
             with gr.Accordion("Save / load settings", open=False):
                 settings_file = gr.Textbox(
                     value=DEFAULT_SETTINGS_FILE,
@@ -428,6 +458,13 @@ def training_tab(app: LdmApp) -> TrainingTab:
         control.change(app.recipe_note, budget, recipe_note, api_visibility="private", show_progress="hidden")
     save.click(app.save_settings, [settings_file, *fields], train_message, api_name="save_settings")
     load.click(app.load_settings, settings_file, [*fields, train_message], api_name="load_settings")
+    sweep_inputs = [sweep_name, *sweep_keys, sweep_minutes, sweep_eval, *fields]
+    start_sweep.click(app.start_sweep, sweep_inputs, [train_message, timer], api_name="start_sweep").then(
+        app.poll, seen, live, api_visibility="private"
+    )
+    continue_sweep.click(app.continue_sweep, sweep_name, [train_message, timer], api_name="continue_sweep").then(
+        app.poll, seen, live, api_visibility="private"
+    )
     return TrainingTab(fields, folders, train_message, timer, live)
 
 
@@ -456,15 +493,40 @@ def runs_tab(app: LdmApp, tabs: gr.Tabs, inference: InferenceTab, training: Trai
         )
         resume_run = gr.Button("Resume / continue training", scale=2, min_width=150, elem_id="ldm-resume-run")
     runs_table = gr.Dataframe(label="Runs (newest first)", interactive=False, wrap=True, elem_id="ldm-runs-table")
-    run_details = gr.Markdown()
+    run_details = gr.Markdown(elem_id="ldm-run-details")
     with gr.Row(elem_classes="ldm-stack"):
         run_sample = gr.Image(label="Newest sample grid", type="pil", elem_id="ldm-run-sample")
         run_loss = gr.LinePlot(x="step", y="loss", color="series", label="Loss curve", **LOSS_PLOT)
-    details = [run_details, run_sample, run_loss]
+    with gr.Row(elem_classes="ldm-stack"):
+        eval_samples = gr.Number(value=200, precision=0, label="Images to evaluate with", elem_id="ldm-eval-samples")
+        evaluate = gr.Button("Evaluate (KID, FID, class accuracy, memorisation)", elem_id="ldm-evaluate")
+    memorisation = gr.Image(
+        label="Memorisation check: generated images beside their nearest training images",
+        type="pil",
+        elem_id="ldm-memorisation",
+    )
+    details = [run_details, run_sample, run_loss, memorisation]
+    with gr.Accordion("Compare runs", open=False, elem_id="ldm-compare"):
+        compare_pick = gr.CheckboxGroup(label="Runs to compare", choices=[], elem_id="ldm-compare-pick")
+        compare = gr.Button("Compare", elem_id="ldm-compare-button")
+        compare_table = gr.Markdown(elem_id="ldm-compare-table")
+        compare_figure = gr.Image(label="Smoothed loss and KID", type="filepath", elem_id="ldm-compare-figure")
+        compare_grids = gr.Gallery(
+            label="Newest sample grids", columns=2, height="auto", object_fit="contain", elem_id="ldm-compare-grids"
+        )
+    compare.click(
+        app.compare_runs, compare_pick, [compare_figure, compare_table, compare_grids], api_name="compare_runs"
+    )
+    evaluate.click(
+        app.evaluate_run,
+        [run_pick, eval_samples],
+        [training.message, training.timer, tabs, run_details],
+        api_name="evaluate_run",
+    ).then(app.poll, training.live[-1], training.live, api_visibility="private")
     # a refresh also redraws the picked run's details: picking the same run again fires no change event
     runs_refresh.click(app.runs_table, None, [runs_table, run_pick], api_name="runs").then(
         app.show_run, run_pick, details, api_visibility="private"
-    )
+    ).then(app.compare_choices, compare_pick, compare_pick, api_visibility="private")
     run_pick.change(app.show_run, run_pick, details, api_name="run_details")
     use.click(
         app.use_for_inference,
@@ -479,7 +541,7 @@ def runs_tab(app: LdmApp, tabs: gr.Tabs, inference: InferenceTab, training: Trai
         [training.message, training.timer, tabs, run_details],
         api_name="resume_run",
     ).then(app.poll, training.live[-1], training.live, api_visibility="private")
-    return RunsTab(runs_table, run_pick, details)
+    return RunsTab(runs_table, run_pick, details, compare_pick)
 
 
 def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
@@ -530,7 +592,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
         training_tab_block.select(app.discovered_folders, None, training.folders, api_visibility="private")
         runs_tab_block.select(app.runs_table, None, [runs.table, runs.pick], api_visibility="private").then(
             app.show_run, runs.pick, runs.details, api_visibility="private"
-        )
+        ).then(app.compare_choices, runs.compare, runs.compare, api_visibility="private")
     return demo
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import random
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -25,6 +26,7 @@ import gradio as gr
 from ldm.app.jobs import JobManager
 from ldm.app.settings import (
     RUN_NAME,
+    JobPlan,
     TrainSettings,
     load_settings,
     plan_job,
@@ -151,6 +153,46 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
+def evaluation_text(eval_path: Path) -> str:
+    """Markdown of a run's ``eval.json`` (``ldm eval``): KID, FID, class accuracy with its per-class table, and the
+    memorisation check; '' when the run was not evaluated."""
+    ev = read_json(eval_path)
+    if not isinstance(ev, dict) or ev.get("kid") is None:
+        return "  \nNot evaluated yet: **Evaluate** measures KID, FID, class accuracy and memorisation."
+    acc = ev.get("class_accuracy") or {}
+    overall = acc.get("overall") if isinstance(acc, dict) else acc
+    mem = ev.get("memorisation") or {}
+    n = (ev.get("settings") or {}).get("num_samples", "?")
+    lines = [
+        f"  \n**Evaluation** ({n} images): KID {ev['kid']:.4f} ± {ev.get('kid_std') or 0:.4f} · FID "
+        f"{ev.get('fid', float('nan')):.1f} · class accuracy {overall:.3f}",
+    ]
+    if isinstance(acc, dict) and acc.get("per_class"):
+        lines.append("\n\n| class | accuracy |\n|---|---|")
+        lines += [f"| {html.escape(c)} | {a:.2f} |" for c, a in acc["per_class"].items()]
+        lines.append("\n")
+    if mem:
+        lines.append(
+            f"Memorisation: {100 * float(mem.get('share_below_threshold') or 0):.1f}% of generated images closer to a "
+            f"training image than the threshold ({float(mem.get('threshold') or 0):.3f}: "
+            f"{mem.get('threshold_definition', '')}); the figure shows the closest pairs."
+        )
+    return "\n".join(lines)
+
+
+def _sweep_member(folder: Path) -> tuple[str, int, int]:
+    """(name, 1-based index, count) of the member a sweep trains now: the first not finished (the last when all
+    are); ("", 0, 0) before its sweep.json exists."""
+    from ldm.training.sweep import SWEEP_FILE, member_state
+
+    record = read_json(folder / SWEEP_FILE) or {}
+    members = [m["name"] for m in record.get("members") or []]
+    for i, name in enumerate(members):
+        if member_state(folder / name) != "finished":
+            return name, i + 1, len(members)
+    return (members[-1], len(members), len(members)) if members else ("", 0, 0)
+
+
 def _last_error(log: str) -> str:
     """The last line of a log that explains a failure (the CLI's "error: ..." or a Python exception), else ''."""
     for line in reversed(log.splitlines()):
@@ -179,7 +221,8 @@ def job_view(job: dict[str, Any] | None, status: dict[str, Any] | None, detail: 
         detail=detail,
     )
     fresh = None
-    if phase == "train" and status and float(status.get("updated_unix") or 0) >= float(job.get("started") or 0) - 1:
+    trains = phase in ("train", "sweep")  # a sweep's status is its current member's
+    if trains and status and float(status.get("updated_unix") or 0) >= float(job.get("started") or 0) - 1:
         fresh = status
     if fresh:
         view.step = int(fresh.get("step") or 0)
@@ -196,7 +239,7 @@ def job_view(job: dict[str, Any] | None, status: dict[str, Any] | None, detail: 
     if view.state == "running":
         if job.get("stop_requested"):
             view.state, view.message = "stopping", "Stop requested: finishing the current step, saving a checkpoint."
-        elif phase != "train":
+        elif not trains:
             view.message = f"{phase} running" + (f": {detail}" if detail else "")
         elif not fresh:
             view.state, view.message = "starting", "Starting: loading the data and the model."
@@ -553,7 +596,17 @@ class LdmApp:
         log = tail(Path(job.get("log") or run / "app-job.log"), lines=12)
         running = job.get("state") == "running"
         timer = gr.Timer(active=running)
-        if job.get("phase") != "train":
+        target = run
+        if job.get("phase") == "sweep":
+            # a sweep: the member training now, as a training run, with "run i of N" beside it
+            member, i, n = _sweep_member(run)
+            target = run / member if member else run
+            status = RunFolder(target).read_status() if member else None
+            view = job_view(job, status, f"run {i} of {n}: {member}" if member else "planning", log)
+            plot_data = RunFolder(target).read_metrics() if member else []
+            grids = RunFolder(target).sample_grids() if member else []
+            grid = grids[-1] if grids else None
+        elif job.get("phase") != "train":
             # before training: the autoencoder's own metrics and reconstruction grids show that work is moving
             phases = job.get("phases") or []
             index = int(job.get("phase_index") or 0)
@@ -575,7 +628,7 @@ class LdmApp:
         message = f"{view.message}" if seen.get("state") != key else gr.skip()
         seen["state"] = key
         due = not running or now - float(seen.get("drawn_at", 0.0)) >= self.PLOT_SECONDS
-        plot_sig = f"{job.get('started')}|{len(plot_data or [])}"
+        plot_sig = f"{job.get('started')}|{target}|{len(plot_data or [])}"
         grid_sig = f"{grid}|{grid.stat().st_mtime if grid and grid.exists() else 0}"
         plot, image, drawn = gr.skip(), gr.skip(), False
         if self.redraw_every_poll:
@@ -587,6 +640,43 @@ class LdmApp:
         if drawn:
             seen["drawn_at"] = now
         return view_html(view), plot, image, log, message, timer, seen
+
+    def _start_unless_running(self, plan: JobPlan) -> None:
+        job = self.jobs.current()
+        if job and job.get("state") == "running":
+            raise UserError(f"a job is running ({self.ws.rel(job['run'])}); stop it or wait for it first")
+        self.jobs.start(plan.run, plan.phases, plan.log, plan.info)
+
+    def start_sweep(
+        self, name: str, key1: str, values1: str, key2: str, values2: str, minutes: float, evaluate: float, *values
+    ) -> tuple[str, Any]:
+        """Start a sweep of up to two settings over the form's settings, ``minutes`` per run; (message, timer)."""
+        from ldm.app.settings import plan_sweep
+
+        try:
+            s = TrainSettings.from_values(*values)
+            grid = [(k, v) for k, v in ((key1, values1), (key2, values2)) if (k or "").strip() and (v or "").strip()]
+            plan = plan_sweep(self.ws, s, (name or "").strip(), grid, float(minutes or 0), int(evaluate or 0))
+            self._start_unless_running(plan)
+        except (UserError, ConfigError, ValueError) as e:
+            return _warn(str(e)), gr.Timer(active=self.jobs.is_running())
+        n = 1
+        for _, v in grid:
+            n *= len([x for x in v.split(",") if x.strip()])
+        gr.Info(f"sweep started: {n} runs")
+        message = f"Starting sweep **{self.ws.rel(plan.run)}**: {n} runs of {float(minutes):g} min."
+        return message, gr.Timer(active=True)
+
+    def continue_sweep(self, name: str) -> tuple[str, Any]:
+        """Run sweep ``name`` again: finished members are skipped, an interrupted one resumes; (message, timer)."""
+        from ldm.app.settings import plan_continue_sweep
+
+        try:
+            plan = plan_continue_sweep(self.ws, (name or "").strip())
+            self._start_unless_running(plan)
+        except (UserError, ConfigError) as e:
+            return _warn(str(e)), gr.Timer(active=self.jobs.is_running())
+        return f"Continuing sweep **{self.ws.rel(plan.run)}**: finished runs are skipped.", gr.Timer(active=True)
 
     def pick_recipe(self, name: str | None, *values: Any) -> list[Any]:
         """Fill the form with recipe ``name`` (its data folders and run name kept): (every field..., recipe note)."""
@@ -672,18 +762,19 @@ class LdmApp:
         table = gr.Dataframe(value=frame, column_widths=list(widths.values()))
         return table, gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
 
-    def show_run(self, run: str | None) -> tuple[str, Any, Any]:
-        """(details markdown, newest sample grid, loss frame) of one run."""
+    def show_run(self, run: str | None) -> tuple[str, Any, Any, Any]:
+        """(details markdown, newest sample grid, loss plot, memorisation figure) of one run."""
         if not run:
             return (
                 "No run selected (runs appear here once `ldm train` or the Training tab has started one).",
+                None,
                 None,
                 None,
             )
         try:
             path = self.ws.resolve(run, what="run folder")
         except UserError as e:
-            return _warn(str(e)), None, None
+            return _warn(str(e)), None, None, None
         r = self.ws.run_info(path)
         loss = "–" if r.last_loss is None else f"{r.last_loss:.5f}"
         steps = f"{r.step}" + (f" / {r.max_steps}" if r.max_steps else "")
@@ -696,7 +787,65 @@ class LdmApp:
         history = segment_lines((RunFolder(path).read_status() or {}).get("segments"))
         if len(history) > 1:
             md += "  \n**History**  \n" + "  \n".join(history)
-        return md, _open_image(r.newest_sample), loss_plot(RunFolder(path).read_metrics())
+        md += evaluation_text(RunFolder(path).eval_path)
+        memorisation = RunFolder(path).memorisation_plot_path
+        figure = _open_image(memorisation) if memorisation.is_file() else None
+        return md, _open_image(r.newest_sample), loss_plot(RunFolder(path).read_metrics()), figure
+
+    def compare_choices(self, picked: list[str] | None) -> Any:
+        """The runs the Compare box offers (every diffusion run, sweeps' members too), keeping the ticked ones."""
+        names = [r.name for r in self.ws.runs() if r.kind != "autoencoder"]
+        return gr.CheckboxGroup(choices=names, value=[p for p in (picked or []) if p in names])
+
+    def compare_runs(self, picked: list[str] | None) -> tuple[Any, str, list[tuple[str, str]]]:
+        """The ticked runs side by side: (figure of their smoothed losses and KID, markdown table with the settings
+        that differ in bold, their newest sample grids)."""
+        from ldm.evaluation.compare import best_by_kid, compare_figure, differing_settings, markdown_table, summarise
+
+        try:
+            runs = [self.ws.resolve(r, what="run folder") for r in (picked or [])]
+        except UserError as e:
+            return None, _warn(str(e)), []
+        if len(runs) < 2:
+            return None, "Tick two runs or more to compare them.", []
+        names = [self.ws.rel(r) for r in runs]
+        rows = [summarise(r, n) for r, n in zip(runs, names)]
+        table = markdown_table(rows, differing_settings(runs), best_by_kid(rows))
+        figure = compare_figure(runs, self.ws.app_dir / "compare.png", names)
+        grids = []
+        for r, n in zip(runs, names):
+            newest = RunFolder(r).sample_grids()
+            if newest:
+                grids.append((str(newest[-1]), n))
+        return str(figure), table, grids
+
+    def evaluate_run(self, run: str | None, samples: float | None) -> tuple[str, Any, Any, str]:
+        """Run ``ldm eval`` on the picked run in the worker (its progress shows in the Training tab): (training
+        message, timer, tabs, runs-tab message). The real images are the ones its latent cache was made from."""
+        from ldm.app.jobs import Phase
+        from ldm.data.manifest import Manifest
+
+        try:
+            path = self.ws.resolve(run, what="run folder")
+            if not RunFolder(path).has_pipeline:
+                raise UserError(f"{self.ws.rel(path)} has no exported model yet: train it first")
+            ckpt = RunFolder(path).latest_checkpoint()
+            cache = RunFolder.checkpoint_latents(ckpt) if ckpt else None
+            real = Manifest.load(cache).data_dir if cache and Manifest.exists(cache) else None
+            if not real:
+                raise UserError(f"{self.ws.rel(path)}: its latent cache names no image folder to compare against")
+            real_path = self.ws.resolve(real, what="real images")
+            n = int(samples or 0)
+            if not 10 <= n <= 5000:
+                raise UserError(f"images to generate: 10..5000, got {n}")
+            argv = [sys.executable, "-m", "ldm", "eval", "--run", self.ws.rel(path), "--real", self.ws.rel(real_path)]
+            argv += ["--num-samples", str(n)]
+            plan = JobPlan(path, cache, [Phase("eval", argv, self.ws.rel(path))], path / "app-job.log", {})
+            self._start_unless_running(plan)
+        except (UserError, ConfigError, ValueError) as e:
+            return gr.Markdown(), gr.Timer(active=self.jobs.is_running()), gr.Tabs(), _warn(str(e))
+        message = f"Evaluating **{self.ws.rel(path)}** with {n} images: progress in the log below."
+        return message, gr.Timer(active=True), gr.Tabs(selected="training"), message
 
     def use_for_inference(self, run: str | None) -> tuple[Any, Any, str, Any]:
         """Make ``run`` the Inference tab's model and switch to that tab: (model picker, tabs, message, notice)."""

@@ -302,6 +302,92 @@ def plan_job(ws: Workspace, s: TrainSettings) -> JobPlan:
     return JobPlan(run=run, latents=latents, phases=phases, log=run / "app-job.log", info=info)
 
 
+SWEEPABLE = (  # the Sweep panel's choices of settings (any other config key may be typed)
+    "training.learning_rate",
+    "training.batch_size",
+    "unet.preset",
+    "diffusion.loss",
+    "diffusion.label_dropout",
+    "diffusion.prediction_type",
+    "training.ema_power",
+    "training.warmup_steps",
+)
+BUDGET_KEYS = ("training.max_minutes", "training.max_steps", "training.epochs")
+
+
+def plan_sweep(
+    ws: Workspace,
+    s: TrainSettings,
+    name: str,
+    grid: list[tuple[str, str]],
+    minutes: float,
+    eval_samples: int = 0,
+) -> JobPlan:
+    """The Training tab's settings as a sweep's base (``runs/sweeps/<name>/base.yaml``) and the ``ldm sweep`` job
+    over ``grid`` (up to two ``(config key, "v1, v2, ...")``), ``minutes`` per member; the data phases as
+    :func:`plan_job` plans them. Every member's config is checked before the job starts."""
+    from ldm.training.sweep import SweepSpec, check_members, parse_grid, plan_members
+
+    if not RUN_NAME.match(name or ""):
+        raise UserError(
+            f"sweep name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (it becomes runs/sweeps/NAME)"
+        )
+    items = [f"{key.strip()}={','.join(v.strip() for v in values.split(','))}" for key, values in grid if key]
+    if not items:
+        raise UserError("pick a setting to sweep and type its values, e.g. 0.0005, 0.001, 0.002")
+    if not minutes > 0:
+        raise UserError("minutes per run must be above 0")
+    if eval_samples < 0:
+        raise UserError("evaluation images must be 0 (no evaluation) or more")
+    folder = ws.resolve(f"runs/sweeps/{name}", what="sweep folder", must_exist=False)
+    if (folder / "sweep.json").exists():
+        raise UserError(f"sweep runs/sweeps/{name} already exists: choose another name, or Continue sweep")
+    overrides = [o for o in s.overrides() if not o.startswith(BUDGET_KEYS)]
+    parsed = parse_grid(items)
+    spec = SweepSpec(latents="", out=str(folder), config=None, grid=parsed, max_minutes=minutes, overrides=overrides)
+    try:
+        check_members(spec, plan_members(parsed))
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    base = plan_job(ws, TrainSettings(**{**asdict(s), "run_name": f"sweep-{name}", "max_minutes": minutes}))
+    argv = _ldm("sweep", "--latents", ws.rel(base.latents), "--out", ws.rel(folder), "--max-minutes", f"{minutes:g}")
+    for item in items:
+        argv += ["--grid", item]
+    if eval_samples:
+        argv += ["--eval-samples", str(int(eval_samples))]
+    phases = [*base.phases[:-1], Phase("sweep", argv + overrides, ws.rel(folder))]
+    info = {"settings": asdict(s), "latents": ws.rel(base.latents), "sweep": name}
+    return JobPlan(run=folder, latents=base.latents, phases=phases, log=folder / "app-job.log", info=info)
+
+
+def plan_continue_sweep(ws: Workspace, name: str) -> JobPlan:
+    """The same ``ldm sweep`` command again for sweep ``name``: finished members are skipped, an interrupted one
+    resumes (the plan and settings come from its ``sweep.json``)."""
+    import json
+
+    folder = ws.resolve(f"runs/sweeps/{name}", what="sweep folder")
+    try:
+        spec = json.loads((folder / "sweep.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(
+            f"runs/sweeps/{name} has no sweep.json: it is not a sweep (start one with Start sweep)"
+        ) from None
+    latents = ws.resolve(spec["latents"], what=f"latent folder of sweep {name}")
+    argv = _ldm("sweep", "--latents", ws.rel(latents), "--out", ws.rel(folder))
+    argv += ["--max-minutes", f"{spec['max_minutes']:g}", "--max-steps", str(spec["max_steps"])]
+    for key, values in spec["grid"]:
+        argv += ["--grid", f"{key}={','.join(values)}"]
+    if spec.get("seeds"):
+        argv += ["--seeds", ",".join(map(str, spec["seeds"]))]
+    if spec.get("eval_samples"):
+        argv += ["--eval-samples", str(spec["eval_samples"])]
+    if spec.get("config"):
+        argv += ["--config", spec["config"]]
+    argv += list(spec.get("overrides") or [])
+    phases = [Phase("sweep", argv, ws.rel(folder))]
+    return JobPlan(run=folder, latents=latents, phases=phases, log=folder / "app-job.log", info={"sweep": name})
+
+
 def _check_cache_fits(ws: Workspace, latents: Path, data: Path) -> None:
     """Refuse, in the app's words, a latent folder that already holds a cache of other images (preprocessing into
     it would fail after the autoencoder was trained)."""

@@ -28,7 +28,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".pbm
 # folders discovery never enters: environments, caches, VCS metadata
 SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "test-artifacts"}
 # files that mark a folder as something other than a class folder of images
-MARKERS = (*RunFolder.MARKERS, "config.json", MANIFEST, "model_index.json")
+MARKERS = (*RunFolder.MARKERS, "config.json", MANIFEST, "model_index.json", "sweep.json")
 MAX_DEPTH = 4  # levels below the root searched for datasets, caches, runs and pipelines
 APP_DIR = ".ldm-app"  # the app's own state inside the workspace (job file, generated images, settings)
 
