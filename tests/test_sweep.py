@@ -91,3 +91,31 @@ def test_a_bad_grid_is_refused_before_any_training(cache, tmp_path, capsys):
     assert not out.exists()  # nothing was started
     assert ldm_main([*base, "--grid", "unet.preset=tiny,small", "--seeds", "0,1", "--dry-run"]) == 0
     assert capsys.readouterr().out.count("[new]") == 4
+
+
+def test_the_compare_handler_through_gradio_client(tmp_path):
+    """The Runs tab's Compare as an API call: two runs with different learning rates -> the table names the
+    setting that differs, with both values, and a figure."""
+    import socket
+
+    from gradio_client import Client
+    from test_app import make_tiny_run
+
+    from ldm.app.blocks import launch_app
+
+    for name, lr in (("a", "0.001"), ("b", "0.003")):
+        run = make_tiny_run(tmp_path / "runs" / name)
+        (run / "config.yaml").write_text(f"training:\n  learning_rate: {lr}\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = launch_app(tmp_path, port=port, prevent_thread_lock=True, quiet=True, device="cpu")
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        figure, table, grids = client.predict(["runs/a", "runs/b"], api_name="/compare_runs")
+        assert "**training.learning_rate**" in table and "**0.001**" in table and "**0.003**" in table
+        assert Path(figure).stat().st_size > 10_000
+        _, one, _ = client.predict(["runs/a"], api_name="/compare_runs")
+        assert "Tick two runs or more" in one
+    finally:
+        demo.close()

@@ -507,7 +507,9 @@ def runs_tab(app: LdmApp, tabs: gr.Tabs, inference: InferenceTab, training: Trai
     )
     details = [run_details, run_sample, run_loss, memorisation]
     with gr.Accordion("Compare runs", open=False, elem_id="ldm-compare"):
-        compare_pick = gr.CheckboxGroup(label="Runs to compare", choices=[], elem_id="ldm-compare-pick")
+        # the runs of the workspace now (refilled whenever the tab opens or the table is refreshed)
+        runs_now = [r.name for r in app.ws.runs() if r.kind != "autoencoder"]
+        compare_pick = gr.CheckboxGroup(label="Runs to compare", choices=runs_now, elem_id="ldm-compare-pick")
         compare = gr.Button("Compare", elem_id="ldm-compare-button")
         compare_table = gr.Markdown(elem_id="ldm-compare-table")
         compare_figure = gr.Image(label="Smoothed loss and KID", type="filepath", elem_id="ldm-compare-figure")

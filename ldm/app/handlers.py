@@ -614,6 +614,9 @@ class LdmApp:
             metrics = folder.read_metrics()
             last = metrics[-1] if metrics else {}
             detail = f"step {last['step']}, {last.get('seconds', 0):.0f} s" if "step" in last else ""
+            if job.get("phase") == "eval":  # ldm eval logs "[eval] generated 48/200 (12 s)"
+                said = [ln for ln in log.splitlines() if ln.startswith("[eval]")]
+                detail = said[-1].removeprefix("[eval] ") if said else "starting"
             recon = folder.recon_grids()
             view = job_view(job, None, detail, log)
             plot_data, grid = None, recon[-1] if recon else None
