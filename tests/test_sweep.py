@@ -119,3 +119,27 @@ def test_the_compare_handler_through_gradio_client(tmp_path):
         assert "Tick two runs or more" in one
     finally:
         demo.close()
+
+
+def test_continue_sweep_runs_the_same_command_again(tmp_path):
+    """The app's Continue sweep rebuilds the sweep's command from its sweep.json (relative to the workspace)."""
+    from ldm.app.settings import plan_continue_sweep
+    from ldm.app.workspace import Workspace
+    from ldm.errors import UserError
+
+    ws = Workspace(tmp_path)
+    folder = tmp_path / "runs" / "sweeps" / "lr"
+    folder.mkdir(parents=True)
+    (tmp_path / "data" / "latents" / "demo").mkdir(parents=True)
+    spec = {"latents": "data/latents/demo", "out": "runs/sweeps/lr", "config": None, "max_minutes": 3.0,
+            "max_steps": 0, "grid": [["training.learning_rate", ["5e-4", "1e-3"]]], "seeds": [0, 1],
+            "eval_samples": 100, "overrides": ["unet.preset=tiny"]}  # fmt: skip
+    (folder / "sweep.json").write_text(json.dumps(spec))
+    argv = plan_continue_sweep(ws, "lr").phases[0].argv
+    command = argv[argv.index("sweep") :]
+    assert command == ["sweep", "--latents", "data/latents/demo", "--out", "runs/sweeps/lr", "--max-minutes", "3",
+                       "--max-steps", "0", "--grid", "training.learning_rate=5e-4,1e-3", "--seeds", "0,1",
+                       "--eval-samples", "100", "unet.preset=tiny"]  # fmt: skip
+    (tmp_path / "runs" / "sweeps" / "nothing-here").mkdir()
+    with pytest.raises(UserError, match="not a sweep"):
+        plan_continue_sweep(ws, "nothing-here")
