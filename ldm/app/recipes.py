@@ -80,15 +80,39 @@ def _newest(script: str, has: Callable[[dict[str, Any]], Any]) -> dict[str, Any]
 
 
 def _measured(name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(the recipe's row of the newest bench_recipes record, that record) or None."""
+    """(the recipe's row of the newest bench_recipes record, that record); for ``faces`` without one, its row of
+    the newest ``bench_quality`` record (one point: the end of its run, on one thread); else None."""
     record = _newest("bench_recipes", lambda results: (results.get("recipes") or {}).get(name))
     row = ((record or {}).get("results") or {}).get("recipes", {}).get(name)
-    return (row, record) if row and record else None
+    if row and record:
+        return row, record
+    if name != "faces":
+        return None
+    record = _newest("bench_quality", lambda results: (results.get("rows") or {}).get("ours"))
+    if record is None:
+        return None
+    ours, settings = record["results"]["rows"]["ours"], record["results"].get("settings") or {}
+    steps, minutes = int(ours["training"]["steps"]), float(settings.get("minutes") or 15)
+    threads = ours["training"].get("threads")
+    row = {
+        "minutes": minutes,
+        "steps": steps,
+        "steps_per_minute": steps / minutes,
+        "data": Path(str(settings.get("data", "att-faces-20"))).name,
+        "where": f"{threads} thread of a {_cpu(record)} CPU",
+        "eval_num_samples": settings.get("num_samples"),
+        "curve": [{"step": steps, "kid": ours["kid"], "class_accuracy": ours["class_accuracy"]}],
+    }
+    return row, record
 
 
 def _cpu(record: dict[str, Any]) -> str:
     cpu = record.get("cpu") or {}
-    return f"{cpu.get('cores', '?')} cores, {cpu.get('kind', '?')}"
+    return f"{cpu.get('cores', '?')}-core {cpu.get('kind', '?')}"
+
+
+def _where(row: dict[str, Any], record: dict[str, Any]) -> str:
+    return row.get("where") or f"a {_cpu(record)} CPU"
 
 
 def recipe_summary(name: str) -> str:
@@ -103,7 +127,7 @@ def recipe_summary(name: str) -> str:
         if "class_accuracy" in last:
             quality = f", class accuracy {last['class_accuracy']:.2f}, KID {last['kid']:.3f}"
         return (
-            f"{head} Measured: {row['minutes']:g} min of training on {_cpu(record)} -> {row['steps']} steps"
+            f"{head} Measured: {row['minutes']:g} min of training on {_where(row, record)} -> {row['steps']} steps"
             f"{quality} ({row['data']}, {row.get('eval_num_samples', '?')} samples)."
         )
     if name == "original":
@@ -136,7 +160,9 @@ def budget_estimate(name: str, minutes: float, max_steps: int) -> str:
     steps = min(limits)
     curve = row.get("curve") or []
     reached = [p for p in curve if p["step"] <= steps]
-    how = f"about {steps} steps" + (f" at the measured {speed:.0f} steps/min ({_cpu(record)})" if minutes > 0 else "")
+    how = f"about {steps} steps"
+    if minutes > 0:
+        how += f" at the measured {speed:.0f} steps/min ({_where(row, record)})"
     if not reached:
         first = curve[0] if curve else None
         later = f"; the first measurement, at step {first['step']}, had class accuracy {first['class_accuracy']:.2f}"
@@ -145,5 +171,5 @@ def budget_estimate(name: str, minutes: float, max_steps: int) -> str:
     beyond = " (the longest measured)" if point is curve[-1] and steps > point["step"] * 1.2 else ""
     return (
         f"Estimate: {how} -> class accuracy about {point['class_accuracy']:.2f}, KID {point['kid']:.3f} "
-        f"(measured at step {point['step']}{beyond}; small samples, +-0.05)."
+        f"(measured at step {point['step']}{beyond} with {row.get('eval_num_samples', '?')} images)."
     )
