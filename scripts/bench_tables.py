@@ -194,6 +194,21 @@ def app_watch_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def quickstart_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """``scripts/bench_quickstart.py``: one row per lever, at the slow CPU's step count."""
+    head = ["row", "overrides", "steps", "class accuracy", "KID", "FID", "weakest class"]
+    rows = []
+    for name, r in results["rows"].items():
+        weakest = min(r["per_class"].items(), key=lambda kv: kv[1])
+        settings = ", ".join(f"`{o}`" for o in r["overrides"]) or "(configs/demo.yaml)"
+        if r.get("trained_with_other"):
+            settings += " (trained with " + ", ".join(f"`{o}`" for o in r["trained_with_other"]) + ")"
+        rows.append([name, settings, str(r["steps"]),
+                     f"{r['class_accuracy']:.3f}", f"{r['kid']:.4f} ± {r['kid_std']:.4f}", f"{r['fid']:.1f}",
+                     f"{weakest[0]} {weakest[1]:.2f}"])  # fmt: skip
+    return head, rows
+
+
 # Tables of every record of a script, one block of rows per record.
 FORMATTERS: dict[str, Callable[[dict], tuple[list[str], list[list[str]]]]] = {
     "bench_quality": quality_rows,
@@ -202,6 +217,7 @@ FORMATTERS: dict[str, Callable[[dict], tuple[list[str], list[list[str]]]]] = {
     "bench_vae_colour": vae_colour_rows,
     "bench_train_memory": memory_rows,
     "bench_recipes": recipes_rows,
+    "bench_quickstart": quickstart_rows,
     "bench_app_watch": app_watch_rows,
 }
 # Tables made from a script's records as a whole (table name -> (script, formatter)).

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ldm.errors import UserError
-from ldm.run_folder import RunFolder
+from ldm.run_folder import RunFolder, portable_paths
 
 if TYPE_CHECKING:
     import torch
@@ -527,7 +527,7 @@ def evaluate_run(
     from ldm.device import resolve_device
     from ldm.diffusion.pipeline import load_pipeline
     from ldm.evaluation.inception import load_inception
-    from ldm.utils import atomic_write_json, atomic_write_text
+    from ldm.utils import atomic_write_json, atomic_write_text, recorded_path
 
     log = log or (lambda m: None)
     t_start = time.time()
@@ -624,7 +624,11 @@ def evaluate_run(
     }
     if write:
         written = RunFolder(out_dir)
-        atomic_write_json(written.eval_path, result)  # NaN -> null: strict JSON
+        # its paths as the run folder records paths (relative inside a workspace; see ldm.run_folder.portable_paths)
+        on_disk = {**result, "model": recorded_path(result["model"], written.path)}
+        on_disk["pipeline"] = recorded_path(result["pipeline"], written.path)
+        on_disk["real"] = portable_paths(result["real"], written.path, writing=True)
+        atomic_write_json(written.eval_path, on_disk)  # NaN -> null: strict JSON
         atomic_write_text(written.eval_report_path, eval_markdown(result))
         log(f"wrote {written.eval_path}, {written.eval_report_path} and {fig_path}")
     return result
