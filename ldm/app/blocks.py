@@ -28,7 +28,6 @@ from ldm.app.text2image import text2image_tab
 from ldm.choices import SCHEDULER_NAMES
 from ldm.config import SamplingConfig
 
-POLL_SECONDS = 2.0  # how often the Training tab refreshes while a job runs
 DEFAULT_SETTINGS_FILE = "app-settings.yaml"
 # raw loss pale, its moving average strong; whole steps and short loss labels (one point once gave "10.000000")
 LOSS_PLOT = {"color_map": {"loss": "#9fb3c8", "smoothed": "#0d9488"}, "x_axis_format": "d", "y_axis_format": ".4~f"}
@@ -437,7 +436,7 @@ def training_tab(app: LdmApp) -> TrainingTab:
             )
             sample = gr.Image(label="Newest sample grid (one row per class)", type="pil", elem_id="ldm-sample")
             log = gr.Textbox(label="Log (newest lines)", lines=12, max_lines=40, autoscroll=True, elem_id="ldm-log")
-    timer = gr.Timer(POLL_SECONDS, active=False)
+    timer = gr.Timer(LdmApp.POLL_SECONDS, active=False)  # its interval set by each poll (LdmApp.poll)
     seen = gr.State({})  # what this page shows already (see LdmApp.poll)
     fields = form.in_field_order()
     folders = [form["data_dir"], form["latent_dir"], form["autoencoder"]]

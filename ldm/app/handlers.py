@@ -577,6 +577,9 @@ class LdmApp:
         return message, gr.Timer(active=True), gr.Tabs(selected="training"), message
 
     PLOT_SECONDS = 10.0  # the live loss plot and sample grid are redrawn at most this often (see poll)
+    POLL_SECONDS = 2.0  # the Training tab's refresh in the first QUICK_POLL_FOR seconds of a job and while it stops
+    QUICK_POLL_FOR = 30.0
+    SLOW_POLL_SECONDS = 5.0  # ... and after that
     redraw_every_poll = False  # True: send them on every poll, changed or not (the behaviour before; a benchmark's)
 
     def poll(self, seen: dict[str, Any] | None = None) -> tuple[Any, ...]:
@@ -595,7 +598,10 @@ class LdmApp:
         run = Path(job["run"])
         log = tail(Path(job.get("log") or run / "app-job.log"), lines=12)
         running = job.get("state") == "running"
-        timer = gr.Timer(active=running)
+        # quick while something is about to change (a start, a stop), then slower: every poll costs the trainer
+        # CPU time in the server and in the browser (scripts/bench_app_watch.py)
+        settling = time.time() - float(job.get("started") or 0) < self.QUICK_POLL_FOR or job.get("stop_requested")
+        timer = gr.Timer(value=self.POLL_SECONDS if settling else self.SLOW_POLL_SECONDS, active=running)
         target = run
         if job.get("phase") == "sweep":
             # a sweep: the member training now, as a training run, with "run i of N" beside it
