@@ -12,6 +12,7 @@ change hits all of them alike:
 ``closed``: no page open (the trainer alone);
 ``open``: the Training tab open, as the app draws it (a poll every ``LdmApp.SLOW_POLL_SECONDS`` once a job is past
     its first seconds; plot and grid sent only when their data changed, at most every ``LdmApp.PLOT_SECONDS``);
+``open, poll every 10 s``: the same with a slower poll, to see what the poll itself costs;
 ``open, redraw every poll``: the same page polling every 2 s with the plot and grid sent on every poll, the app's
     behaviour before.
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_record import describe_machine, write_record  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-CONDITIONS = ("closed", "open", "open, redraw every poll")
+CONDITIONS = ("closed", "open", "open, poll every 10 s", "open, redraw every poll")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                         eager = condition == "open, redraw every poll"
                         app.PLOT_SECONDS = 0.0 if eager else LdmApp.PLOT_SECONDS
                         app.SLOW_POLL_SECONDS = LdmApp.POLL_SECONDS if eager else LdmApp.SLOW_POLL_SECONDS
+                        if condition == "open, poll every 10 s":
+                            app.SLOW_POLL_SECONDS = 10.0
                         app.redraw_every_poll = eager
                         page = browser.new_page(viewport={"width": 1280, "height": 1000})
                         page.goto(demo.local_url)
