@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         port = sock.getsockname()[1]
     demo = launch_app(ws, port=port, prevent_thread_lock=True, quiet=True)
     app: LdmApp = demo.ldm_app
-    total = (args.window * len(CONDITIONS) * args.rounds + 90) / 60
+    total = ((args.window + 5) * len(CONDITIONS) * args.rounds + 180) / 60  # + page loads, start-up, quick polls
     s = recipe_settings("demo")
     s.preprocess, s.latent_dir, s.run_name = "no", "data/latents/demo", "watched"
     s.max_minutes, s.max_steps = round(total, 1), 0
