@@ -117,6 +117,15 @@ def test_status_lines_agree_after_stop_resume_and_a_failed_phase(tmp_path, brows
     try:
         page.goto(f"http://127.0.0.1:{port}/")
         page.get_by_role("tab", name="Training").click()
+        # a recipe preset fills the form and says what it was measured to give, and what the budget gives
+        note = page.locator("#ldm-recipe-note")
+        assert "demo" in note.inner_text() and page.locator("#ldm-max-minutes input").input_value() == "5"
+        page.locator("#ldm-recipe input").click()
+        page.get_by_role("option", name="faces", exact=True).click()
+        _wait(page, "the faces recipe", lambda: page.locator("#ldm-max-minutes input").input_value() == "15", 10)
+        _wait(page, "its note", lambda: "configs/faces.yaml" in note.inner_text(), 10)
+        assert "Measured" in note.inner_text() and "Estimate: about" in note.inner_text(), note.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "status-0-recipe.png"), full_page=True)
         page.locator("#ldm-preprocess").get_by_text("no", exact=True).click()
         _fill(page, "ldm-latent-dir", "data/latents")
         page.locator("#ldm-preset input").click()
