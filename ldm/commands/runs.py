@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         runs = [Path(r) for r in args.compare]
         missing = [str(r) for r in runs if not RunFolder(r).is_run]
         if missing:
-            raise UserError(f"not a run folder (no config.yaml and status.json): {', '.join(missing)}")
+            what = f"{RunFolder.CONFIG} and {RunFolder.STATUS}"
+            raise UserError(f"not a run folder (no {what}): {', '.join(missing)}")
         rows = [summarise(r, str(r)) for r in runs]
         print(markdown_table(rows, differing_settings(runs), best_by_kid(rows)), end="")
         print(f"figure: {compare_figure(runs, args.figure, [str(r) for r in runs])}")

@@ -625,9 +625,12 @@ def evaluate_run(
     if write:
         written = RunFolder(out_dir)
         # its paths as the run folder records paths (relative inside a workspace; see ldm.run_folder.portable_paths)
-        on_disk = {**result, "model": recorded_path(result["model"], written.path)}
-        on_disk["pipeline"] = recorded_path(result["pipeline"], written.path)
-        on_disk["real"] = portable_paths(result["real"], written.path, writing=True)
+        on_disk = {
+            **result,
+            "model": recorded_path(run, written.path),
+            "pipeline": recorded_path(folder, written.path),
+            "real": portable_paths(result["real"], written.path, writing=True),
+        }
         atomic_write_json(written.eval_path, on_disk)  # NaN -> null: strict JSON
         atomic_write_text(written.eval_report_path, eval_markdown(result))
         log(f"wrote {written.eval_path}, {written.eval_report_path} and {fig_path}")
