@@ -26,16 +26,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_record import describe_machine, write_record  # noqa: E402
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--latents", required=True, help="the quickstart's latent cache")
@@ -51,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from ldm.config import load_config, to_dict
+    from ldm.config import flatten, load_config, to_dict
     from ldm.evaluation.report import evaluate_run
     from ldm.run_folder import RunFolder
     from ldm.training.trainer import train
@@ -78,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         accuracy = ev["class_accuracy"]
         # what the run was really trained with, where it differs from configs/demo.yaml + overrides now (a run
         # trained before the config changed is reused as it is, and says so)
-        meant = _flat(to_dict(load_config(ROOT / "configs" / "demo.yaml", [*fixed, *overrides])))
-        trained = _flat(yaml.safe_load(RunFolder(run).config_path.read_text()))
+        meant = flatten(to_dict(load_config(ROOT / "configs" / "demo.yaml", [*fixed, *overrides])))
+        trained = flatten(yaml.safe_load(RunFolder(run).config_path.read_text()))
         differs = [f"{k}={trained[k]}" for k in sorted(trained) if k in meant and trained[k] != meant[k]]
         rows[name] = {
             "overrides": overrides,

@@ -82,6 +82,15 @@ def _progress(page) -> tuple[str, int]:
     return bar.get_attribute("data-state") or "", int(bar.get_attribute("data-step") or -1)
 
 
+def close_app(demo) -> None:
+    """Close a launched app and never leave its training job behind (stopped safely, waited for)."""
+    demo.close()
+    job = demo.ldm_app.jobs.current()
+    if job and job.get("state") == "running":
+        demo.ldm_app.jobs.stop()
+        demo.ldm_app.jobs.wait(60)
+
+
 def generate_in_page(page, steps: int = 5, images: int = 4, timeout: float = 120) -> str:
     """Set the Inference tab's steps, press Generate, wait for ``images`` images; returns the message shown."""
     box = page.locator("#ldm-steps input[type=number]")
@@ -262,11 +271,7 @@ def test_two_sessions_generate_while_training_and_a_restarted_app_reattaches(tmp
         _wait(page, "the reattached job to move", lambda: _progress(page)[1] > step, 60)
         page.screenshot(path=str(ARTIFACTS / "browser-load-reattached.png"), full_page=True)
     finally:
-        demo.close()
-        job = demo.ldm_app.jobs.current()
-        if job and job.get("state") == "running":
-            demo.ldm_app.jobs.stop()
-            demo.ldm_app.jobs.wait(60)
+        close_app(demo)
 
 
 def test_text_to_image_tab_generates_in_chromium(tmp_path, browser_page):

@@ -19,6 +19,7 @@ from test_app_browser import (  # noqa: F401 (fixtures)
     _wait,
     browser,
     browser_page,
+    close_app,
     generate_in_page,
     make_tiny_cache,
 )
@@ -87,11 +88,7 @@ def test_continue_a_finished_run_then_from_a_copied_workspace_and_generate(tmp_p
         assert "image(s) of" in generate_in_page(page)
         page.screenshot(path=str(ARTIFACTS / "continue-4-generated-from-copy.png"), full_page=True)
     finally:
-        demo.close()
-        job = demo.ldm_app.jobs.current()
-        if job and job.get("state") == "running":
-            demo.ldm_app.jobs.stop()
-            demo.ldm_app.jobs.wait(60)
+        close_app(demo)
 
 
 def test_status_lines_agree_after_stop_resume_and_a_failed_phase(tmp_path, browser_page):  # noqa: F811
@@ -168,8 +165,4 @@ def test_status_lines_agree_after_stop_resume_and_a_failed_phase(tmp_path, brows
         assert "Starting" not in message, message
         page.screenshot(path=str(ARTIFACTS / "status-3-failed.png"), full_page=True)
     finally:
-        demo.close()
-        job = demo.ldm_app.jobs.current()
-        if job and job.get("state") == "running":
-            demo.ldm_app.jobs.stop()
-            demo.ldm_app.jobs.wait(60)
+        close_app(demo)

@@ -13,6 +13,7 @@ from test_app_browser import (  # noqa: F401 (browser, browser_page: fixtures)
     _wait,
     browser,
     browser_page,
+    close_app,
     make_tiny_cache,
 )
 
@@ -63,8 +64,4 @@ def test_a_sweep_from_the_training_tab_compared_in_the_runs_tab(tmp_path, browse
         page.wait_for_timeout(1000)
         page.screenshot(path=str(ARTIFACTS / "sweep-2-compared.png"), full_page=True)
     finally:
-        demo.close()
-        job = demo.ldm_app.jobs.current()
-        if job and job.get("state") == "running":
-            demo.ldm_app.jobs.stop()
-            demo.ldm_app.jobs.wait(60)
+        close_app(demo)

@@ -19,7 +19,7 @@ import yaml
 from ldm.app.jobs import Phase
 from ldm.app.workspace import Workspace
 from ldm.choices import LOSS_LABELS, OPTIMIZER_LABELS, UNET_PRESETS
-from ldm.config import Config, ConfigError, from_dict, load_config, parse_override, to_dict
+from ldm.config import Config, ConfigError, flatten, from_dict, load_config, parse_override, to_dict
 from ldm.data.manifest import MANIFEST, Manifest
 from ldm.errors import UserError
 from ldm.run_folder import RunFolder
@@ -142,22 +142,12 @@ _SHOWN = {f.metadata["key"]: (f.name, f.metadata["labels"]) for f in fields(Trai
 _APP_KEYS = tuple(f.name for f in fields(TrainSettings) if "key" not in f.metadata and f.name != "extra")
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def settings_to_yaml(s: TrainSettings) -> str:
     """YAML of the settings: an ``app`` section plus the config keys that differ from the defaults."""
     cfg = to_dict(s.config())
-    defaults = _flatten(to_dict(Config()))
+    defaults = flatten(to_dict(Config()))
     changed: dict[str, Any] = {}
-    for key, value in _flatten(cfg).items():
+    for key, value in flatten(cfg).items():
         if key in _SHOWN or value != defaults.get(key):
             section, name = key.split(".", 1)
             changed.setdefault(section, {})[name] = value
@@ -181,8 +171,8 @@ def settings_from_yaml(text: str) -> TrainSettings:
     unknown = set(app) - set(_APP_KEYS)
     if unknown:
         raise UserError(f"unknown key(s) in the 'app' section: {', '.join(sorted(unknown))}; accepted: {_APP_KEYS}")
-    flat = _flatten(to_dict(from_dict(d)))  # validates every key and type, names the bad one
-    given = _flatten(d)
+    flat = flatten(to_dict(from_dict(d)))  # validates every key and type, names the bad one
+    given = flatten(d)
     s = TrainSettings()
     extra = []
     for key, value in flat.items():

@@ -91,16 +91,6 @@ def summarise(run: str | Path, name: str | None = None) -> dict[str, Any]:
     return row
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 # keys that differ between runs without being a setting of the diffusion recipe: the budgets, and the sections that
 # made the latent cache (a diffusion run's config carries them, but its cache decided them)
 NOT_SETTINGS = ("training.max_minutes", "training.max_steps", "training.epochs", "training.device")
@@ -112,10 +102,12 @@ def differing_settings(runs: list[str | Path]) -> dict[str, list[str]]:
     (as text; "-" where a run has no config); budgets are not settings and are left out."""
     import yaml
 
+    from ldm.config import flatten
+
     configs = []
     for run in runs:
         try:
-            configs.append(_flat(yaml.safe_load(RunFolder(run).config_path.read_text()) or {}))
+            configs.append(flatten(yaml.safe_load(RunFolder(run).config_path.read_text()) or {}))
         except (OSError, yaml.YAMLError):
             configs.append({})
     keys = sorted(k for k in {k for c in configs for k in c} - set(NOT_SETTINGS) if not k.startswith(NOT_SECTIONS))
