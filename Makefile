@@ -1,5 +1,5 @@
 # make demo  - create .venv if needed, install, run the whole demo (`ldm quickstart`)
-# make test  - create .venv if needed, install with the dev/eval/t2i extras (+ Debian chromium), run the tests
+# make test  - create .venv if needed, install with the dev/t2i extras (+ Debian chromium), run the tests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -15,7 +15,7 @@ $(VENV)/.installed-main: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev,eval,t2i]"
+	$(BIN)/pip install --quiet -e ".[dev,t2i]"
 	touch $(VENV)/.installed-main $@
 
 demo: $(VENV)/.installed-main

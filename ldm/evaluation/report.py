@@ -2,7 +2,8 @@
 
     ldm eval --run runs/faces --real data/att-faces --num-samples 200
 
-writes ``<run>/eval.json``, ``<run>/eval.md`` and ``<run>/memorisation.png``. The metric functions work on feature
+writes ``<run>/eval.json``, ``<run>/eval.md`` and ``<run>/memorisation.png``, and refreshes the numbers of the model
+card (``README.md``) of the pipeline it evaluated (:mod:`ldm.model_card`). The metric functions work on feature
 arrays ``(N, D)`` (numpy or torch), so they are tested on sets with known answers; :func:`evaluate_run` wires them to
 the Inception extractor (:mod:`ldm.evaluation.inception`), the class classifier (:mod:`ldm.evaluation.classifier`),
 the pipeline and the autoencoder. :class:`QuickEvaluator` is the cheap version the trainer calls every
@@ -518,7 +519,8 @@ def evaluate_run(
     log: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run (or exported pipeline) folder against the real dataset; write ``eval.json``, ``eval.md`` and
-    ``memorisation.png`` into it (``write=True``) and return the ``eval.json`` dict.
+    ``memorisation.png`` into it and refresh the evaluation section of the pipeline's model card (``write=True``);
+    return the ``eval.json`` dict.
 
     ``num_samples`` images are generated, cycling through the classes (image i: class ``i % K``, seed ``seed + i``).
     ``guidance_scale`` defaults to the run's ``sampling.guidance_scale`` (3.0 without a run config).
@@ -527,6 +529,7 @@ def evaluate_run(
     from ldm.device import resolve_device
     from ldm.diffusion.pipeline import load_pipeline
     from ldm.evaluation.inception import load_inception
+    from ldm.model_card import CARD, EVAL_HASH_KEY, refresh_model_card, unet_files_hash
     from ldm.utils import atomic_write_json, atomic_write_text, recorded_path
 
     log = log or (lambda m: None)
@@ -621,6 +624,7 @@ def evaluate_run(
         "reconstruction": recon,
         "memorisation": memorised,
         "seconds": {"generation": round(gen_seconds, 1), "total": round(time.time() - t_start, 1)},
+        EVAL_HASH_KEY: unet_files_hash(folder),  # the weights measured: a model card shows only their numbers
     }
     if write:
         written = RunFolder(out_dir)
@@ -633,7 +637,9 @@ def evaluate_run(
         }
         atomic_write_json(written.eval_path, on_disk)  # NaN -> null: strict JSON
         atomic_write_text(written.eval_report_path, eval_markdown(result))
+        card = refresh_model_card(folder, written.eval_path)
         log(f"wrote {written.eval_path}, {written.eval_report_path} and {fig_path}")
+        log(f"model card: {card}" if card else f"{folder / CARD} has no evaluation section of ldm's: left as it is")
     return result
 
 

@@ -223,7 +223,7 @@ class Trainer(TrainingLoop):
         if self.main:
             self._vae()  # load it now: a missing autoencoder should fail before training, not at the first grid
             if tc.eval_every > 0:
-                self.evaluator = self._make_evaluator()  # likewise a missing .[eval] extra or real-image folder
+                self.evaluator = self._make_evaluator()  # likewise missing Inception weights or real images
         self.t0 = time.monotonic()  # reset by run(); set here so step() works on its own (benchmarks)
 
     def _load_checkpoint(self, unet: torch.nn.Module) -> None:
@@ -532,6 +532,10 @@ class Trainer(TrainingLoop):
                 "listing_fingerprint": m.listing_fingerprint,
                 "num_latents": len(self.cache.latents),
                 "latent_shape": list(self.latent_shape),
+                # what the exported model card says about the data, kept for when the cache is gone
+                "counts": m.counts,
+                "image_size": m.image_size,
+                "channels": m.channels,
             },
             "autoencoder": {k: getattr(m.autoencoder, k) for k in ("source", "class_name", "content_hash", "folder")},
             "scaling_factor": float(self.cache.scaling_factor),
@@ -616,11 +620,15 @@ class Trainer(TrainingLoop):
         return path
 
     def export(self) -> Path:
-        """Write the EMA model as a diffusers pipeline into ``out/pipeline`` (atomically)."""
+        """Write the EMA model as a diffusers pipeline into ``out/pipeline`` (atomically), with its model card
+        (:mod:`ldm.model_card`; the facts of the checkpoint just written)."""
+        from ldm.model_card import write_model_card
+
         pipe = self.pipeline(self.cfg.sampling.scheduler)
         final = self.run_folder.pipeline_dir
         with atomic_dir(final) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
+            write_model_card(tmp, self.run_folder, self.last_ckpt, name=self.run_folder.name, previous=final)
         return final
 
 
