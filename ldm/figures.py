@@ -378,3 +378,71 @@ def memorisation_figure(
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return order
+
+
+def distance_pair(distance: float, threshold: float) -> tuple[str, str]:
+    """A distance and the threshold as text, with two decimals, or as many more as it takes to tell them apart."""
+    for digits in (2, 3, 4):
+        d, t = f"{distance:.{digits}f}", f"{threshold:.{digits}f}"
+        if d != t:
+            break
+    return d, t
+
+
+def _mark(ax: Any, caption: str, font: float, close: bool) -> None:
+    """Caption an image cell; a close one (below the memorisation threshold) in bold red, framed in red."""
+    red = "#c0392b"
+    ax.set_xlabel(caption, fontsize=font, color=red if close else "black", fontweight="bold" if close else "normal")
+    if close:
+        for side in ax.spines.values():
+            side.set(color=red, linewidth=2.5)
+
+
+def nearest_figure(
+    generated: torch.Tensor,
+    training: torch.Tensor,
+    indices: Any,
+    distances: Any,
+    threshold: float,
+    training_names: Sequence[str],
+    labels: Sequence[str] | None = None,
+    cell_inches: float = 1.6,
+    dpi: int = 100,
+) -> Image.Image:
+    """Each generated image beside its closest training images: one row per generated image, its k nearest training
+    images to the right, each named and captioned "distance 0.41 (threshold 0.52)"; a distance below the threshold
+    (a copy candidate) in red, and the generated image marked. Returns PIL RGB.
+
+    ``generated`` (M, C, H, W) and ``training`` (N, C, H, W) in [-1, 1]; ``indices`` and ``distances`` (M, k) from
+    :func:`ldm.evaluation.nearest.nearest_training` (closest first); ``training_names`` (N,) paths of the training
+    images; ``labels`` (M,) headings of the generated images.
+    """
+    import textwrap
+
+    import numpy as np
+
+    idx, dist = np.asarray(indices), np.asarray(distances, dtype=float)
+    m, k = idx.shape
+    font = 5.5 * cell_inches  # points: about a ninth of a cell, legible when the figure is shown 600 px wide
+    fig = _new_figure(figsize=((k + 1) * cell_inches, m * (cell_inches + 0.75) + 0.35), dpi=dpi, layout="constrained")
+    axes = fig.subplots(m, k + 1, squeeze=False)
+    chars = max(8, int(cell_inches * 72 / (0.6 * font)))  # characters that fit across one cell
+    for r in range(m):
+        close = dist[r, 0] < threshold
+        ax = axes[r, 0]
+        _show(ax, generated[r])
+        heading = labels[r] if labels is not None and r < len(labels) else f"image {r + 1}"
+        ax.set_title("\n".join(textwrap.wrap(heading, chars)[:2]), fontsize=font, fontweight="bold", pad=3)
+        _mark(ax, "close to a training\nimage: copy?" if close else "generated", font, close)
+        for j in range(k):
+            ax = axes[r, j + 1]
+            _show(ax, training[int(idx[r, j])])
+            name = str(training_names[int(idx[r, j])])
+            ax.set_title(name if len(name) <= chars else "…" + name[-(chars - 1) :], fontsize=font, pad=3)
+            d, t = distance_pair(dist[r, j], threshold)
+            _mark(ax, f"distance {d}\n(threshold {t})", font, dist[r, j] < threshold)
+    title = "Closest training images in Inception feature space; red: closer than training images are to each other"
+    fig.suptitle("\n".join(textwrap.wrap(title, int((k + 1) * chars))), fontsize=font)
+    from PIL import Image
+
+    return Image.open(io.BytesIO(_png(fig))).convert("RGB")

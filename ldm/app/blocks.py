@@ -22,7 +22,7 @@ from typing import Any
 
 import gradio as gr
 
-from ldm.app.handlers import NO_MODEL_HELP, NO_NEGATIVE, LdmApp
+from ldm.app.handlers import NO_MODEL_HELP, NO_NEGATIVE, NO_PICK, LdmApp
 from ldm.app.settings import PREPROCESS, TRAIN_HERE, TrainSettings, gpu_count
 from ldm.app.text2image import text2image_tab
 from ldm.choices import SCHEDULER_NAMES
@@ -50,7 +50,8 @@ CSS = """
 #ldm-notice:empty, #ldm-notice .prose:empty { display: none; }
 #ldm-header code { white-space: normal !important; overflow-wrap: anywhere; word-break: break-all; }
 /* the image blocks' floating label would cover the top of figures that carry their own title */
-#ldm-snapshot img, #ldm-sample img, #ldm-run-sample img { padding-top: 30px; }
+#ldm-snapshot img, #ldm-sample img, #ldm-run-sample img, #ldm-nearest-figure img,
+#ldm-memorisation img { padding-top: 30px; }
 /* the columns are shares of the table's width (LdmApp.runs_table), so the table has no width of its own: ask for the
    whole page, capped by its container */
 #ldm-runs-table { min-width: 0 !important; width: 100vw; max-width: 100%; overflow-x: auto; }
@@ -237,7 +238,33 @@ def inference_tab(app: LdmApp) -> InferenceTab:
             generate = gr.Button("Generate", variant="primary", elem_id="ldm-generate")
             message = gr.Markdown(elem_id="ldm-message")
         with gr.Column(scale=3, min_width=280):
-            gallery = gr.Gallery(label="Images", columns=4, height="auto", object_fit="contain", elem_id="ldm-gallery")
+            gallery = gr.Gallery(
+                label="Images",
+                columns=4,
+                height="auto",
+                object_fit="contain",
+                type="filepath",  # the check reads the PNGs (and the model they record)
+                elem_id="ldm-gallery",
+            )
+            with gr.Accordion("Closest training images (memorisation check)", open=False, elem_id="ldm-nearest"):
+                gr.Markdown(
+                    "Compares generated images with the model's training images, as **Evaluate** does (Inception "
+                    "features), and shows the three closest of each with their distances. An image closer than "
+                    "training images are to each other is flagged: it may copy one. Click an image above to pick it."
+                )
+                with gr.Row():
+                    check_one = gr.Button("Check selected image", variant="primary", elem_id="ldm-check-selected")
+                    check_all = gr.Button("Check all images", elem_id="ldm-check-all")
+                picked_note = gr.Markdown(NO_PICK, elem_id="ldm-picked")
+                nearest_text = gr.Markdown(elem_id="ldm-nearest-text")
+                nearest_figure = gr.Image(
+                    label="Generated images beside their closest training images",
+                    type="pil",
+                    format="png",
+                    elem_id="ldm-nearest-figure",
+                )
+            # the gallery image picked (0-based; empty: the first), the check's API parameter; not shown on the page
+            picked = gr.Number(value=None, precision=0, visible=False)
             snapshot = gr.Image(label="Timestep snapshots (first image)", type="filepath", elem_id="ldm-snapshot")
             files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple", elem_id="ldm-files")
             params = gr.Code(label="Parameters", language="json", wrap_lines=True, elem_id="ldm-params")
@@ -250,6 +277,29 @@ def inference_tab(app: LdmApp) -> InferenceTab:
         [gallery, snapshot, files, params, message, seed],
         api_name="generate",
         concurrency_limit=1,
+    ).then(
+        lambda: (None, NO_PICK),  # a new gallery: nothing picked in it yet
+        None,
+        [picked, picked_note],
+        api_visibility="private",
+    ).then(
+        app.flag_generated,
+        [model, gallery, message],
+        [gallery, message, nearest_text, nearest_figure],
+        api_name="flag_generated",
+        show_progress="hidden",
+    )
+    gallery.select(app.pick_image, None, [picked, picked_note], api_visibility="private", show_progress="hidden")
+    nearest_out = [nearest_figure, nearest_text, gallery]
+    check_one.click(
+        app.check_memorisation,
+        [model, gallery, picked],
+        nearest_out,
+        api_name="check_memorisation",
+        concurrency_limit=1,
+    )
+    check_all.click(
+        app.check_all_images, [model, gallery], nearest_out, api_name="check_memorisation_all", concurrency_limit=1
     )
     return InferenceTab(model=model, notice=notice)
 
@@ -525,7 +575,7 @@ def runs_tab(app: LdmApp, tabs: gr.Tabs, inference: InferenceTab, training: Trai
         api_name="evaluate_run",
     ).then(app.poll, training.live[-1], training.live, api_visibility="private")
     # a refresh also redraws the picked run's details: picking the same run again fires no change event
-    runs_refresh.click(app.runs_table, None, [runs_table, run_pick], api_name="runs").then(
+    runs_refresh.click(app.runs_table, run_pick, [runs_table, run_pick], api_name="runs").then(
         app.show_run, run_pick, details, api_visibility="private"
     ).then(app.compare_choices, compare_pick, compare_pick, api_visibility="private")
     run_pick.change(app.show_run, run_pick, details, api_name="run_details")
@@ -591,7 +641,7 @@ def build_app(workspace: Path, device: str | None = None) -> gr.Blocks:
         )
         # opening a tab re-discovers the workspace, so folders and runs made meanwhile (e.g. by the CLI) appear
         training_tab_block.select(app.discovered_folders, None, training.folders, api_visibility="private")
-        runs_tab_block.select(app.runs_table, None, [runs.table, runs.pick], api_visibility="private").then(
+        runs_tab_block.select(app.runs_table, runs.pick, [runs.table, runs.pick], api_visibility="private").then(
             app.show_run, runs.pick, runs.details, api_visibility="private"
         ).then(app.compare_choices, runs.compare, runs.compare, api_visibility="private")
     return demo

@@ -2,7 +2,8 @@
 
     app = LdmApp("~/faces-project")
     app.refresh_models(None)                       # model picker choices
-    app.generate(model, "smiling", "", 4, "dpm++", 25, 3.0, "(none)", 0, False)
+    gallery = app.generate(model, "smiling", "", 4, "dpm++", 25, 3.0, "(none)", 0, False)[0]
+    app.check_memorisation(model, gallery, 0)      # image 1 beside its closest training images
 
 ``ldm/app.py`` wires them to components. Every handler returns plain values or ``gr.update``-style component
 objects; bad input never raises out of a handler: it becomes a message (``gr.Warning`` toast plus a message box).
@@ -155,13 +156,15 @@ def _sentence(text: str) -> str:
 
 def evaluation_text(eval_path: Path) -> str:
     """Markdown of a run's ``eval.json`` (``ldm eval``): KID, FID, class accuracy with its per-class table, and the
-    memorisation check; '' when the run was not evaluated."""
+    memorisation share; when the run was not evaluated, a line saying so and what computes it."""
     ev = read_json(eval_path)
     if not isinstance(ev, dict) or ev.get("kid") is None:
-        return "  \nNot evaluated yet: **Evaluate** measures KID, FID, class accuracy and memorisation."
+        return (
+            "  \nNot evaluated yet: **Evaluate** measures KID, FID and class accuracy."
+            "  \n**Memorisation share**: not evaluated: **Evaluate** computes it."
+        )
     acc = ev.get("class_accuracy") or {}
     overall = acc.get("overall") if isinstance(acc, dict) else acc
-    mem = ev.get("memorisation") or {}
     n = (ev.get("settings") or {}).get("num_samples", "?")
     lines = [
         f"  \n**Evaluation** ({n} images): KID {ev['kid']:.4f} ± {ev.get('kid_std') or 0:.4f} · FID "
@@ -171,13 +174,22 @@ def evaluation_text(eval_path: Path) -> str:
         lines.append("\n\n| class | accuracy |\n|---|---|")
         lines += [f"| {html.escape(c)} | {a:.2f} |" for c, a in acc["per_class"].items()]
         lines.append("\n")
-    if mem:
-        lines.append(
-            f"Memorisation: {100 * float(mem.get('share_below_threshold') or 0):.1f}% of generated images closer to a "
-            f"training image than the threshold ({float(mem.get('threshold') or 0):.3f}: "
-            f"{mem.get('threshold_definition', '')}); the figure shows the closest pairs."
-        )
+    lines.append(memorisation_line(ev.get("memorisation"), n))
     return "\n".join(lines)
+
+
+def memorisation_line(mem: Any, num_samples: Any) -> str:
+    """The Runs tab's line on the memorisation share of an evaluation (its ``memorisation`` section)."""
+    share = mem.get("share_below_threshold") if isinstance(mem, dict) else None
+    if not isinstance(share, (int, float)):
+        return "**Memorisation share**: not in this evaluation: evaluating again (**Evaluate**) computes it."
+    count = f" ({round(share * num_samples)} of {num_samples})" if isinstance(num_samples, int) else ""
+    return (
+        f"**Memorisation share**: {100 * share:.1f}% of the generated images{count} are closer to a training image "
+        f"than the threshold {float(mem.get('threshold') or 0):.3f} (the median distance from a training image to its "
+        "nearest other one); the figure below shows the closest pairs. In the Inference tab, **Closest training "
+        "images** checks any image you generate."
+    )
 
 
 def _sweep_member(folder: Path) -> tuple[str, int, int]:
@@ -292,6 +304,88 @@ def view_html(view: JobView) -> str:
     )
 
 
+NO_PICK = "No image picked: the first one is checked."
+FLAG = "⚠ close to training image "  # a gallery caption starts with it when the image is a copy candidate
+NOT_CHECKED = (
+    "Not checked yet: **Check** compares generated images with the model's training images. The first check computes "
+    "the training images' features once, with a progress bar (about a third of a second per image on a 2-core CPU: a "
+    "minute for 200), and keeps them; after that, every new image is checked as it is generated."
+)
+
+
+def _gallery_items(gallery: Any) -> list[tuple[str, str]]:
+    """(file path, caption) of each gallery image, from the gallery's value (tuples, or the API's dicts)."""
+    items = []
+    for item in gallery or []:
+        if isinstance(item, dict):
+            image = item.get("image") or {}
+            path, caption = image.get("path") if isinstance(image, dict) else image, item.get("caption")
+        elif isinstance(item, (list, tuple)):
+            path, caption = item[0], item[1] if len(item) > 1 else None
+        else:
+            path, caption = item, None
+        if path:
+            items.append((str(path), str(caption or "")))
+    return items
+
+
+def _unflagged(caption: str) -> str:
+    """A gallery caption without the flag an earlier check put in front of it."""
+    if caption.startswith(FLAG):
+        return caption.split(" · ", 1)[1] if " · " in caption else ""
+    return caption
+
+
+def _flag_captions(items: list[tuple[str, str]], checked: list[int], found: Any, train: Any) -> Any:
+    """The gallery with the checked images' captions flagged (copy candidates) or unflagged; gr.skip() when no
+    caption changes (a redrawn gallery would close the picked image)."""
+    out, changed = [], False
+    for pos, (path, caption) in enumerate(items):
+        new = caption
+        if pos in checked:
+            r = checked.index(pos)
+            new = _unflagged(caption)
+            if found.flagged[r]:
+                new = f"{FLAG}{train.name(int(found.indices[r, 0]))}" + (f" · {new}" if new else "")
+        out.append((path, new))
+        changed |= new != caption
+    return out if changed else gr.skip()
+
+
+def nearest_summary(checked: list[int], found: Any, train: Any) -> str:
+    """One markdown sentence on the checked gallery images (0-based positions ``checked``): which are copy
+    candidates, or how far the nearest training image is."""
+    from ldm.figures import distance_pair
+
+    near = [(pos, train.name(int(found.indices[r, 0])), float(found.distances[r, 0])) for r, pos in enumerate(checked)]
+    close = [x for r, x in enumerate(near) if found.flagged[r]]
+    if len(checked) == 1:
+        pos, name, d = near[0]
+        d, t = distance_pair(d, found.threshold)
+        if close:
+            return (
+                f"**Image {pos + 1} is close to training image `{name}`**: distance {d}, below the threshold {t}; it "
+                "may copy it."
+            )
+        return (
+            f"Image {pos + 1} is not close to any training image: the nearest, `{name}`, is at distance {d}, above "
+            f"the threshold {t}."
+        )
+    t = distance_pair(0.0, found.threshold)[1]
+    if close:
+        which = ", ".join(f"image {pos + 1} → `{name}` ({d:.2f})" for pos, name, d in close)
+        return (
+            f"**{len(close)} of {len(checked)} images are close to a training image** (distance below the threshold "
+            f"{t}): {which}."
+        )
+    pos, name, d = min(near, key=lambda x: x[2])
+    d, t = distance_pair(d, found.threshold)
+    return (
+        f"None of the {len(checked)} images is close to a training image: the nearest pair is image {pos + 1} and "
+        f"`{name}` at distance {d}, above the threshold {t}."
+    )
+
+
 class PipelineCache:
     """Loaded pipelines by folder, newest use last; reloaded when the folder's weights change (a run re-exports)."""
 
@@ -330,6 +424,8 @@ class LdmApp:
         self.ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.jobs = JobManager(self.ws)
         self.pipelines = PipelineCache(device)
+        self.device = device
+        self._nearest: Any = None  # NearestTraining, made on first use (see the nearest property)
         self.outputs = self.ws.app_dir / "outputs"
         self.outputs.mkdir(parents=True, exist_ok=True)
         from ldm.app.text2image import Text2ImageState
@@ -486,6 +582,137 @@ class LdmApp:
             message += f"  \n**Warning:** {note}"
         snapshot = str(out.snapshots) if out.snapshots else None
         return gallery, snapshot, files, json.dumps(params, indent=2), message, seed
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Inference tab: closest training images
+
+    @property
+    def nearest(self) -> Any:
+        """The :class:`ldm.evaluation.nearest.NearestTraining` of this app (made on first use; Inception loads at the
+        first check). Its feature cache is the one the Evaluate job uses (it runs in the workspace)."""
+        if self._nearest is None:
+            from ldm.device import resolve_device
+            from ldm.evaluation.classifier import default_cache_dir
+            from ldm.evaluation.nearest import NearestTraining
+
+            device = resolve_device(self.device)
+            cache = default_cache_dir(self.ws.root)
+            self._nearest = NearestTraining(cache, device=device if device.startswith("cuda") else "cpu")
+        return self._nearest
+
+    def _checked_model(self, paths: list[str], model: str | None) -> Path:
+        """The model that made the images: the one their PNGs record when it is in the workspace, else the picked
+        one (images generated before the model box changed are still compared with their own training images)."""
+        from ldm.diffusion.sample_files import read_parameters
+
+        try:
+            recorded = (read_parameters(paths[0]).get("model") or {}).get("path")
+        except UserError:
+            recorded = None
+        if recorded:
+            try:
+                return self.ws.resolve(recorded, what="model folder")
+            except UserError:
+                pass
+        return self._model_path(model)
+
+    def _training_set(self, model_path: Path, images: Any, compute: bool, progress: Any) -> Any:
+        from ldm.evaluation.nearest import run_of, training_data_of
+
+        data = self.ws.resolve(str(training_data_of(model_path)), what="training images")
+        run = run_of(model_path) or model_path
+        return self.nearest.training_set(
+            data, images.shape[-1], images.shape[1], run=run, compute=compute, progress=progress
+        )
+
+    def _nearest_footer(self, train: Any, seconds: float) -> str:
+        cost = f"computed in {train.seconds:.0f} s and cached" if train.computed else "cached"
+        return (
+            f"  \nDistances between Inception features (the ones Evaluate uses) of the {len(train)} training images "
+            f"in `{self.ws.rel(train.data_dir)}` ({cost}); the threshold is the median distance from a training image "
+            f"to its nearest other one ({train.threshold_from}). Checked in {seconds:.1f} s."
+        )
+
+    def pick_image(self, evt: gr.SelectData) -> tuple[int, str]:
+        """A click on a gallery image: (its 0-based position for the check, the line saying which is picked)."""
+        value = evt.value if isinstance(evt.value, dict) else {}
+        caption = _unflagged(str(value.get("caption") or ""))
+        return int(evt.index), f"Picked: image {int(evt.index) + 1}" + (f" ({caption})." if caption else ".")
+
+    def check_memorisation(
+        self, model: str | None, gallery: Any, index: float | None, progress: gr.Progress = gr.Progress()
+    ) -> tuple[Any, str, Any]:
+        """Compare gallery image ``index`` (0-based; None or negative: every image) with the model's training images:
+        (figure of each checked image beside its 3 closest training images, markdown, gallery with the copy
+        candidates' captions flagged, or gr.skip() when no caption changes)."""
+        try:
+            return self._check_memorisation(model, gallery, index, progress)
+        except (UserError, ConfigError) as e:
+            return None, _warn(str(e)), gr.skip()
+
+    def check_all_images(self, model: str | None, gallery: Any, progress: gr.Progress = gr.Progress()) -> Any:
+        """:meth:`check_memorisation` of every gallery image."""
+        return self.check_memorisation(model, gallery, None, progress)
+
+    def _check_memorisation(self, model, gallery, index, progress):
+        from ldm.evaluation.nearest import read_generated
+        from ldm.figures import nearest_figure
+
+        t0 = time.perf_counter()
+        items = _gallery_items(gallery)
+        if not items:
+            raise UserError("no images to check: generate some first")
+        if index is None or int(index) < 0:
+            checked = list(range(len(items)))
+        elif int(index) < len(items):
+            checked = [int(index)]
+        else:
+            raise UserError(f"image {int(index) + 1} is not in the gallery, which holds {len(items)}")
+        paths = [items[i][0] for i in checked]
+        images = read_generated(paths)
+        train = self._training_set(self._checked_model(paths, model), images, True, progress)
+        found = self.nearest.check(train, images, progress=progress)
+        progress(1.0, desc="drawing")
+        labels = [
+            f"image {i + 1}" + (f": {_unflagged(items[i][1])}" if _unflagged(items[i][1]) else "") for i in checked
+        ]
+        names = [train.name(i) for i in range(len(train))]
+        figure = nearest_figure(
+            images, train.real.images, found.indices, found.distances, found.threshold, names, labels
+        )
+        text = nearest_summary(checked, found, train) + self._nearest_footer(train, time.perf_counter() - t0)
+        return figure, text, _flag_captions(items, checked, found, train)
+
+    def flag_generated(self, model: str | None, gallery: Any, message: str | None) -> tuple[Any, Any, str, None]:
+        """After Generate: when the training images' features are at hand (a check or an evaluation computed them),
+        compare every new image with them and flag the copy candidates; (gallery, Generate's message with one line
+        added, the check's text, the check's figure cleared: it showed earlier images). Computes no training
+        features: that is the check's job, with its progress bar."""
+        from ldm.evaluation.nearest import read_generated
+
+        t0 = time.perf_counter()
+        items = _gallery_items(gallery)
+        if not items:
+            return gr.skip(), gr.skip(), "", None
+        try:
+            paths = [p for p, _ in items]
+            images = read_generated(paths)
+            train = self._training_set(self._checked_model(paths, model), images, False, None)
+            if train is None:
+                return gr.skip(), gr.skip(), NOT_CHECKED, None
+            found = self.nearest.check(train, images)
+        except (UserError, ConfigError) as e:  # said in the check's box, not as a toast: nobody asked yet
+            return gr.skip(), gr.skip(), f"Not checked: {e}.", None
+        checked = list(range(len(items)))
+        line = nearest_summary(checked, found, train)
+        footer = self._nearest_footer(train, time.perf_counter() - t0)
+        flagged = _flag_captions(items, checked, found, train)
+        return (
+            flagged,
+            f"{message or ''}  \n{line}",
+            f"{line} **Check all images** shows each beside its closest training images.{footer}",
+            None,
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     # Training tab
@@ -747,8 +974,9 @@ class LdmApp:
     # ------------------------------------------------------------------------------------------------------------
     # Runs tab
 
-    def runs_table(self) -> tuple[Any, Any]:
-        """(table update, run picker update) of every run in the workspace, newest first."""
+    def runs_table(self, picked: str | None = None) -> tuple[Any, Any]:
+        """(table update, run picker update) of every run in the workspace, newest first; the picker keeps the run
+        ``picked`` while it exists (a refresh must not switch the user's run), else the newest."""
         import pandas as pd
 
         # column: its share of the table's width; shares (not pixels) keep every column in view on a 390 px phone,
@@ -769,7 +997,8 @@ class LdmApp:
         frame = pd.DataFrame(rows, columns=list(widths))
         choices = [(r.name, str(r.path)) for r in infos]
         table = gr.Dataframe(value=frame, column_widths=list(widths.values()))
-        return table, gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+        keep = picked if picked in {value for _, value in choices} else None
+        return table, gr.Dropdown(choices=choices, value=keep or (choices[0][1] if choices else None))
 
     def show_run(self, run: str | None) -> tuple[str, Any, Any, Any]:
         """(details markdown, newest sample grid, loss plot, memorisation figure) of one run."""

@@ -34,9 +34,9 @@ TRAIN_STEPS = 400  # optimiser steps (batch 32): ~80 epochs of a 160-image train
 WIDTHS = (16, 32, 64)
 
 
-def default_cache_dir() -> Path:
-    """``$LDM_CACHE_DIR`` or ``./.ldm-cache`` (the workspace the command runs in)."""
-    return Path(os.environ.get("LDM_CACHE_DIR") or Path.cwd() / ".ldm-cache")
+def default_cache_dir(workspace: str | Path | None = None) -> Path:
+    """``$LDM_CACHE_DIR`` or ``<workspace>/.ldm-cache`` (default workspace: the folder the command runs in)."""
+    return Path(os.environ.get("LDM_CACHE_DIR") or Path(workspace or Path.cwd()) / ".ldm-cache")
 
 
 def build_model(num_classes: int, channels: int, widths: tuple[int, ...] = WIDTHS) -> torch.nn.Module:
