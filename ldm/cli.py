@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "eval": "eval",
     "sweep": "sweep",
     "runs": "runs",
+    "verify": "verify",
     "app": "app",
 }
 

@@ -293,11 +293,17 @@ def resolve_request(model: Text2ImageModel, r: T2IRequest) -> T2IRequest:
 
 
 def generate(
-    model: Text2ImageModel, request: T2IRequest, on_step: Callable[[int, int], None] | None = None
+    model: Text2ImageModel,
+    request: T2IRequest,
+    on_step: Callable[[int, int], None] | None = None,
+    watermark: bool = True,
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """Generate ``request.num_images`` images, one call per image (seed + i, CPU noise); returns the PIL images and
-    their provenance records (everything :func:`regenerate` needs). ``on_step(done, total)`` reports progress."""
+    their provenance records (everything :func:`regenerate` needs). ``on_step(done, total)`` reports progress. With
+    ``watermark`` each image carries the invisible mark of the model's weights hash (:mod:`ldm.watermark`)."""
     import torch
+
+    from ldm import watermark as wm
 
     r = resolve_request(model, request)
     images, records = [], []
@@ -320,8 +326,11 @@ def generate(
             generator=torch.Generator("cpu").manual_seed(seed),
             callback_on_step_end=step_end,
         ).images[0]
+        if watermark:
+            image = wm.encode(image, wm.model_id(model.weights_hash))
         images.append(image)
         records.append(_record(model, r, seed, i))
+        records[-1]["watermark"] = wm.record(image, model.weights_hash) if watermark else None
     return images, records
 
 
@@ -415,5 +424,6 @@ def load_for_record(params: dict[str, Any], model_source: str | None = None) -> 
 
 def regenerate(params: dict[str, Any], model: Text2ImageModel) -> Any:
     """The image of a provenance record, made again with ``model`` (the same pixels on the same device and dtype)."""
-    images, _ = generate(model, request_of(params))
+    # images written before the watermark existed record none: they come back unmarked, pixel for pixel
+    images, _ = generate(model, request_of(params), watermark=bool(params.get("watermark")))
     return images[0]

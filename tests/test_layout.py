@@ -25,10 +25,11 @@ LAYERS: list[tuple[str, ...]] = [
         "ldm.progress",
         "ldm.figures",
         "ldm.run_folder",
+        "ldm.watermark",
     ),
     ("ldm.models",),
     ("ldm.data",),
-    ("ldm.diffusion", "ldm.text2image"),  # text2image: pretrained pipelines, beside our own
+    ("ldm.diffusion", "ldm.text2image", "ldm.model_card"),  # text2image: pretrained pipelines, beside our own
     ("ldm.evaluation",),
     ("ldm.training",),
     ("ldm.app",),

@@ -183,11 +183,13 @@ def _sample_batch(
     seeds: list[int],
     negative_class_ids: list[int] | None,
     sampling: SamplingConfig,
+    watermark: bool = True,
     **kwargs: Any,
 ) -> Any:
     """One batch as :func:`sample_to_folder` generates it and :func:`regenerate` recomputes it (``kwargs``: the
-    pipeline's callback, snapshot and cancellation arguments)."""
-    return pipe(
+    pipeline's callback, snapshot and cancellation arguments). With ``watermark`` every image carries the invisible
+    mark of the model (:mod:`ldm.watermark`): here, so that a regenerated image is marked like the original."""
+    result = pipe(
         class_ids,
         num_inference_steps=sampling.num_inference_steps,
         guidance_scale=sampling.guidance_scale,
@@ -196,6 +198,12 @@ def _sample_batch(
         scheduler=sampling.scheduler,
         **kwargs,
     )
+    if watermark:
+        from ldm.watermark import encode, model_id
+
+        mid = model_id(model_identity(pipe)["weights_hash"])
+        result.images = [encode(image, mid) for image in result.images]
+    return result
 
 
 def _resolve_request(
@@ -233,6 +241,8 @@ def _image_record(
     identity: dict[str, Any],
 ) -> dict[str, Any]:
     """The ``ldm`` record of one generated image (with its ``text`` line)."""
+    from ldm.watermark import record as watermark_record
+
     names = pipe.class_names
     rec = {
         "format_version": FORMAT_VERSION,
@@ -253,6 +263,7 @@ def _image_record(
         "device": str(pipe.unet.device),
         "dtype": str(pipe.unet.dtype).replace("torch.", ""),
         "model": identity,
+        "watermark": watermark_record(image, identity["weights_hash"]),
     }
     rec["text"] = format_parameters(rec)
     return rec
@@ -414,5 +425,7 @@ def regenerate(params: dict[str, Any], pipe: ClassConditionalLatentDiffusionPipe
         guidance_scale=float(params["guidance_scale"]),
     )
     class_ids, seeds = [int(k) for k in batch["class_ids"]], [int(s) for s in batch["seeds"]]
-    result = _sample_batch(pipe, class_ids, seeds, None if negs is None else [int(k) for k in negs], sampling)
+    negs = None if negs is None else [int(k) for k in negs]
+    # images written before the watermark existed record none: they come back unmarked, pixel for pixel
+    result = _sample_batch(pipe, class_ids, seeds, negs, sampling, watermark=bool(params.get("watermark")))
     return result.images[int(batch["index"])]
