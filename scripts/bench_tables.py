@@ -184,13 +184,38 @@ def recipes_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 
 def app_watch_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     """``scripts/bench_app_watch.py``: steps per second of a training job by what the browser shows."""
-    head = ["condition", "steps/s (median)", "cost of watching", "windows"]
+    head = ["condition", "steps/s (median)", "cost of watching", "of which the refresh", "app's poll", "windows"]
     rates, cost = results["rates"], results["cost"]
+    page = rates.get("open, no poll")  # older records have no such condition
+    poll = (results.get("app") or {}).get("SLOW_POLL_SECONDS")
     rows = []
     for condition, rate in rates.items():
         n = sum(1 for w in results["windows"] if w["condition"] == condition)
         share = f"{100 * cost[condition]:.1f}%" if condition in cost else ""
-        rows.append([condition, f"{rate:.3f}", share, f"{n} x {results['window_seconds']:g} s"])
+        refresh = f"{100 * (1 - rate / page):.1f}%" if page and condition not in ("closed", "open, no poll") else ""
+        rows.append([condition, f"{rate:.3f}", share, refresh, f"{poll:g} s" if poll else "",
+                     f"{n} x {results['window_seconds']:g} s"])  # fmt: skip
+    return head, rows
+
+
+def watermark_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """``scripts/bench_watermark.py``: what finds the mark (marked images after each attack, unmarked images of each
+    kind: false positives), and what the mark does to the images (PSNR, KID, class accuracy)."""
+    head = ["images", "attack", "called marked", "right model id"]
+    rows = []
+    for attack, d in results["detection"].items():
+        rows.append([f"generated, marked ({results['image']})", attack, f"{d['marked']} / {d['images']}",
+                     f"{d['right_id']} / {d['images']}"])  # fmt: skip
+    for kind, d in results["false_positives"].items():
+        rows.append([f"unmarked: {kind}", "", f"{d['marked']} / {d['images']} (false positives)", ""])
+    q = results["quality"]
+    for name in ("unmarked", "marked", "marked_jpeg90", "unmarked_other_seeds"):
+        r = q[name]
+        numbers = f"KID {r['kid']:.4f} ± {r['kid_std']:.4f}, class accuracy {r['class_accuracy']:.2f}"
+        rows.append([f"quality, {name.replace('_', ' ')}", "", numbers, ""])
+    rows.append(
+        ["PSNR marked vs unmarked", "", f"{results['psnr_mean']:.1f} dB mean, {results['psnr_min']:.1f} min", ""]
+    )
     return head, rows
 
 
@@ -219,6 +244,7 @@ FORMATTERS: dict[str, Callable[[dict], tuple[list[str], list[list[str]]]]] = {
     "bench_recipes": recipes_rows,
     "bench_quickstart": quickstart_rows,
     "bench_app_watch": app_watch_rows,
+    "bench_watermark": watermark_rows,
 }
 # Tables made from a script's records as a whole (table name -> (script, formatter)).
 SUMMARIES: dict[str, tuple[str, Callable[[list[tuple[Path, dict]], str], str]]] = {

@@ -806,7 +806,9 @@ class LdmApp:
     PLOT_SECONDS = 10.0  # the live loss plot and sample grid are redrawn at most this often (see poll)
     POLL_SECONDS = 2.0  # the Training tab's refresh in the first QUICK_POLL_FOR seconds of a job and while it stops
     QUICK_POLL_FOR = 30.0
-    SLOW_POLL_SECONDS = 5.0  # ... and after that
+    # ... and after that: each poll costs the trainer's CPU in the browser; every 10 s it costs no measurable speed
+    # beyond the open page's own cost, every 5 s ~4% (scripts/bench_app_watch.py, docs/benchmarks.md)
+    SLOW_POLL_SECONDS = 10.0
     redraw_every_poll = False  # True: send them on every poll, changed or not (the behaviour before; a benchmark's)
 
     def poll(self, seen: dict[str, Any] | None = None) -> tuple[Any, ...]:
