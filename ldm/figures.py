@@ -280,12 +280,13 @@ def plot_loss(records: list[dict[str, Any]], path: str | Path, title: str = "tra
 
 
 def runs_figure(
-    series: Sequence[tuple[str, Sequence[tuple[int, float]], Sequence[tuple[int, float]]]],
+    series: Sequence[tuple[str, Sequence[tuple[int, float]], Sequence[tuple[int, float, float]]]],
     path: str | Path,
     smoothing: float = 0.9,
 ) -> Path:
-    """Runs compared: per run ``(name, [(step, loss)], [(step, KID)])``, the smoothed losses on shared axes (left) and
-    KID over steps where evaluated (right, same colour per run); written to ``path`` atomically."""
+    """Runs compared: per run ``(name, [(step, loss)], [(step, KID, KID std)])``, the smoothed losses on shared axes
+    (left) and KID with its std as error bars over steps where evaluated (right, same colour per run: overlapping
+    bars are a difference within the evaluation's noise); written to ``path`` atomically."""
     fig = _new_figure(figsize=(11, 4.2), dpi=110)
     ax_loss, ax_kid = fig.subplots(1, 2)
     for name, loss, kid in series:
@@ -295,9 +296,10 @@ def runs_figure(
             (line,) = ax_loss.plot(steps, smooth_ema(list(values), smoothing), label=name, linewidth=1.6)
             colour = line.get_color()
         if kid:
-            ax_kid.plot(*zip(*kid), marker="o", label=name, color=colour)
+            steps, values, stds = zip(*kid)
+            ax_kid.errorbar(steps, values, yerr=stds, marker="o", capsize=4, label=name, color=colour)
     ax_loss.set(title=f"training loss (smoothed, {smoothing:g})", xlabel="step", ylabel="loss")
-    ax_kid.set(title="KID over steps (lower is better)", xlabel="step")
+    ax_kid.set(title="KID ± std over steps (lower is better)", xlabel="step")
     for ax in (ax_loss, ax_kid):
         ax.grid(alpha=0.3)
         if ax.lines:

@@ -143,3 +143,21 @@ def test_continue_sweep_runs_the_same_command_again(tmp_path):
     (tmp_path / "runs" / "sweeps" / "nothing-here").mkdir()
     with pytest.raises(UserError, match="not a sweep"):
         plan_continue_sweep(ws, "nothing-here")
+
+
+def test_the_lowest_kid_is_called_a_win_only_beyond_the_evaluations_noise():
+    from ldm.evaluation.compare import best_by_kid, kid_verdict, markdown_table
+
+    def row(name, kid, std):
+        numbers = {"loss": 0.1, "kid": kid, "kid_std": std, "fid": None, "class_accuracy": 0.9, "memorised": 0.0}
+        return {"run": name, "status": "finished", "steps": 10, "minutes": 1.0, **numbers, "evaluated": "ldm eval"}
+
+    close = [row("a", 0.1309, 0.0051), row("b", 0.1296, 0.0047), row("c", 0.1369, 0.0053)]
+    assert best_by_kid(close) == "b"
+    verdict = kid_verdict(close, "b")
+    assert verdict.startswith("Lowest KID: b, but a is within the evaluations' noise")
+    table = markdown_table(close, {"training.learning_rate": ["4e-3", "2e-3", "1e-3"]}, "b")
+    assert "| **b** (best KID) |" in table and "0.1296 ± 0.0047" in table and verdict in table
+    apart = [row("a", 0.20, 0.01), row("b", 0.10, 0.01)]
+    assert kid_verdict(apart, "b").startswith("Lowest KID: b, ahead of a by more than their KID std")
+    assert kid_verdict([row("a", 0.2, 0.01)], "a") == ""  # one evaluated run: nothing to rank

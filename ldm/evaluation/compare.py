@@ -67,6 +67,7 @@ def summarise(run: str | Path, name: str | None = None) -> dict[str, Any]:
         "minutes": round(float(status.get("elapsed_seconds") or 0) / 60, 1),
         "loss": _smoothed(losses)[-1] if losses else None,
         "kid": None,
+        "kid_std": None,
         "fid": None,
         "class_accuracy": None,
         "memorised": None,
@@ -79,14 +80,14 @@ def summarise(run: str | Path, name: str | None = None) -> dict[str, Any]:
     if isinstance(ev, dict) and ev.get("kid") is not None:
         accuracy = ev.get("class_accuracy")
         accuracy = accuracy.get("overall") if isinstance(accuracy, dict) else accuracy  # {"overall", "per_class"}
-        row.update(kid=ev.get("kid"), fid=ev.get("fid"), class_accuracy=accuracy)
+        row.update(kid=ev.get("kid"), kid_std=ev.get("kid_std"), fid=ev.get("fid"), class_accuracy=accuracy)
         row["memorised"] = (ev.get("memorisation") or {}).get("share_below_threshold")
         row["evaluated"] = f"ldm eval, {(ev.get('settings') or {}).get('num_samples', '?')} images"
     else:
         quick = [r for r in metrics if "eval_kid" in r]
         if quick:
             q = quick[-1]
-            row.update(kid=q["eval_kid"], class_accuracy=q.get("eval_class_accuracy"))
+            row.update(kid=q["eval_kid"], kid_std=q.get("eval_kid_std"), class_accuracy=q.get("eval_class_accuracy"))
             row["evaluated"] = f"quick, step {q['step']}, {q.get('eval_num_samples', '?')} images"
     return row
 
@@ -123,9 +124,16 @@ def _fmt(value: Any, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _kid(r: dict[str, Any]) -> str:
+    if r["kid"] is None:
+        return ""
+    return f"{r['kid']:.4f}" + (f" ± {r['kid_std']:.4f}" if isinstance(r.get("kid_std"), (int, float)) else "")
+
+
 def markdown_table(rows: list[dict[str, Any]], settings: dict[str, list[str]] | None = None, best: str = "") -> str:
     """The rows as a markdown table; ``settings`` (from :func:`differing_settings`, one value per row) become bold
-    columns; the row named ``best`` is marked."""
+    columns; the row named ``best`` is marked, and a line under the table says whether its lead is beyond the
+    evaluation's noise (:func:`kid_verdict`)."""
     settings = settings or {}
     head = ["run", *(f"**{k}**" for k in settings), "status", "steps", "minutes", "smoothed loss", "KID", "class acc.",
             "memorised", "evaluated"]  # fmt: skip
@@ -138,13 +146,33 @@ def markdown_table(rows: list[dict[str, Any]], settings: dict[str, list[str]] | 
             str(r["steps"]),
             f"{r['minutes']:g}",
             _fmt(r["loss"], 4),
-            _fmt(r["kid"], 4),
+            _kid(r),
             _fmt(r["class_accuracy"], 3),
             _fmt(r["memorised"], 2),
             r["evaluated"],
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    verdict = kid_verdict(rows, best)
+    return "\n".join(lines) + "\n" + (f"\n{verdict}\n" if verdict else "")
+
+
+def kid_verdict(rows: list[dict[str, Any]], best: str) -> str:
+    """One sentence on the lowest KID: whether the runner-up's KID lies within the two evaluations' noise (their
+    KID ± std ranges overlap), in which case the ranking says little; '' with fewer than two evaluated rows."""
+    scored = sorted((r for r in rows if isinstance(r.get("kid"), (int, float))), key=lambda r: r["kid"])
+    if len(scored) < 2 or not best:
+        return ""
+    first, second = scored[0], scored[1]
+    spread = (first.get("kid_std") or 0.0) + (second.get("kid_std") or 0.0)
+    if second["kid"] - first["kid"] <= spread:
+        return (
+            f"Lowest KID: {first['run']}, but {second['run']} is within the evaluations' noise (KID {_kid(first)} "
+            f"against {_kid(second)}: the ranges overlap); evaluating with more images tells them apart."
+        )
+    return (
+        f"Lowest KID: {first['run']}, ahead of {second['run']} by more than their KID std ({_kid(first)} against "
+        f"{_kid(second)})."
+    )
 
 
 def best_by_kid(rows: list[dict[str, Any]]) -> str:
@@ -162,9 +190,11 @@ def compare_figure(runs: list[str | Path], path: str | Path, names: list[str] | 
     for run, name in zip(runs, names or [RunFolder(r).name for r in runs]):
         metrics = RunFolder(run).read_metrics()
         loss = [(r["step"], float(r["loss"])) for r in metrics if isinstance(r.get("loss"), (int, float))]
-        kid = [(r["step"], float(r["eval_kid"])) for r in metrics if "eval_kid" in r]
+        kid = [
+            (r["step"], float(r["eval_kid"]), float(r.get("eval_kid_std") or 0)) for r in metrics if "eval_kid" in r
+        ]
         row = summarise(run)
         if row["evaluated"].startswith("ldm eval"):
-            kid.append((row["steps"], float(row["kid"])))
+            kid.append((row["steps"], float(row["kid"]), float(row["kid_std"] or 0)))
         series.append((name, loss, kid))
     return runs_figure(series, path, SMOOTHING)
