@@ -313,7 +313,7 @@ def plan_sweep(
     minutes: float,
     eval_samples: int = 0,
 ) -> JobPlan:
-    """The Training tab's settings as a sweep's base (``runs/sweeps/<name>/base.yaml``) and the ``ldm sweep`` job
+    """The Training tab's settings as every member's ``key=value`` settings, and the ``ldm sweep`` job
     over ``grid`` (up to two ``(config key, "v1, v2, ...")``), ``minutes`` per member; the data phases as
     :func:`plan_job` plans them. Every member's config is checked before the job starts."""
     from ldm.training.sweep import SweepSpec, check_members, parse_grid, plan_members

@@ -134,7 +134,8 @@ def write_summary(spec: SweepSpec, members: list[Member]) -> dict[str, Any]:
     table = markdown_table(rows, swept, best)
     header = (
         f"# Sweep {out.name}\n\n{len(started)} of {len(members)} members started; each trained on `{spec.latents}` "
-        f"with `{spec.config or 'the defaults'}`"
+        + (f"with `{spec.config}`" if spec.config else "with the built-in defaults")
+        + (f" and {len(spec.overrides)} settings of its own (in `{SWEEP_FILE}`)" if spec.overrides else "")
         + (f", {spec.max_minutes:g} min" if spec.max_minutes else "")
         + (f", {spec.max_steps} steps" if spec.max_steps else "")
         + ". Swept settings in bold"
