@@ -350,7 +350,11 @@ def _data(f: CardFacts) -> list[str]:
     if f.data_dir:
         folder = shown_path(f.data_dir, f.card_dir)
         relative = folder.startswith(("./", "../"))
-        note = "relative to this folder" if relative else "outside the workspace: the run's `inputs.json` has its path"
+        note = (
+            "relative to this folder"
+            if relative
+            else f"outside the workspace: the run's `{RunFolder.INPUTS}` has its path"
+        )
         lines.append(f"- Folder: `{folder}` ({note})")
     else:
         lines.append("- Folder: unknown" + (" (the latent cache names no image folder)" if f.has_run else ""))
@@ -373,7 +377,7 @@ def _recipe(f: CardFacts) -> list[str]:
     lines = ["", "## Training", ""]
     cfg = f.config
     if cfg is None:
-        why = " (the run has no readable config.yaml)" if f.has_run else ""
+        why = f" (the run has no readable {RunFolder.CONFIG})" if f.has_run else ""
         return [*lines, f"The training recipe is unknown{why}."]
     tc, dc = cfg.training, cfg.diffusion
     unet = f"preset `{cfg.unet.preset}`" + (f", overrides {cfg.unet.kwargs}" if cfg.unet.kwargs else "")

@@ -240,6 +240,7 @@ WHOLE = {*FILE_NAMES, *FOLDER_NAMES, RunFolder.VAE}
 ALLOWED = {
     ("ldm/commands/quickstart.py", RunFolder.SAMPLES),  # `--out samples/` in a printed example: a user folder
     ("ldm/text2image.py", RunFolder.VAE),  # a diffusers pipeline's own vae/ subfolder, not a run folder's
+    ("ldm/model_card.py", RunFolder.VAE),  # likewise: the exported pipeline's vae/config.json
 }
 
 
