@@ -61,11 +61,10 @@ def jpeg(image: Any, quality: int = 90) -> Any:
 
 
 def psnr(a: Any, b: Any) -> float:
-    import numpy as np
+    """PSNR in dB of two PIL images (ldm.evaluation.metrics.psnr, the one place it is computed)."""
+    from ldm.evaluation.metrics import psnr as psnr_of
 
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    mse = float((d**2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    return float(psnr_of(to_tensor([a]), to_tensor([b]))[0])
 
 
 def to_tensor(images: list[Any]) -> Any:

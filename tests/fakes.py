@@ -61,17 +61,26 @@ def write_tiny_latent_cache(vae_dir: Path, cache: Path, classes: list[str]) -> P
     return cache
 
 
-def write_tiny_pipeline(run: Path, vae_dir: Path, classes: list[str]) -> Path:
-    """A run folder holding only ``pipeline/``: a tiny seeded UNet on 8x8x4 latents with the tiny autoencoder saved
-    at ``vae_dir``, 1000 cosine training steps. Returns ``run``."""
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+# the training overrides of the tiny runs the tests train: the tiny UNet, few steps, no checkpoints, one cheap sample
+TINY_TRAINING = [
+    "unet.preset=tiny",
+    "training.batch_size=4",
+    "training.warmup_steps=1",
+    "training.log_every=1",
+    "training.sample_every=0",
+    "training.checkpoint_every=0",
+    "training.sample_scheduler=ddim",
+    "training.sample_num_inference_steps=2",
+    "training.sample_num_images=1",
+]
 
-    from ldm.diffusion.pipeline import build_pipeline
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
+def tiny_class_unet(num_classes: int, sample_size: int = 8):
+    """An untrained class-conditional UNet2DModel on 4-channel latents (widths 8, 16; a null class for guidance)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=(8, 16),
@@ -79,8 +88,20 @@ def write_tiny_pipeline(run: Path, vae_dir: Path, classes: list[str]) -> Path:
         layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"),
-        num_class_embeds=len(classes) + 1,
+        num_class_embeds=num_classes + 1,
     )
+
+
+def write_tiny_pipeline(run: Path, vae_dir: Path, classes: list[str]) -> Path:
+    """A run folder holding only ``pipeline/``: a tiny seeded UNet on 8x8x4 latents with the tiny autoencoder saved
+    at ``vae_dir``, 1000 cosine training steps. Returns ``run``."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    from ldm.diffusion.pipeline import build_pipeline
+
+    torch.manual_seed(0)
+    unet = tiny_class_unet(len(classes), sample_size=8)
     vae = AutoencoderKL.from_pretrained(vae_dir)
     train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     build_pipeline(unet, vae, train.config, list(classes), 0.7).save_pretrained(run / "pipeline")

@@ -26,23 +26,13 @@ CLASSES = ["frowning", "smiling", "sleepy"]
 def make_tiny_run(run: Path, steps: int = 10) -> Path:
     """A finished run folder with a tiny exported pipeline (untrained weights: images are noise, shapes are real)."""
     import torch
-    from diffusers import DDPMScheduler, UNet2DModel
-    from fakes import tiny_autoencoder
+    from diffusers import DDPMScheduler
+    from fakes import tiny_autoencoder, tiny_class_unet
 
     from ldm.diffusion.pipeline import build_pipeline
 
     torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=4,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        num_class_embeds=len(CLASSES) + 1,
-    )
+    unet = tiny_class_unet(len(CLASSES), sample_size=4)
     vae = tiny_autoencoder(sample_size=8)
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     pipe = build_pipeline(unet, vae, sched.config, CLASSES, scaling_factor=1.0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from fakes import TINY_TRAINING
 
 from ldm.evaluation.report import (
     class_accuracy,
@@ -319,18 +320,7 @@ def test_quick_eval_and_plot(tiny_run, small_faces, eval_cache, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # training.eval_every: quick evaluations logged into metrics.jsonl and eval.png while training
 
-TINY_TRAIN = [
-    "unet.preset=tiny",
-    "training.batch_size=4",
-    "training.warmup_steps=1",
-    "training.log_every=1",
-    "training.sample_every=0",
-    "training.checkpoint_every=0",
-    "training.sample_scheduler=ddim",
-    "training.sample_num_inference_steps=2",
-    "training.sample_num_images=1",
-    "training.max_steps=4",
-]
+TINY_TRAIN = [*TINY_TRAINING, "training.max_steps=4"]
 
 
 def test_training_logs_quick_evaluations(small_faces, eval_cache, tmp_path, monkeypatch):

@@ -27,24 +27,14 @@ def make_run(run: Path, data_dir: Path) -> Path:
     """A finished run folder: a tiny untrained pipeline making 32x32 RGB images, and the inputs.json that names the
     image folder its latent cache was made from (as ``ldm train`` records it)."""
     import torch
-    from diffusers import DDPMScheduler, UNet2DModel
-    from fakes import tiny_autoencoder
+    from diffusers import DDPMScheduler
+    from fakes import tiny_autoencoder, tiny_class_unet
 
     from ldm.diffusion.pipeline import build_pipeline
     from ldm.run_folder import RunFolder
 
     torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=SIZE // 2,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        num_class_embeds=len(CLASSES) + 1,
-    )
+    unet = tiny_class_unet(len(CLASSES), sample_size=SIZE // 2)
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     build_pipeline(unet, tiny_autoencoder(SIZE), sched.config, CLASSES, 1.0).save_pretrained(run / "pipeline")
     folder = RunFolder(run)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fakes import write_tiny_latent_cache, write_tiny_pipeline
+from fakes import TINY_TRAINING, write_tiny_latent_cache, write_tiny_pipeline
 
 from ldm.cli import main as ldm_main
 from ldm.model_card import (
@@ -31,15 +31,7 @@ torch.set_num_threads(1)  # tiny models on a shared 2-core machine
 
 CLASSES = ["angry", "happy", "sad"]
 TINY = [
-    "unet.preset=tiny",
-    "training.batch_size=4",
-    "training.warmup_steps=1",
-    "training.log_every=1",
-    "training.sample_every=0",
-    "training.checkpoint_every=0",
-    "training.sample_scheduler=ddim",
-    "training.sample_num_inference_steps=2",
-    "training.sample_num_images=1",
+    *TINY_TRAINING,
     "training.mixed_precision=no",
     "training.max_steps=2",
     "diffusion.num_train_timesteps=100",
